@@ -1,0 +1,418 @@
+"""The ``dask-kotta`` command line."""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import defaults as d
+from .errors import KottaError
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stdout,
+    )
+    logging.getLogger("dask_kotta").setLevel(logging.INFO)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KottaError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="dask-kotta")
+def main() -> None:
+    """dask-kotta: a Kotta job service on dask.distributed, and its client.
+
+    Start everything on this machine with `dask-kotta up`; then use the other
+    commands (or Python: `from kotta import Kotta`) with the credentials file
+    it writes.
+    """
+
+
+# -- service commands ---------------------------------------------------------------------
+
+
+def _server_options(f):
+    f = click.option(
+        "--queues",
+        "queues_file",
+        type=click.Path(dir_okay=False),
+        help="JSON file of queues and limits.",
+    )(f)
+    f = click.option(
+        "--store",
+        envvar="DASK_KOTTA_STORE",
+        help="Object store: a directory or s3://BUCKET/PREFIX. Default: DATA_DIR/objects.",
+    )(f)
+    f = click.option(
+        "--database",
+        envvar="DASK_KOTTA_DATABASE",
+        help="SQLAlchemy URL of the job store. Default: SQLite in DATA_DIR.",
+    )(f)
+    f = click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        default=d.DATA_DIR,
+        show_default=True,
+        help="Where the job store and objects live.",
+    )(f)
+    f = click.option(
+        "--host", default="127.0.0.1", show_default=True, help="Address to listen on."
+    )(f)
+    f = click.option(
+        "--port", type=int, default=d.PORT, show_default=True, help="Port of the HTTP API."
+    )(f)
+    return f
+
+
+def _config(data_dir, port, host, database, store, queues_file, scheduler, public_url):
+    from .server.service import ServerConfig
+
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    return ServerConfig(
+        data_dir=Path(data_dir), scheduler=scheduler or "", public_url=url, database=database,
+        store=store, queues_file=queues_file,
+    )  # fmt: skip
+
+
+@main.command()
+@_server_options
+@click.option(
+    "--auth-file",
+    type=click.Path(dir_okay=False),
+    default=d.AUTH_FILE,
+    show_default=True,
+    help="Credentials file to write for the first user.",
+)
+@click.option(
+    "--user",
+    default=lambda: os.environ.get("USER") or getpass.getuser() or "kotta",
+    help="Name of the first user. Default: $USER.",
+)
+@click.option(
+    "--scheduler",
+    help="Use this dask scheduler (tcp://host:8786) instead of starting a LocalCluster.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=min(2, os.cpu_count() or 1),
+    show_default=True,
+    help="LocalCluster worker processes.",
+)
+@click.option(
+    "--slots",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Jobs of each queue a local worker runs at once.",
+)
+def up(
+    port, host, data_dir, database, store, queues_file, auth_file, user, scheduler, workers, slots
+):
+    """Start the server, a local dask cluster and a first user: everything, one command.
+
+    Jobs, outputs and the user's token survive a restart with the same --data-dir.
+    """
+    from .server.app import create_app
+    from .server.launch import check_port, ensure_credentials, serve, start_local_cluster
+    from .server.queues import load_queues
+    from .store.jobs import JobStore
+
+    _setup_logging()
+    check_port(host, port)
+    config = _config(data_dir, port, host, database, store, queues_file, scheduler, None)
+    queues = load_queues(queues_file)
+    jobstore = JobStore(config.database_url)
+    made = ensure_credentials(jobstore, user, Path(auth_file), config.public_url)
+    jobstore.close()
+    cluster = None
+    if not scheduler:
+        click.echo(
+            f"starting a LocalCluster: {workers} worker(s), queues {', '.join(queues)} x{slots} each ..."
+        )
+        cluster = start_local_cluster(workers, slots, list(queues))
+        config.scheduler = cluster.scheduler_address
+    click.echo(f"Kotta API     {config.public_url}   (OpenAPI docs: {config.public_url}/docs)")
+    click.echo(f"data dir      {Path(data_dir).resolve()}")
+    click.echo(
+        f"credentials   {Path(auth_file).resolve()}  ({'new token for' if made else 'kept, user'} {user!r})"
+    )
+    click.echo(f"dask          {config.scheduler}")
+    click.echo("Ctrl-C stops everything; jobs and outputs are kept for the next start.")
+    try:
+        serve(create_app(config), host, port)
+    finally:
+        if cluster is not None:
+            cluster.close(timeout=10)
+        click.echo("stopped.")
+
+
+@main.command()
+@_server_options
+@click.option(
+    "--scheduler", required=True, help="Address of the dask scheduler whose workers run jobs."
+)
+@click.option(
+    "--public-url", help="URL workers use to reach this server. Default: http://HOST:PORT."
+)
+def server(port, host, data_dir, database, store, queues_file, scheduler, public_url):
+    """Run the API server against an existing dask scheduler (scale-out)."""
+    from .server.app import create_app
+    from .server.launch import check_port, serve
+
+    _setup_logging()
+    check_port(host, port)
+    config = _config(data_dir, port, host, database, store, queues_file, scheduler, public_url)
+    click.echo(
+        f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"
+    )
+    serve(create_app(config), host, port)
+
+
+@main.command()
+@click.argument("scheduler")
+@click.option(
+    "--queue",
+    "queue_slots",
+    multiple=True,
+    default=["Test=4"],
+    show_default=True,
+    help="QUEUE=SLOTS this worker serves; repeat for several.",
+)
+@click.option("--name", help="Worker name.")
+def worker(scheduler, queue_slots, name):
+    """Start a dask worker that serves Kotta queues (wraps `dask worker --resources`)."""
+    slots = []
+    for item in queue_slots:
+        q, _, n = item.partition("=")
+        if not q or not n.isdigit():
+            raise click.BadParameter(f"{item!r} is not QUEUE=SLOTS", param_hint="--queue")
+        slots.append((q, int(n)))
+    args = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler,
+            "--resources", ",".join(f"{q}={n}" for q, n in slots),
+            "--nthreads", str(sum(n for _, n in slots) + 1)]  # fmt: skip
+    if name:
+        args += ["--name", name]
+    os.execv(args[0], args)
+
+
+@main.command()
+@click.argument("name")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=d.AUTH_FILE,
+    show_default=True,
+    help="Credentials file to write.",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=d.DATA_DIR, show_default=True)
+@click.option("--database", envvar="DASK_KOTTA_DATABASE", help="SQLAlchemy URL of the job store.")
+@click.option("--url", help="Server URL to put in the file. Default: http://127.0.0.1:PORT.")
+@click.option("--port", type=int, default=d.PORT, show_default=True)
+def token(name, output, data_dir, database, url, port):
+    """Create user NAME if new, and write a credentials file with a new token for it."""
+    from .server.launch import issue_token
+    from .store.jobs import JobStore
+
+    if not name.strip() or len(name) > 128:
+        raise click.BadParameter("must be 1-128 characters", param_hint="NAME")
+    store = JobStore(database or str(Path(data_dir) / "jobs.sqlite"))
+    issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}")
+    store.close()
+    click.echo(f"wrote {output} for user {name!r}")
+
+
+# -- client commands ----------------------------------------------------------------------
+
+_auth = click.option(
+    "--auth-file", type=click.Path(dir_okay=False), default=d.AUTH_FILE, show_default=True,
+    envvar="KOTTA_AUTH_FILE", help="Credentials file (from `up` or `token`).",
+)  # fmt: skip
+
+
+def _konn(auth_file: str):
+    from .client.connection import Kotta
+
+    try:
+        text = Path(auth_file).read_text()
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot read credentials {auth_file}: {e.strerror}; run `dask-kotta up` or `dask-kotta token NAME`"
+        ) from None
+    return Kotta(text)
+
+
+def _dur(x: float | None) -> str:
+    return "-" if x is None else (f"{x * 1000:.0f}ms" if x < 1 else f"{x:.2f}s")
+
+
+def _when(t: float | None) -> str:
+    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+@main.command()
+@_auth
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.option("--queue", "-q", default=d.QUEUE, show_default=True)
+@click.option(
+    "--walltime",
+    "-w",
+    type=float,
+    default=60,
+    show_default=True,
+    help="Minutes (fractions allowed).",
+)
+@click.option(
+    "--inputs", "-i", default="", help="Comma-separated s3:// or http(s):// URLs to stage in."
+)
+@click.option("--outputs", "-o", default="", help="Comma-separated relative paths to keep.")
+@click.option("--name", "-n", default=None, help="Job name. Default: the script's file name.")
+@click.option(
+    "--executable", "-e", default=None, help="Command line to run. Default: the script itself."
+)
+@click.option("--wait/--no-wait", default=False, help="Wait for the job and print its STDOUT.")
+def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable, wait):
+    """Submit SCRIPT as a Kotta script job; prints its id."""
+    from .client.job import KottaJob
+
+    konn = _konn(auth_file)
+    path = Path(script)
+    job = KottaJob(
+        jobtype="script", jobname=name or path.name, script=path.read_text(), script_name=path.name,
+        executable=executable, queue=queue, walltime=walltime, inputs=inputs, outputs=outputs,
+    )  # fmt: skip
+    job.submit(konn)
+    click.echo(job.job_id)
+    if wait:
+        job.wait(konn, maxwait=float("inf"))
+        _print_logs(konn, job.job_id, True, True)
+        if job.status(konn) != d.COMPLETED:
+            raise click.ClickException(f"job {job.job_id} {job.info['status']}: {job.reason}")
+
+
+@main.command()
+@_auth
+@click.argument("job_id")
+def status(auth_file, job_id):
+    """Show a job: status, reason, times, per-phase durations, outputs."""
+    konn = _konn(auth_file)
+    j = konn.job(job_id)
+    t = j["timings"]
+    total = (j["ended_at"] - j["submitted_at"]) if j["ended_at"] else None
+    lines = [
+        ("id", j["id"]), ("name", j["name"]), ("type", j["jobtype"]), ("queue", j["queue"]),
+        ("walltime", f"{j['walltime_min']:g} min"), ("status", j["status"]), ("reason", j["reason"] or "-"),
+        ("submitted", _when(j["submitted_at"])), ("started", _when(j["started_at"])), ("ended", _when(j["ended_at"])),
+        ("stage in", _dur(t["stage_in"])), ("run", _dur(t["run"])), ("stage out", _dur(t["stage_out"])),
+        ("total", _dur(total)), ("attempts", str(j["attempt"])), ("worker", j["worker"] or "-"),
+    ]  # fmt: skip
+    for k, v in lines:
+        click.echo(f"{k:<10} {v}")
+    for o in j["outputs"]:
+        click.echo(f"{'output':<10} {o['name']} ({o['size']} bytes) {o['url']}")
+    if j["traceback"]:
+        click.echo("traceback:\n" + j["traceback"])
+
+
+def _print_logs(konn, job_id: str, stdout: bool, stderr: bool) -> None:
+    from .client.job import KottaJob
+
+    job = KottaJob.attach(konn, job_id)
+    names = {o.file: o for o in job.outputs}
+    for want, key in ((stdout, job.info.get("stdout")), (stderr, job.info.get("stderr"))):
+        if not want or not key:
+            continue
+        out = next(
+            (
+                o
+                for o in job.outputs
+                if o.url.endswith("/" + key) or o.file == key.rsplit("/", 1)[-1]
+            ),
+            None,
+        )
+        if out is None:
+            click.echo(f"--- {key}: not available (status {job.info['status']})", err=True)
+            continue
+        click.echo(f"--- {key}", err=True)
+        click.echo(out.read(), nl=False)
+    del names
+
+
+@main.command()
+@_auth
+@click.argument("job_id")
+@click.option("--stdout/--no-stdout", default=True)
+@click.option("--stderr/--no-stderr", default=True)
+def logs(auth_file, job_id, stdout, stderr):
+    """Print a job's STDOUT and STDERR."""
+    _print_logs(_konn(auth_file), job_id, stdout, stderr)
+
+
+@main.command()
+@_auth
+@click.argument("job_id")
+def cancel(auth_file, job_id):
+    """Cancel a pending or running job."""
+    from .errors import ConflictError
+
+    konn = _konn(auth_file)
+    try:
+        konn.cancel_job(job_id)
+        click.echo(f"job {job_id} cancelled")
+    except ConflictError as e:
+        raise click.ClickException(str(e).split(" (HTTP")[0]) from None
+
+
+@main.command(name="ls")
+@_auth
+@click.option("--limit", "-n", type=int, default=20, show_default=True)
+@click.option("--status", "status_filter", type=click.Choice(d.SERVER_STATUSES), default=None)
+def ls_(auth_file, limit, status_filter):
+    """List your jobs, newest first, with status and durations."""
+    from rich.console import Console
+    from rich.table import Table
+
+    konn = _konn(auth_file)
+    table = Table(box=None)
+    for col in (
+        "id",
+        "name",
+        "queue",
+        "status",
+        "submitted",
+        "stage in",
+        "run",
+        "stage out",
+        "reason",
+    ):
+        table.add_column(col)
+    for j in konn.jobs(limit=limit, status=status_filter):
+        t = j["timings"]
+        table.add_row(
+            j["id"], j["name"][:30], j["queue"], j["status"], _when(j["submitted_at"]),
+            _dur(t["stage_in"]), _dur(t["run"]), _dur(t["stage_out"]), (j["reason"] or "")[:50],
+        )  # fmt: skip
+    Console(width=200).print(table)
+
+
+if __name__ == "__main__":
+    main()

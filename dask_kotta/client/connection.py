@@ -1,0 +1,185 @@
+"""``Kotta``: one authenticated connection to a Kotta server."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from .. import defaults as d
+from ..errors import ConfigError, ServerUnavailableError, error_for_status
+
+_SUBMIT_ATTEMPTS = 4
+
+
+class Kotta:
+    """A connection to a Kotta server, made from a credentials JSON string.
+
+    >>> konn = Kotta(open('../auth.file').read())
+
+    The credentials are ``{"url": "http://host:port", "token": "..."}`` as
+    written by ``dask-kotta up`` or ``dask-kotta token NAME``. The server is
+    asked who the token belongs to right away, so bad credentials fail here.
+    Idempotent calls are retried on connection errors; a submit is retried
+    with the same idempotency key, so it never makes two jobs.
+    """
+
+    def __init__(self, creds: str | dict, *, timeout: float = d.READ_TIMEOUT_S):
+        info = _parse_creds(creds)
+        self.url: str = info["url"].rstrip("/")
+        self._token: str = info["token"]
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {self._token}"
+        self.session.headers["User-Agent"] = "dask-kotta-client"
+        retry = Retry(total=3, connect=3, read=2, backoff_factor=0.2, allowed_methods={"GET", "PUT", "HEAD"},
+                      status_forcelist=(502, 503, 504), raise_on_status=False)  # fmt: skip
+        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.user: dict[str, Any] = self.request("GET", "/api/v1/whoami").json()
+
+    def __repr__(self) -> str:
+        return f"<Kotta {self.url} user={self.user.get('name')!r}>"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> Kotta:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def request(
+        self, method: str, path: str, *, timeout: float | None = None, **kw
+    ) -> requests.Response:
+        """One API call; raises the ``APIError`` subclass for a 4xx/5xx answer."""
+        url = path if path.startswith(("http://", "https://")) else self.url + path
+        try:
+            r = self.session.request(
+                method, url, timeout=(d.CONNECT_TIMEOUT_S, timeout or self.timeout), **kw
+            )
+        except requests.ConnectionError as e:
+            raise ServerUnavailableError(
+                f"cannot reach the Kotta server at {self.url}: {_short(e)}"
+            ) from None
+        except requests.Timeout:
+            raise ServerUnavailableError(
+                f"the Kotta server at {self.url} did not answer in time"
+            ) from None
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text or r.reason
+            if r.status_code == 401:
+                detail = f"credentials rejected by {self.url}: {detail}"
+            raise error_for_status(
+                r.status_code, detail if isinstance(detail, str) else json.dumps(detail)
+            )
+        return r
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def submit_specs(
+        self, specs: list[dict[str, Any]], payloads: list[bytes | None]
+    ) -> list[dict[str, Any]]:
+        """Submit job descriptions (and pickled payloads) in one request; returns the jobs."""
+        # Always multipart: the descriptions as a field, each payload as a file part.
+        files: dict[str, tuple] = {"specs": (None, json.dumps(specs))}
+        for i, p in enumerate(payloads):
+            if p is not None:
+                files[f"payload{i}"] = (f"payload{i}", p, "application/octet-stream")
+        for attempt in range(_SUBMIT_ATTEMPTS):
+            try:
+                return self.request("POST", "/api/v1/jobs", files=files).json()["jobs"]
+            except ServerUnavailableError:
+                # Safe to repeat: each spec carries its idempotency key.
+                if attempt == _SUBMIT_ATTEMPTS - 1 or not all(
+                    s.get("idempotency_key") for s in specs
+                ):
+                    raise
+                time.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def job(self, job_id: str, wait: float = 0) -> dict[str, Any]:
+        """A job's record; with ``wait`` the server holds the answer until it ends (at most ``wait`` s)."""
+        params = {"wait": wait} if wait else None
+        return self.request(
+            "GET", f"/api/v1/jobs/{job_id}", params=params, timeout=self.timeout + wait
+        ).json()
+
+    def wait_any(self, job_ids: list[str], timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Records of the jobs, as soon as at least one has ended (or after ``timeout`` s)."""
+        r = self.request(
+            "POST",
+            "/api/v1/jobs/wait",
+            json={"ids": job_ids, "timeout": timeout},
+            timeout=self.timeout + timeout,
+        )
+        return r.json()["jobs"]
+
+    def jobs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        """Your jobs, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        return self.request("GET", "/api/v1/jobs", params=params).json()["jobs"]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        """A job's status history."""
+        return self.request("GET", f"/api/v1/jobs/{job_id}/events").json()["events"]
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        """Cancel a job; raises ``ConflictError`` if it already ended."""
+        return self.request("POST", f"/api/v1/jobs/{job_id}/cancel").json()
+
+    def result_bytes(self, job_id: str) -> bytes:
+        """The pickled result of a python job."""
+        return self.request("GET", f"/api/v1/jobs/{job_id}/result").content
+
+    def queues(self) -> dict[str, dict[str, Any]]:
+        """The server's queues and their limits."""
+        return self.request("GET", "/api/v1/queues").json()
+
+
+def _short(e: Exception) -> str:
+    text = str(e)
+    if "Connection refused" in text:
+        return "connection refused (is the server running?)"
+    return text[:300]
+
+
+def _parse_creds(creds: str | dict | Path) -> dict[str, str]:
+    example = '{"url": "http://127.0.0.1:8765", "token": "kt_..."}'
+    if isinstance(creds, Path):
+        creds = creds.read_text()
+    if isinstance(creds, str):
+        if not creds.strip():
+            raise ConfigError(f"the credentials string is empty; expected JSON like {example}")
+        try:
+            creds = json.loads(creds)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"the credentials are not valid JSON ({e}); expected {example}"
+            ) from None
+    if not isinstance(creds, dict):
+        raise ConfigError(f"the credentials must be a JSON object like {example}")
+    missing = [k for k in ("url", "token") if not isinstance(creds.get(k), str) or not creds.get(k)]
+    if missing:
+        raise ConfigError(
+            f"the credentials lack {' and '.join(repr(m) for m in missing)}; expected {example}"
+        )
+    if not creds["url"].startswith(("http://", "https://")):
+        raise ConfigError(
+            f"the credentials' url {creds['url']!r} must start with http:// or https://"
+        )
+    return creds

@@ -1,0 +1,253 @@
+"""``KottaJob``: a job description that, once submitted, behaves as a future."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from .. import defaults as d
+from ..errors import (
+    ConflictError,
+    JobCancelledError,
+    JobFailedError,
+    JobTimeoutError,
+    KottaError,
+)
+from ..paths import split_list
+from .kout import KOut
+from .serialize import loads_result, versions
+
+if TYPE_CHECKING:
+    from .connection import Kotta
+
+_DOCUMENTED = {
+    "inputs": "",
+    "outputs": "",
+    "walltime": d.WALLTIME_MIN,
+    "queue": d.QUEUE,
+    "output_file_stdout": "STDOUT.txt",
+    "output_file_stderr": "STDERR.txt",
+    "jobtype": "script",
+    "jobname": "",
+    "script": None,
+    "script_name": None,
+    "executable": None,
+}
+_EXTRA = {"requirements": None, "retries": 0, "annotations": None}
+
+
+class KottaJob:
+    """A Kotta job: a script (``jobtype='script'``) or a python function.
+
+    Keyword arguments (all optional): ``inputs`` (comma-separated URLs),
+    ``outputs`` (comma-separated relative paths), ``walltime`` (minutes,
+    default 300; fractions allowed), ``queue`` (``'Test'`` or ``'Prod'``),
+    ``output_file_stdout`` / ``output_file_stderr`` (default ``STDOUT.txt`` /
+    ``STDERR.txt``), ``jobtype``, ``jobname``, ``script`` (the script's text),
+    ``script_name`` (its file name on the worker), ``executable`` (the command
+    line to run, e.g. ``'/bin/bash myscript.sh'``), ``requirements``
+    (requirements.txt text) and ``retries``.
+
+    >>> job = KottaJob(jobname='hello', executable='/bin/bash myscript.sh',
+    ...                script_name='myscript.sh', script='#!/bin/bash\\n echo "Hello World!"')
+    >>> job.submit(konn)
+    True
+    """
+
+    def __init__(self, **kwargs: Any):
+        unknown = set(kwargs) - set(_DOCUMENTED) - set(_EXTRA)
+        if unknown:
+            raise TypeError(
+                f"KottaJob got unknown keyword(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join([*_DOCUMENTED, *_EXTRA])}"
+            )
+        self._desc: dict[str, Any] = {**_DOCUMENTED, **_EXTRA, **kwargs}
+        if self._desc["jobtype"] not in d.JOBTYPES:
+            raise KottaError(
+                f"jobtype {self._desc['jobtype']!r} is not one of {', '.join(d.JOBTYPES)}"
+            )
+        self.job_id: str | None = None
+        self._info: dict[str, Any] = {}
+        self._status: str = d.UNSUBMITTED
+        self._konn: Kotta | None = None
+
+    def __repr__(self) -> str:
+        name = f" {self.jobname!r}" if self.jobname else ""
+        return f"<KottaJob{name} id={self.job_id or '-'} status={self._status}>"
+
+    # -- description ----------------------------------------------------------------------
+
+    @property
+    def desc(self) -> dict[str, Any]:
+        """The job's description (the keyword arguments it was made with, and defaults)."""
+        return dict(self._desc)
+
+    @property
+    def jobname(self) -> str:
+        """The job's user-friendly name."""
+        return self._desc.get("jobname") or ""
+
+    @property
+    def id(self) -> str | None:
+        """The server's id for this job, once submitted."""
+        return self.job_id
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The last job record read from the server (status, reason, timings, outputs...)."""
+        return dict(self._info)
+
+    @property
+    def reason(self) -> str:
+        """Why the job failed or was cancelled, as last seen."""
+        return self._info.get("reason", "")
+
+    @property
+    def outputs(self) -> list[KOut]:
+        """The job's outputs as ``KOut`` objects, STDOUT and STDERR included (as last seen)."""
+        return [
+            KOut(
+                o["url"],
+                konn=self._konn,
+                name=o["name"],
+                store_url=o.get("store_url"),
+                size=o.get("size"),
+            )
+            for o in self._info.get("outputs", [])
+        ]
+
+    def to_spec(self) -> dict[str, Any]:
+        """The description as the server's API takes it."""
+        desc = self._desc
+        spec = {
+            "jobtype": desc["jobtype"],
+            "name": desc["jobname"] or "",
+            "queue": desc["queue"],
+            "walltime_min": desc["walltime"],
+            "inputs": split_list(desc["inputs"]),
+            "outputs": split_list(desc["outputs"]),
+            "stdout": desc["output_file_stdout"],
+            "stderr": desc["output_file_stderr"],
+            "script": desc["script"],
+            "script_name": desc["script_name"],
+            "executable": desc["executable"],
+            "requirements": desc["requirements"],
+            "retries": desc["retries"],
+            "annotations": desc["annotations"],
+        }
+        if desc["jobtype"] == "python":
+            spec["client"] = versions()
+        return {k: v for k, v in spec.items() if v is not None}
+
+    # -- the future -----------------------------------------------------------------------
+
+    def _update(self, info: dict[str, Any], konn: Kotta) -> None:
+        self._info = info
+        self._status = info["status"]
+        self._konn = konn
+
+    def submit(self, konn: Kotta, _payload: bytes | None = None) -> bool:
+        """Submit the job. Returns True; a refused submission raises a ``KottaError`` saying why."""
+        if self.job_id is not None:
+            raise ConflictError(f"this KottaJob was already submitted as job {self.job_id}")
+        if self._desc["jobtype"] == "script" and not (
+            self._desc["script"] or self._desc["executable"]
+        ):
+            raise KottaError("a script job needs script= or executable=")
+        spec = self.to_spec()
+        spec["idempotency_key"] = uuid.uuid4().hex
+        info = konn.submit_specs([spec], [_payload])[0]
+        self.job_id = info["id"]
+        self._update(info, konn)
+        return True
+
+    def _require_id(self) -> str:
+        if self.job_id is None:
+            raise KottaError(
+                "this KottaJob has not been submitted yet; call job.submit(konn) first"
+            )
+        return self.job_id
+
+    def status(self, konn: Kotta) -> str:
+        """One of 'unsubmitted', 'pending', 'staging_inputs', 'processing', 'staging_outputs',
+        'completed', 'failed', 'cancelled'."""
+        if self.job_id is None:
+            return d.UNSUBMITTED
+        self._update(konn.job(self.job_id), konn)
+        return self._status
+
+    def done(self) -> bool:
+        """True once the last seen status is terminal (no request is made)."""
+        return self._status in d.TERMINAL_STATUSES
+
+    def wait(
+        self, konn: Kotta, maxwait: float = 600, sleep: float = 2, silent: bool = True
+    ) -> bool:
+        """Wait up to ``maxwait`` seconds for the job to end; True if it ended.
+
+        The server holds each request until the job ends (long-poll), so the end
+        is seen at once; ``sleep`` is the longest a single request is held
+        before a status line is printed (with ``silent=False``).
+        """
+        job_id = self._require_id()
+        deadline = time.monotonic() + maxwait
+        last = None
+        while True:
+            left = deadline - time.monotonic()
+            hold = max(0.0, min(left, max(sleep, 0.5) if not silent else d.LONGPOLL_MAX_S))
+            self._update(konn.job(job_id, wait=hold), konn)
+            if not silent and self._status != last:
+                print(f"Job {job_id}: {self._status}")
+                last = self._status
+            if self._status in d.TERMINAL_STATUSES:
+                return True
+            if left <= 0:
+                return False
+
+    def cancel(self, konn: Kotta) -> bool:
+        """Cancel the job: True if this call cancelled it, False if it had already ended."""
+        job_id = self._require_id()
+        try:
+            self._update(konn.cancel_job(job_id), konn)
+            return True
+        except ConflictError:
+            self._update(konn.job(job_id), konn)
+            return False
+
+    def get_results(self, konn: Kotta, timeout: float | None = None) -> Any:
+        """Wait for the job and return its result.
+
+        A python job returns its function's value, or raises the function's
+        exception with the remote traceback. A script job returns its outputs.
+        A failed job raises ``JobFailedError`` with the reason, a cancelled one
+        ``JobCancelledError``, and ``JobTimeoutError`` if ``timeout`` seconds pass.
+        """
+        job_id = self._require_id()
+        if not self.wait(konn, maxwait=float("inf") if timeout is None else timeout):
+            raise JobTimeoutError(
+                f"job {job_id} did not end within {timeout} s (status {self._status})", job_id
+            )
+        if self._status == d.CANCELLED:
+            raise JobCancelledError(f"job {job_id} was cancelled", job_id)
+        if self._desc["jobtype"] == "python" and self._info.get("has_result"):
+            return loads_result(konn.result_bytes(job_id), job_id)
+        if self._status == d.FAILED:
+            raise JobFailedError(f"job {job_id} failed: {self.reason}", job_id)
+        if self._desc["jobtype"] == "python":
+            raise JobFailedError(f"job {job_id} completed without a result", job_id)
+        return self.outputs
+
+    @classmethod
+    def attach(cls, konn: Kotta, job_id: str) -> KottaJob:
+        """A ``KottaJob`` for a job submitted earlier (by id)."""
+        info = konn.job(job_id)
+        job = cls(
+            jobtype=info["jobtype"],
+            jobname=info["name"],
+            queue=info["queue"],
+            walltime=info["walltime_min"],
+        )
+        job.job_id = job_id
+        job._update(info, konn)
+        return job

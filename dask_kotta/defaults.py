@@ -1,0 +1,56 @@
+"""Constants in one place, each with its unit."""
+
+from __future__ import annotations
+
+#: Job statuses, in lifecycle order. ``unsubmitted`` exists only on the client.
+UNSUBMITTED = "unsubmitted"
+PENDING = "pending"
+STAGING_INPUTS = "staging_inputs"
+PROCESSING = "processing"
+STAGING_OUTPUTS = "staging_outputs"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+
+ACTIVE_STATUSES = (STAGING_INPUTS, PROCESSING, STAGING_OUTPUTS)
+TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
+SERVER_STATUSES = (PENDING, *ACTIVE_STATUSES, *TERMINAL_STATUSES)
+
+JOBTYPES = ("script", "python")
+
+#: Default TCP port of ``dask-kotta up`` / ``server``.
+PORT = 8765
+#: Default data directory (SQLite file, object store) of the embedded service.
+DATA_DIR = ".kotta"
+#: Default credentials file written by ``up``.
+AUTH_FILE = "auth.file"
+#: Default walltime of a ``KottaJob``, in minutes (documented).
+WALLTIME_MIN = 300
+#: Default queue.
+QUEUE = "Test"
+
+#: A claimed job's lease, in seconds: a runner that does not heartbeat within it loses the job.
+LEASE_S = 20.0
+#: Runner heartbeat interval, in seconds. Also how fast a cancel reaches a running job.
+HEARTBEAT_S = 1.0
+#: Times a job whose runner vanished is put back to pending before it fails.
+MAX_REQUEUES = 3
+#: How often the server looks for expired leases, in seconds.
+REAPER_S = 1.0
+#: Longest single long-poll wait the server grants, in seconds.
+LONGPOLL_MAX_S = 30.0
+#: How long a runner keeps retrying an unreachable server, in seconds.
+RUNNER_PATIENCE_S = 180.0
+
+#: Largest payload (pickled function+arguments, or script) accepted, in bytes.
+MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
+#: Child-process poll interval for walltime/memory/cancel checks, in seconds.
+MONITOR_S = 0.05
+
+#: Connect and read timeouts of client HTTP calls, in seconds.
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 60.0
+
+#: Object names the service gives a job's internal files, under the job's prefix.
+PAYLOAD_OBJECT = ".kotta/payload.pkl"
+RESULT_OBJECT = ".kotta/result.pkl"

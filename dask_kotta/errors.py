@@ -1,0 +1,192 @@
+"""The one exception hierarchy of dask-kotta.
+
+::
+
+    KottaError
+    ├── ConfigError            bad credentials, bad queue config, bad flags
+    ├── SerializationError     a function or argument cannot be pickled (client side)
+    ├── UnsafePathError        a path that would escape its job's directory or prefix
+    ├── APIError               the server answered 4xx/5xx; ``.status`` is the HTTP status
+    │   ├── AuthenticationError    401: unknown or malformed token
+    │   ├── NotFoundError          404: no such job (or not yours)
+    │   ├── InvalidRequestError    400/422: the request names something invalid
+    │   ├── ConflictError          409: the job is not in a state that allows this
+    │   └── PayloadTooLargeError   413: the upload is over the server's limit
+    ├── ServerUnavailableError the server cannot be reached; the message names the URL
+    └── JobError               something about a job's outcome
+        ├── JobFailedError         the job ended ``failed`` (reason in the message)
+        ├── JobCancelledError      the job ended ``cancelled``
+        ├── JobTimeoutError        waiting gave up before the job ended
+        ├── ResultError            the result could not be unpickled here
+        └── RemoteError            the remote function raised; see ``remote_traceback``
+
+A ``RemoteError`` raised to the caller is also an instance of the remote
+exception's own class where that class can be subclassed, so
+``except ZeroDivisionError`` works across the wire.
+"""
+
+from __future__ import annotations
+
+
+class KottaError(Exception):
+    """Base of every error raised by dask-kotta."""
+
+
+class ConfigError(KottaError):
+    """The configuration (credentials, queues, flags) is invalid."""
+
+
+class SerializationError(KottaError):
+    """A function, its arguments or its result could not be pickled."""
+
+
+class UnsafePathError(KottaError, ValueError):
+    """A path would escape the directory or prefix it belongs to."""
+
+
+class APIError(KottaError):
+    """The server refused a request; ``status`` is the HTTP status code."""
+
+    status: int = 500
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class AuthenticationError(APIError):
+    """The token is missing, malformed or unknown to the server."""
+
+    status = 401
+
+
+class NotFoundError(APIError):
+    """No such job or object (another user's job is not found either)."""
+
+    status = 404
+
+
+class InvalidRequestError(APIError):
+    """The request names an invalid queue, walltime, path or job type."""
+
+    status = 400
+
+
+class ConflictError(APIError):
+    """The job is not in a state that allows the operation."""
+
+    status = 409
+
+
+class PayloadTooLargeError(APIError):
+    """An upload is larger than the server accepts."""
+
+    status = 413
+
+
+class ServerUnavailableError(KottaError):
+    """The Kotta server could not be reached."""
+
+
+class JobError(KottaError):
+    """Base for errors about a job's outcome."""
+
+    def __init__(self, message: str, job_id: str | None = None):
+        super().__init__(message)
+        self.job_id = job_id
+
+
+class JobFailedError(JobError):
+    """The job ended in the ``failed`` state."""
+
+
+class JobCancelledError(JobError):
+    """The job was cancelled."""
+
+
+class JobTimeoutError(JobError, TimeoutError):
+    """Waiting for the job gave up before the job ended."""
+
+
+class ResultError(JobError):
+    """The job's result could not be unpickled by the client."""
+
+
+class RemoteError(JobError):
+    """The remote function raised an exception.
+
+    ``remote_type`` names the remote exception class, ``remote_traceback`` is
+    its formatted traceback, and ``remote_exception`` the unpickled exception
+    when it could be unpickled here.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        job_id: str | None = None,
+        remote_type: str = "",
+        remote_traceback: str = "",
+        remote_exception: BaseException | None = None,
+    ):
+        super().__init__(message, job_id)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+        self.remote_exception = remote_exception
+
+    def __str__(self) -> str:
+        text = self.args[0] if self.args else ""
+        if self.remote_traceback:
+            text += f"\n\nRemote traceback (job {self.job_id}):\n{self.remote_traceback}"
+        return text
+
+    def __reduce__(self):
+        return (
+            RemoteError,
+            (
+                self.args[0] if self.args else "",
+                self.job_id,
+                self.remote_type,
+                self.remote_traceback,
+            ),
+        )
+
+
+def remote_error(
+    exc: BaseException | None, type_name: str, message: str, tb: str, job_id: str
+) -> RemoteError:
+    """Build the error to raise for a remote exception.
+
+    Where the remote exception unpickled and its class can be subclassed, the
+    result is an instance of both ``RemoteError`` and that class.
+    """
+    text = f"{type_name}: {message}" if message else type_name
+    if exc is not None and isinstance(exc, Exception):
+        try:
+            cls = type(
+                type(exc).__name__, (RemoteError, type(exc)), {"__module__": type(exc).__module__}
+            )
+            err = cls.__new__(cls)
+            RemoteError.__init__(err, text, job_id, type_name, tb, exc)
+            err.args = (text,)
+            return err
+        except TypeError:
+            pass
+    return RemoteError(text, job_id, type_name, tb, exc)
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: InvalidRequestError,
+}
+
+
+def error_for_status(status: int, detail: str) -> APIError:
+    """The ``APIError`` subclass instance for an HTTP status and its detail."""
+    cls = _BY_STATUS.get(status, APIError)
+    return cls(f"{detail} (HTTP {status})", status)

@@ -1,0 +1,86 @@
+"""The runner's side of the runner API, with patience for a restarting server."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, BinaryIO
+
+import requests
+
+from .. import defaults as d
+
+
+class LostJob(Exception):
+    """This attempt no longer holds the job (cancelled, requeued, or finished elsewhere)."""
+
+
+class RunnerAPI:
+    """Calls for one job attempt. Connection errors are retried for ``patience_s``."""
+
+    def __init__(
+        self,
+        server_url: str,
+        job_id: str,
+        attempt: int,
+        token: str,
+        patience_s: float = d.RUNNER_PATIENCE_S,
+    ):
+        self.base = f"{server_url.rstrip('/')}/api/v1/runner/jobs/{job_id}"
+        self.patience_s = patience_s
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+        self.session.headers["X-Kotta-Attempt"] = str(attempt)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def _call(
+        self, method: str, path: str, patience_s: float | None = None, **kw
+    ) -> requests.Response:
+        deadline = time.monotonic() + (self.patience_s if patience_s is None else patience_s)
+        delay = 0.2
+        kw.setdefault("timeout", (d.CONNECT_TIMEOUT_S, 120))
+        while True:
+            try:
+                body = kw.get("data")
+                if hasattr(body, "seek"):
+                    body.seek(0)
+                r = self.session.request(method, self.base + path, **kw)
+            except (requests.ConnectionError, requests.Timeout):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if r.status_code == 409:
+                raise LostJob(r.json().get("detail", "lost the job"))
+            if r.status_code >= 500 and time.monotonic() < deadline:
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            r.raise_for_status()
+            return r
+
+    def claim(self) -> dict[str, Any]:
+        return self._call("POST", "/claim", params={"worker": socket.gethostname()}).json()
+
+    def heartbeat(self) -> None:
+        self._call("POST", "/heartbeat", patience_s=0)
+
+    def phase(self, status: str) -> None:
+        self._call("POST", "/phase", json={"status": status})
+
+    def download_payload(self, dest: BinaryIO) -> None:
+        r = self._call("GET", "/payload", stream=True)
+        for chunk in r.iter_content(1024 * 1024):
+            dest.write(chunk)
+
+    def upload(self, name: str, f: BinaryIO) -> int:
+        return self._call("PUT", f"/files/{name}", data=f).json()["size"]
+
+    def upload_result(self, f: BinaryIO) -> int:
+        return self._call("PUT", "/result", data=f).json()["size"]
+
+    def finish(self, **body) -> str:
+        return self._call("POST", "/finish", json=body).json()["status"]

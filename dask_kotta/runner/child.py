@@ -1,0 +1,121 @@
+"""The child side of a python job: ``python -m dask_kotta.runner.child DIR``.
+
+``DIR`` (the job's private ``.kotta`` directory) holds ``payload.pkl``
+(cloudpickle of ``{"fn", "args", "kwargs"}``). The child writes
+``result.pkl`` (cloudpickle of ``{"ok": True, "value": ...}`` or
+``{"ok": False, "exc": ..., "type", "message", "traceback"}``) and
+``outcome.json``: the same outcome without pickles, which is all the runner reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+
+def versions() -> dict[str, str]:
+    import cloudpickle
+
+    return {"python": platform.python_version(), "cloudpickle": cloudpickle.__version__}
+
+
+def _die_with_parent() -> None:
+    # If the runner's worker dies, take the job down with it instead of leaving an orphan.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _version_problem(client: dict[str, str]) -> str | None:
+    mine = versions()
+    if not client.get("python"):
+        return None
+    if client["python"].split(".")[:2] != mine["python"].split(".")[:2]:
+        return (
+            f"version mismatch: the client pickled this function with Python {client['python']} "
+            f"(cloudpickle {client.get('cloudpickle', '?')}), the worker runs Python {mine['python']} "
+            f"(cloudpickle {mine['cloudpickle']}); use the same Python minor version on both"
+        )
+    return None
+
+
+def _write(private: Path, outcome: dict, pickled: dict | None) -> None:
+    import cloudpickle
+
+    if pickled is not None:
+        try:
+            data = cloudpickle.dumps(pickled)
+        except Exception as e:
+            if not pickled.get("ok"):
+                # An exception that cannot be pickled still travels as its type, message and traceback.
+                data = cloudpickle.dumps({**pickled, "exc": None})
+            else:
+                tb = traceback.format_exc()
+                outcome = {
+                    "ok": False,
+                    "type": type(e).__name__,
+                    "message": f"the function's result cannot be pickled: {e}",
+                    "traceback": tb,
+                }
+                data = cloudpickle.dumps({**outcome, "exc": None})
+        (private / "result.pkl").write_bytes(data)
+    (private / "outcome.json").write_text(json.dumps(outcome))
+
+
+def main(argv: list[str]) -> int:
+    _die_with_parent()
+    private = Path(argv[0])
+    client = json.loads(os.environ.pop("KOTTA_CLIENT_VERSIONS", "{}") or "{}")
+    problem = _version_problem(client)
+    if problem:
+        print(problem, file=sys.stderr)
+        _write(
+            private,
+            {"ok": False, "type": "VersionMismatch", "message": problem, "traceback": ""},
+            None,
+        )
+        return 2
+    import cloudpickle
+
+    try:
+        with open(private / "payload.pkl", "rb") as f:
+            payload = cloudpickle.load(f)
+        fn, args, kwargs = payload["fn"], payload.get("args", ()), payload.get("kwargs", {})
+    except Exception as e:
+        mine = versions()
+        msg = (
+            f"cannot unpickle the function: {type(e).__name__}: {e} (client Python {client.get('python', '?')}, "
+            f"cloudpickle {client.get('cloudpickle', '?')}; worker Python {mine['python']}, "
+            f"cloudpickle {mine['cloudpickle']})"
+        )
+        tb = traceback.format_exc()
+        print(tb, file=sys.stderr)
+        _write(
+            private, {"ok": False, "type": type(e).__name__, "message": msg, "traceback": tb}, None
+        )
+        return 2
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as e:
+        tb = traceback.format_exc()
+        print(tb, file=sys.stderr, end="")
+        outcome = {"ok": False, "type": type(e).__name__, "message": str(e), "traceback": tb}
+        _write(private, outcome, {**outcome, "exc": e})
+        return 1
+    _write(private, {"ok": True}, {"ok": True, "value": value})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.stdout.flush()
+    code = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

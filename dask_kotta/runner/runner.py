@@ -1,0 +1,230 @@
+"""One job attempt, start to end: claim -> stage_inputs -> run_child -> stage_outputs -> report.
+
+``run_job`` is the function the server submits to dask.distributed, one task
+per attempt. It returns a short word for the dask dashboard; the job's real
+outcome goes to the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .. import defaults as d
+from ..errors import UnsafePathError
+from ..paths import resolve_inside
+from .api import LostJob, RunnerAPI
+from .process import run_process
+from .staging import StagingError, stage_inputs
+
+
+class Heartbeat(threading.Thread):
+    """Renews the lease; notices when the job was taken away (cancel, requeue)."""
+
+    def __init__(self, api: RunnerAPI, interval: float):
+        super().__init__(daemon=True, name="kotta-heartbeat")
+        self.api, self.interval = api, interval
+        self.lost: str | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            try:
+                self.api.heartbeat()
+            except LostJob as e:
+                self.lost = f"job taken away: {e}"
+                return
+            except Exception:  # server briefly unreachable: the lease has room for that
+                continue
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def _work_root() -> Path:
+    root = os.environ.get("KOTTA_WORK_DIR")
+    if not root:
+        try:
+            from distributed import get_worker
+
+            root = os.path.join(get_worker().local_directory, "kotta-jobs")
+        except (ImportError, ValueError):
+            root = os.path.join(tempfile.gettempdir(), "kotta-jobs")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    return Path(root)
+
+
+def _child_env(job: dict[str, Any], workdir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "KOTTA_"))}
+    env["KOTTA_JOB_ID"] = job["id"]
+    env["KOTTA_WORKDIR"] = str(workdir)
+    env["PYTHONUNBUFFERED"] = "1"
+    if job["jobtype"] == "python":
+        env["KOTTA_CLIENT_VERSIONS"] = json.dumps(job.get("client") or {})
+    return env
+
+
+def _command(job: dict[str, Any], workdir: Path, private: Path) -> list[str]:
+    if job["jobtype"] == "python":
+        return [sys.executable, "-m", "dask_kotta.runner.child", str(private)]
+    script = job.get("script")
+    if script:
+        path = resolve_inside(workdir, job["script_name"], "script_name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(script)
+        path.chmod(0o755)
+    if job.get("executable"):
+        return shlex.split(job["executable"])
+    return (
+        [f"./{job['script_name']}"] if script.startswith("#!") else ["/bin/sh", job["script_name"]]
+    )
+
+
+def _upload_outputs(
+    api: RunnerAPI, job: dict[str, Any], workdir: Path
+) -> tuple[list[dict], str | None]:
+    """Upload STDOUT/STDERR and declared outputs; returns them and the first problem."""
+    uploaded: list[dict] = []
+    problem = None
+    for name in [job["stdout"], job["stderr"], *job["outputs"]]:
+        if any(u["name"] == name for u in uploaded):
+            continue
+        try:
+            path = resolve_inside(workdir, name, "output")
+        except UnsafePathError as e:
+            problem = problem or str(e)
+            continue
+        if not path.is_file():
+            what = "is a directory, not a file" if path.is_dir() else "was not produced"
+            problem = problem or f"declared output {name!r} {what}"
+            continue
+        with open(path, "rb") as f:
+            uploaded.append({"name": name, "size": api.upload(name, f)})
+    return uploaded, problem
+
+
+def _run_child(job: dict, heartbeat: Heartbeat, workdir: Path, private: Path, command: list[str]):
+    stdout = resolve_inside(workdir, job["stdout"], "output_file_stdout")
+    stderr = resolve_inside(workdir, job["stderr"], "output_file_stderr")
+    for p in (stdout, stderr):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    return run_process(
+        command,
+        cwd=str(workdir),
+        stdout_path=str(stdout),
+        stderr_path=str(stderr),
+        env=_child_env(job, workdir),
+        walltime_s=job["walltime_s"],
+        memory_bytes=job["memory_bytes"],
+        stop_reason=lambda: heartbeat.lost,
+    )
+
+
+def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
+    """Run one attempt of a Kotta job; see the module docstring."""
+    api = RunnerAPI(server_url, job_id, attempt, token)
+    try:
+        job = api.claim()
+    except LostJob:
+        api.close()
+        return "not claimed"
+    heartbeat = Heartbeat(api, job["heartbeat_s"])
+    heartbeat.start()
+    workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=_work_root()))
+    private = workdir / ".kotta"
+    private.mkdir()
+    timings: dict[str, float | None] = {}
+    try:
+        return _run(api, job, heartbeat, workdir, private, timings)
+    except LostJob:
+        return "lost"
+    except Exception as e:
+        try:
+            api.finish(
+                ok=False, reason=f"runner error: {type(e).__name__}: {e}", traceback=traceback.format_exc(),
+                timings=timings, outputs=[], has_result=False,
+            )  # fmt: skip
+        except Exception:
+            pass
+        return "runner error"
+    finally:
+        heartbeat.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+        api.close()
+
+
+def _run(
+    api: RunnerAPI, job: dict, heartbeat: Heartbeat, workdir: Path, private: Path, timings: dict
+) -> str:
+    # stage_inputs (the claim already moved the job to staging_inputs)
+    t0 = time.monotonic()
+    try:
+        if job["has_payload"]:
+            with open(private / "payload.pkl", "wb") as f:
+                api.download_payload(f)
+        stage_inputs(job["inputs"], workdir)
+    except (StagingError, UnsafePathError) as e:
+        timings["stage_in"] = time.monotonic() - t0
+        api.finish(ok=False, reason=str(e), timings=timings, outputs=[], has_result=False)
+        return "failed"
+    timings["stage_in"] = time.monotonic() - t0
+
+    # run_child
+    api.phase(d.PROCESSING)
+    command = _command(job, workdir, private)
+    try:
+        outcome = _run_child(job, heartbeat, workdir, private, command)
+    except OSError as e:
+        timings["run"] = 0.0
+        reason = f"cannot start {command[0]!r}: {e.strerror or e}"
+        api.finish(ok=False, reason=reason, timings=timings, outputs=[], has_result=False)
+        return "failed"
+    timings["run"] = outcome.seconds
+    if heartbeat.lost:
+        raise LostJob(heartbeat.lost)
+
+    # stage_outputs
+    api.phase(d.STAGING_OUTPUTS)
+    t2 = time.monotonic()
+    reason, tb, has_result = "", "", False
+    if outcome.killed:
+        reason = outcome.killed
+    elif job["jobtype"] == "python":
+        try:
+            result = json.loads((private / "outcome.json").read_text())
+        except (OSError, ValueError):
+            result = {
+                "ok": False,
+                "type": "",
+                "message": f"the child exited with code {outcome.returncode} and no result",
+            }
+        if not result["ok"]:
+            reason = f"{result.get('type')}: {result.get('message')}".strip(": ")
+            tb = result.get("traceback", "")
+        if (private / "result.pkl").is_file():
+            with open(private / "result.pkl", "rb") as f:
+                api.upload_result(f)
+            has_result = True
+    elif outcome.returncode != 0:
+        reason = f"script exited with code {outcome.returncode}"
+    outputs, problem = _upload_outputs(api, job, workdir)
+    if problem and not reason:
+        reason = problem
+    timings["stage_out"] = time.monotonic() - t2
+    return api.finish(
+        ok=not reason,
+        reason=reason,
+        traceback=tb,
+        timings=timings,
+        outputs=outputs,
+        has_result=has_result,
+    )

@@ -1,0 +1,1 @@
+"""The Kotta HTTP service: API, auth, queues, dispatch to dask.distributed."""

@@ -1,0 +1,57 @@
+"""The ASGI application: routes, JSON errors, and the service's start and stop."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .. import __version__
+from ..errors import APIError, UnsafePathError
+from . import routes_jobs, routes_runner
+from .service import ServerConfig, Service
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The Kotta API for one configuration; its service starts with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc = Service(config)
+        app.state.svc = svc
+        await svc.start()
+        try:
+            yield
+        finally:
+            await svc.close()
+
+    app = FastAPI(title="dask-kotta", version=__version__, lifespan=lifespan)
+    app.include_router(routes_jobs.router)
+    app.include_router(routes_runner.router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse(
+            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        parts = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(UnsafePathError)
+    async def path_error(request: Request, exc: UnsafePathError):
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    return app

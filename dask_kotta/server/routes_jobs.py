@@ -1,0 +1,235 @@
+"""The user API: submit, look at, wait for, download from and cancel your own jobs.
+
+Another user's job answers exactly like a missing one (404).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from .. import defaults as d
+from ..errors import InvalidRequestError, UnsafePathError
+from ..paths import safe_relpath
+from ..store.objects import job_prefix
+from .auth import bearer, hash_token
+from .service import Service
+from .validate import check_spec
+from .views import job_view
+
+router = APIRouter(prefix="/api/v1")
+
+
+def svc(request: Request) -> Service:
+    return request.app.state.svc
+
+
+def current_user(request: Request) -> dict:
+    token = bearer(request.headers.get("authorization"))
+    if token is None:
+        raise HTTPException(401, "missing or malformed 'Authorization: Bearer <token>' header")
+    user = svc(request).user_for_token_hash(hash_token(token))
+    if user is None:
+        raise HTTPException(
+            401, "unknown token: make a new credentials file with 'dask-kotta token NAME'"
+        )
+    return user
+
+
+User = Annotated[dict, Depends(current_user)]
+
+
+def _own(request: Request, user: dict, job_id: str) -> dict[str, Any]:
+    job = svc(request).store.get(job_id, owner=user["id"])
+    if job is None:
+        raise HTTPException(404, f"no job {job_id!r}")
+    return job
+
+
+def _view(request: Request, job: dict[str, Any]) -> dict[str, Any]:
+    return job_view(job, str(request.base_url), svc(request).objects)
+
+
+@router.get("/whoami", summary="The user a token belongs to")
+def whoami(user: User) -> dict:
+    return {"id": user["id"], "name": user["name"]}
+
+
+@router.get("/queues", summary="Queues and their limits")
+def queues(request: Request, user: User) -> dict:
+    return {name: q.to_json() for name, q in svc(request).queues.items()}
+
+
+async def _read_submission(request: Request) -> list[tuple[dict, bytes | None]]:
+    s = svc(request)
+    limit = s.config.max_payload_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit + 1024 * 1024:
+        raise HTTPException(
+            413, f"request of {int(length)} bytes is over the limit of {limit} bytes"
+        )
+    form = await request.form(max_files=100_000, max_fields=100_000, max_part_size=limit)
+    try:
+        raw = form.get("specs")
+        if raw is None:
+            raise HTTPException(422, "missing form field 'specs' (a JSON list of job descriptions)")
+        specs = json.loads(raw)
+        if not isinstance(specs, list) or not specs:
+            raise HTTPException(422, "'specs' must be a non-empty JSON list")
+        out = []
+        for i, spec in enumerate(specs):
+            upload = form.get(f"payload{i}")
+            payload = (
+                await upload.read() if upload is not None and hasattr(upload, "read") else None
+            )
+            if payload is not None and len(payload) > limit:
+                raise HTTPException(
+                    413, f"payload of job {i} is {len(payload)} bytes, over the limit of {limit}"
+                )
+            out.append((spec, payload))
+        return out
+    except json.JSONDecodeError as e:
+        raise HTTPException(422, f"'specs' is not valid JSON: {e}") from None
+    finally:
+        await form.close()
+
+
+@router.post("/jobs", status_code=201, summary="Submit one or more jobs")
+async def submit(request: Request, user: User) -> dict:
+    """Multipart form: ``specs`` (JSON list of job descriptions) and ``payload<i>`` files.
+
+    A description with an ``idempotency_key`` already used by this user returns
+    the job made the first time instead of a new one.
+    """
+    s = svc(request)
+    items = await _read_submission(request)
+    specs = []
+    for i, (raw, payload) in enumerate(items):
+        try:
+            spec = check_spec(raw, s.queues, payload is not None)
+        except InvalidRequestError as e:
+            prefix = f"job {i}: " if len(items) > 1 else ""
+            raise HTTPException(400, prefix + str(e).removesuffix(" (HTTP 400)")) from None
+        spec["has_payload"] = payload is not None
+        specs.append(spec)
+    rows = s.store.insert_jobs(user["id"], specs)
+    for (job, created), (_, payload) in zip(rows, items, strict=True):
+        if created and payload is not None:
+            s.objects.put_bytes(f"{job_prefix(user['id'], job['id'])}/{d.PAYLOAD_OBJECT}", payload)
+    for job, created in rows:
+        if created:
+            s.engine.dispatch(job["id"], job["queue"])
+    jobs = [s.store.get(job["id"]) for job, _ in rows]
+    return {"jobs": [_view(request, j) for j in jobs], "created": [c for _, c in rows]}
+
+
+@router.get("/jobs", summary="Your jobs, newest first")
+def list_jobs(
+    request: Request, user: User, limit: int = Query(50, ge=1, le=10_000), status: str | None = None
+) -> dict:
+    jobs = svc(request).store.list(user["id"], limit=limit, status=status)
+    return {"jobs": [_view(request, j) for j in jobs]}
+
+
+async def _wait(
+    request: Request, user: dict, ids: list[str], timeout: float, any_: bool
+) -> list[dict]:
+    s = svc(request)
+    deadline = time.monotonic() + min(max(timeout, 0.0), d.LONGPOLL_MAX_S)
+    while True:
+        jobs = s.store.get_many(ids, user["id"])
+        if len(jobs) != len(set(ids)):
+            missing = sorted(set(ids) - {j["id"] for j in jobs})
+            raise HTTPException(404, f"no job {missing[0]!r}")
+        done = [j for j in jobs if j["status"] in d.TERMINAL_STATUSES]
+        left = deadline - time.monotonic()
+        if (done if any_ else len(done) == len(jobs)) or left <= 0:
+            return jobs
+        await s.notifier.wait(
+            [j["id"] for j in jobs if j["status"] not in d.TERMINAL_STATUSES], min(left, 1.0)
+        )
+
+
+@router.get("/jobs/{job_id}", summary="One job; ?wait=S long-polls until it ends")
+async def get_job(request: Request, user: User, job_id: str, wait: float = Query(0, ge=0)) -> dict:
+    job = (
+        (await _wait(request, user, [job_id], wait, any_=False))[0]
+        if wait
+        else _own(request, user, job_id)
+    )
+    return _view(request, job)
+
+
+class WaitBody(BaseModel):
+    ids: list[str] = Field(..., min_length=1, max_length=10_000)
+    timeout: float = Field(10.0, ge=0)
+
+
+@router.post("/jobs/wait", summary="Long-poll until any of the jobs ends")
+async def wait_any(request: Request, user: User, body: WaitBody) -> dict:
+    jobs = await _wait(request, user, body.ids, body.timeout, any_=True)
+    return {"jobs": [_view(request, j) for j in jobs]}
+
+
+@router.get("/jobs/{job_id}/events", summary="A job's status history")
+def events(request: Request, user: User, job_id: str) -> dict:
+    _own(request, user, job_id)
+    return {"events": svc(request).store.events(job_id)}
+
+
+def _serve(request: Request, key: str, filename: str):
+    objects = svc(request).objects
+    url = objects.presigned_get(key)
+    if url:
+        return RedirectResponse(url, status_code=307)
+    path = objects.local_path(key)
+    if path is not None:
+        return FileResponse(path, filename=filename, media_type="application/octet-stream")
+    return StreamingResponse(objects.open_read(key), media_type="application/octet-stream")
+
+
+@router.get("/jobs/{job_id}/result", summary="A python job's pickled result (or exception)")
+def result(request: Request, user: User, job_id: str):
+    job = _own(request, user, job_id)
+    if not job["has_result"]:
+        raise HTTPException(404, f"job {job_id} has no result (status {job['status']})")
+    return _serve(request, f"{job_prefix(user['id'], job_id)}/{d.RESULT_OBJECT}", "result.pkl")
+
+
+@router.get("/jobs/{job_id}/files/{name:path}", summary="One of a job's outputs")
+def output_file(request: Request, user: User, job_id: str, name: str):
+    job = _own(request, user, job_id)
+    try:
+        name = safe_relpath(name, "output")
+    except UnsafePathError as e:
+        raise HTTPException(400, str(e)) from None
+    if name not in {o["name"] for o in job["outputs"]}:
+        raise HTTPException(404, f"job {job_id} has no output {name!r} (status {job['status']})")
+    return _serve(request, f"{job_prefix(user['id'], job_id)}/{name}", name.rsplit("/", 1)[-1])
+
+
+@router.post("/jobs/{job_id}/cancel", summary="Cancel a pending or running job")
+async def cancel(request: Request, user: User, job_id: str) -> dict:
+    s = svc(request)
+    job = _own(request, user, job_id)
+    if not s.store.cancel(job_id, user["id"]):
+        job = s.store.get(job_id)
+        raise HTTPException(
+            409, f"job {job_id} already ended as {job['status']}; nothing was changed"
+        )
+    await s.engine.cancel(job_id)
+    job = s.store.get(job_id)
+    s.finished(job)
+    return _view(request, job)
+
+
+@router.get("/health", summary="Liveness, without auth")
+async def health() -> dict:
+    await asyncio.sleep(0)
+    return {"ok": True}

@@ -1,0 +1,119 @@
+"""The server's state: configuration, stores, engine, and the loops that keep jobs moving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import defaults as d
+from ..store.jobs import JobStore
+from ..store.objects import ObjectStore, open_store
+from .engine import Engine
+from .notify import Notifier
+from .queues import Queue, load_queues
+
+log = logging.getLogger("dask_kotta.server")
+
+
+@dataclass
+class ServerConfig:
+    """Everything a server needs; the CLI flags map onto these fields."""
+
+    data_dir: Path = Path(d.DATA_DIR)
+    scheduler: str = ""
+    public_url: str = f"http://127.0.0.1:{d.PORT}"
+    database: str | None = None
+    store: str | None = None
+    queues_file: str | None = None
+    max_payload_bytes: int = d.MAX_PAYLOAD_BYTES
+    lease_s: float = d.LEASE_S
+    heartbeat_s: float = d.HEARTBEAT_S
+    max_requeues: int = d.MAX_REQUEUES
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def database_url(self) -> str:
+        return self.database or str(Path(self.data_dir) / "jobs.sqlite")
+
+
+class Service:
+    """Owns the store, the object store and the engine for one server process."""
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.queues: dict[str, Queue] = load_queues(config.queues_file)
+        self.store = JobStore(config.database_url)
+        self.objects: ObjectStore = open_store(config.store, config.data_dir)
+        self.notifier = Notifier()
+        self.engine = Engine(self.store, config.scheduler, config.public_url, self.changed)
+        self._reaper: asyncio.Task | None = None
+        self._user_cache: dict[str, dict] = {}
+
+    def changed(self, job_id: str) -> None:
+        self.notifier.notify(job_id)
+
+    def finished(self, job: dict[str, Any]) -> None:
+        """Called once per job that reached a terminal status in this process."""
+        took = (job.get("ended_at") or time.time()) - job["submitted_at"]
+        log.info(
+            "job %s %-9s %s %s in %.2fs%s",
+            job["id"], job["status"], job["queue"], job.get("name") or job["jobtype"], took,
+            f" ({job['reason']})" if job.get("reason") else "",
+        )  # fmt: skip
+        self.notifier.notify(job["id"])
+
+    async def start(self) -> None:
+        await self.engine.start()
+        # Runners could not heartbeat while we were down: give them one lease to reconnect.
+        renewed = self.store.extend_leases(self.config.lease_s)
+        pending = self.store.pending()
+        for job in pending:
+            self.engine.dispatch(job["id"], job["queue"])
+        if renewed or pending:
+            log.info(
+                "resumed: %d running job(s) kept, %d pending job(s) dispatched",
+                renewed,
+                len(pending),
+            )
+        self._reaper = asyncio.get_running_loop().create_task(self._reap_forever())
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+        await self.engine.close()
+        self.store.close()
+
+    def user_for_token_hash(self, token_hash: str) -> dict | None:
+        user = self._user_cache.get(token_hash)
+        if user is None:
+            user = self.store.user_for_token(token_hash)
+            if user is not None:
+                self._user_cache[token_hash] = user
+        return user
+
+    def requeue_expired(self) -> None:
+        for job in self.store.expired(time.time()):
+            status = self.store.requeue_or_fail(
+                job["id"],
+                job["attempt"],
+                "runner stopped heart-beating (worker lost?)",
+                self.config.max_requeues,
+            )
+            if status == d.PENDING:
+                full = self.store.get(job["id"])
+                log.warning("job %s: lease expired, requeued", job["id"])
+                self.engine.dispatch(full["id"], full["queue"])
+            elif status == d.FAILED:
+                self.finished(self.store.get(job["id"]))
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(d.REAPER_S)
+            try:
+                self.requeue_expired()
+            except Exception:
+                log.exception("lease reaper failed; trying again")

@@ -1,0 +1,58 @@
+"""How a job looks in the API."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from ..store.objects import ObjectStore, job_prefix
+
+
+def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[str, Any]:
+    spec = job["spec"]
+    base = base_url.rstrip("/")
+    outputs = []
+    for out in job["outputs"]:
+        key = f"{job_prefix(job['owner'], job['id'])}/{out['name']}"
+        outputs.append(
+            {
+                "name": out["name"],
+                "size": out.get("size"),
+                "url": objects.presigned_get(key)
+                or f"{base}/api/v1/jobs/{job['id']}/files/{quote(out['name'])}",
+                "store_url": objects.store_url(key),
+            }
+        )
+    return {
+        "id": job["id"],
+        "name": job["name"],
+        "jobtype": job["jobtype"],
+        "queue": job["queue"],
+        "walltime_min": job["walltime_min"],
+        "status": job["status"],
+        "reason": job["reason"],
+        "traceback": job["traceback"],
+        "retries": job["retries"],
+        "attempt": job["attempt"],
+        "failures": job["failures"],
+        "requeues": job["requeues"],
+        "submitted_at": job["submitted_at"],
+        "started_at": job["started_at"],
+        "ended_at": job["ended_at"],
+        "timings": {
+            "stage_in": job["t_stage_in"],
+            "run": job["t_run"],
+            "stage_out": job["t_stage_out"],
+        },
+        "outputs": outputs,
+        "has_result": bool(job["has_result"]),
+        "worker": job["worker"],
+        "inputs": spec.get("inputs", []),
+        "declared_outputs": spec.get("outputs", []),
+        "stdout": spec.get("stdout"),
+        "stderr": spec.get("stderr"),
+        "script_name": spec.get("script_name"),
+        "executable": spec.get("executable"),
+        "requirements": spec.get("requirements"),
+        "annotations": spec.get("annotations") or {},
+    }

@@ -1,0 +1,1 @@
+"""Persistence: the job store (SQL) and the object store (files or S3)."""

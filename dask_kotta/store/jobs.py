@@ -1,0 +1,421 @@
+"""The job store: users, tokens, jobs and their status history.
+
+It is the queue and the source of truth. Every status change is one guarded
+statement (``UPDATE ... WHERE id = :id AND status IN (...) AND attempt = ...``),
+so the lifecycle can only move forward and a stale runner cannot overwrite the
+work of the current one: a guard that matches no row answers ``False``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import defaults as d
+from .schema import job_events, jobs, metadata, tokens, users
+
+# Runner-reported phases may only follow each other in this order.
+_FORWARD = {
+    d.PROCESSING: (d.STAGING_INPUTS,),
+    d.STAGING_OUTPUTS: (d.STAGING_INPUTS, d.PROCESSING),
+}
+
+
+def _row(row: sa.Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    job = dict(row._mapping)
+    if "spec" in job:
+        job["spec"] = json.loads(job["spec"])
+    if "outputs" in job:
+        job["outputs"] = json.loads(job["outputs"])
+    return job
+
+
+def engine_for(url_or_path: str) -> sa.Engine:
+    """An engine for a SQLAlchemy URL, or for a SQLite file path (WAL mode)."""
+    if "://" not in url_or_path:
+        Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
+        url_or_path = f"sqlite:///{url_or_path}"
+    if url_or_path.startswith("sqlite"):
+        engine = sa.create_engine(
+            url_or_path, connect_args={"timeout": 30, "check_same_thread": False}
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL under WAL survives a process crash; only an OS crash can lose the last commits.
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url_or_path, pool_pre_ping=True)
+
+
+class JobStore:
+    """All reads and writes of the job database, one method per statement."""
+
+    def __init__(self, url_or_path: str):
+        self.engine = engine_for(url_or_path)
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- users and tokens ---------------------------------------------------------------
+
+    def get_or_create_user(self, name: str) -> int:
+        with self.engine.begin() as c:
+            uid = c.execute(sa.select(users.c.id).where(users.c.name == name)).scalar()
+            if uid is None:
+                uid = c.execute(
+                    users.insert().values(name=name, created_at=time.time())
+                ).inserted_primary_key[0]
+            return int(uid)
+
+    def add_token(self, user_id: int, token_hash: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                tokens.insert().values(
+                    token_hash=token_hash, user_id=user_id, created_at=time.time()
+                )
+            )
+
+    def user_for_token(self, token_hash: str) -> dict[str, Any] | None:
+        with self.engine.connect() as c:
+            row = c.execute(
+                sa.select(users.c.id, users.c.name)
+                .join(tokens, tokens.c.user_id == users.c.id)
+                .where(tokens.c.token_hash == token_hash)
+            ).first()
+        return dict(row._mapping) if row else None
+
+    # -- submission ----------------------------------------------------------------------
+
+    def insert_jobs(
+        self, owner: int, specs: list[dict[str, Any]]
+    ) -> list[tuple[dict[str, Any], bool]]:
+        """Insert jobs in one transaction; returns ``(job, created)`` per spec.
+
+        A spec whose ``idempotency_key`` was used before by the same owner returns
+        the job made the first time, with ``created=False``.
+        """
+        out: list[tuple[dict[str, Any], bool]] = []
+        now = time.time()
+        with self.engine.begin() as c:
+            for spec in specs:
+                key = spec.pop("idempotency_key", None)
+                if key:
+                    old = c.execute(
+                        sa.select(jobs).where(jobs.c.owner == owner, jobs.c.idempotency_key == key)
+                    ).first()
+                    if old is not None:
+                        out.append((_row(old), False))
+                        continue
+                job_id = secrets.token_hex(8)
+                values = dict(
+                    id=job_id,
+                    owner=owner,
+                    name=spec.pop("name", "") or "",
+                    jobtype=spec.pop("jobtype"),
+                    queue=spec.pop("queue"),
+                    walltime_min=float(spec.pop("walltime_min")),
+                    retries=int(spec.pop("retries", 0) or 0),
+                    status=d.PENDING,
+                    reason="",
+                    traceback="",
+                    spec=json.dumps(spec),
+                    idempotency_key=key,
+                    submitted_at=now,
+                    outputs="[]",
+                    has_result=False,
+                    worker="",
+                    attempt=0,
+                    failures=0,
+                    requeues=0,
+                )
+                c.execute(jobs.insert().values(**values))
+                c.execute(
+                    job_events.insert().values(job_id=job_id, status=d.PENDING, at=now, detail="")
+                )
+                values["spec"] = spec
+                values["outputs"] = []
+                out.append((values, True))
+        return out
+
+    # -- reads --------------------------------------------------------------------------
+
+    def get(self, job_id: str, owner: int | None = None) -> dict[str, Any] | None:
+        q = sa.select(jobs).where(jobs.c.id == job_id)
+        if owner is not None:
+            q = q.where(jobs.c.owner == owner)
+        with self.engine.connect() as c:
+            return _row(c.execute(q).first())
+
+    def get_many(self, job_ids: Iterable[str], owner: int) -> list[dict[str, Any]]:
+        ids = list(job_ids)
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(jobs).where(jobs.c.id.in_(ids), jobs.c.owner == owner)).all()
+        return [_row(r) for r in rows]
+
+    def list(self, owner: int, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
+        q = sa.select(jobs).where(jobs.c.owner == owner)
+        if status:
+            q = q.where(jobs.c.status == status)
+        q = q.order_by(jobs.c.submitted_at.desc(), jobs.c.id).limit(limit)
+        with self.engine.connect() as c:
+            return [_row(r) for r in c.execute(q).all()]
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(job_events.c.status, job_events.c.at, job_events.c.detail)
+                .where(job_events.c.job_id == job_id)
+                .order_by(job_events.c.id)
+            ).all()
+        return [dict(r._mapping) for r in rows]
+
+    def pending(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(jobs).where(jobs.c.status == d.PENDING).order_by(jobs.c.submitted_at)
+            )
+            return [_row(r) for r in rows]
+
+    def expired(self, now: float) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.requeues).where(
+                    jobs.c.status.in_(d.ACTIVE_STATUSES), jobs.c.lease_until < now
+                )
+            )
+            return [dict(r._mapping) for r in rows]
+
+    # -- transitions --------------------------------------------------------------------
+
+    def _move(
+        self, c: sa.Connection, job_id: str, where: list, status: str, detail: str = "", **values
+    ) -> bool:
+        res = c.execute(
+            jobs.update().where(jobs.c.id == job_id, *where).values(status=status, **values)
+        )
+        if res.rowcount != 1:
+            return False
+        c.execute(
+            job_events.insert().values(job_id=job_id, status=status, at=time.time(), detail=detail)
+        )
+        return True
+
+    def dispatch(self, job_id: str, dispatch_hash: str) -> int | None:
+        """Start a new attempt of a pending job; returns its number, or None if not pending."""
+        with self.engine.begin() as c:
+            attempt = c.execute(
+                sa.select(jobs.c.attempt).where(jobs.c.id == job_id, jobs.c.status == d.PENDING)
+            ).scalar()
+            if attempt is None:
+                return None
+            res = c.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == d.PENDING, jobs.c.attempt == attempt)
+                .values(attempt=attempt + 1, dispatch_hash=dispatch_hash)
+            )
+            return attempt + 1 if res.rowcount == 1 else None
+
+    def claim(
+        self, job_id: str, attempt: int, dispatch_hash: str, lease_s: float, worker: str
+    ) -> dict | None:
+        """Take the lease of a pending job for one attempt; None if someone else holds it."""
+        now = time.time()
+        with self.engine.begin() as c:
+            ok = self._move(
+                c,
+                job_id,
+                [
+                    jobs.c.status == d.PENDING,
+                    jobs.c.attempt == attempt,
+                    jobs.c.dispatch_hash == dispatch_hash,
+                ],
+                d.STAGING_INPUTS,
+                detail=f"attempt {attempt} on {worker}",
+                lease_until=now + lease_s,
+                started_at=now,
+                worker=worker[:256],
+            )
+            if not ok:
+                return None
+            return _row(c.execute(sa.select(jobs).where(jobs.c.id == job_id)).first())
+
+    def _runner_guard(self, attempt: int, dispatch_hash: str) -> list:
+        return [
+            jobs.c.status.in_(d.ACTIVE_STATUSES),
+            jobs.c.attempt == attempt,
+            jobs.c.dispatch_hash == dispatch_hash,
+        ]
+
+    def runner_job(self, job_id: str, attempt: int, dispatch_hash: str) -> dict[str, Any] | None:
+        """The job, if this attempt's runner still holds it."""
+        with self.engine.connect() as c:
+            row = c.execute(
+                sa.select(jobs).where(
+                    jobs.c.id == job_id, *self._runner_guard(attempt, dispatch_hash)
+                )
+            ).first()
+        return _row(row)
+
+    def heartbeat(self, job_id: str, attempt: int, dispatch_hash: str, lease_s: float) -> bool:
+        with self.engine.begin() as c:
+            res = c.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, *self._runner_guard(attempt, dispatch_hash))
+                .values(lease_until=time.time() + lease_s)
+            )
+            return res.rowcount == 1
+
+    def advance(
+        self, job_id: str, attempt: int, dispatch_hash: str, status: str, lease_s: float
+    ) -> bool:
+        allowed = _FORWARD.get(status)
+        if allowed is None:
+            return False
+        with self.engine.begin() as c:
+            return self._move(
+                c,
+                job_id,
+                [
+                    jobs.c.status.in_(allowed),
+                    jobs.c.attempt == attempt,
+                    jobs.c.dispatch_hash == dispatch_hash,
+                ],
+                status,
+                lease_until=time.time() + lease_s,
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        dispatch_hash: str,
+        ok: bool,
+        reason: str,
+        traceback: str,
+        timings: dict[str, float | None],
+        outputs: list[dict[str, Any]],
+        has_result: bool,
+        retry_if_failed: bool,
+    ) -> str | None:
+        """Record an attempt's end. A failure with retries left goes back to pending.
+
+        Returns the new status, or None if this attempt no longer holds the job.
+        """
+        now = time.time()
+        common = dict(
+            reason=reason[:4000],
+            traceback=traceback[-100_000:],
+            t_stage_in=timings.get("stage_in"),
+            t_run=timings.get("run"),
+            t_stage_out=timings.get("stage_out"),
+            outputs=json.dumps(outputs),
+            has_result=has_result,
+            lease_until=None,
+        )
+        guard = self._runner_guard(attempt, dispatch_hash)
+        with self.engine.begin() as c:
+            if ok:
+                return (
+                    d.COMPLETED
+                    if self._move(c, job_id, guard, d.COMPLETED, ended_at=now, **common)
+                    else None
+                )
+            if retry_if_failed:
+                moved = self._move(
+                    c,
+                    job_id,
+                    [*guard, jobs.c.failures < jobs.c.retries],
+                    d.PENDING,
+                    detail=f"retrying after: {reason[:200]}",
+                    failures=jobs.c.failures + 1,
+                    **common,
+                )
+                if moved:
+                    return d.PENDING
+            moved = self._move(
+                c,
+                job_id,
+                guard,
+                d.FAILED,
+                detail=reason[:200],
+                ended_at=now,
+                failures=jobs.c.failures + 1,
+                **common,
+            )
+            return d.FAILED if moved else None
+
+    def requeue_or_fail(
+        self, job_id: str, attempt: int, reason: str, max_requeues: int
+    ) -> str | None:
+        """Take a job back from a runner that stopped heart-beating."""
+        now = time.time()
+        with self.engine.begin() as c:
+            guard = [jobs.c.status.in_(d.ACTIVE_STATUSES), jobs.c.attempt == attempt]
+            if self._move(
+                c,
+                job_id,
+                [*guard, jobs.c.requeues < max_requeues],
+                d.PENDING,
+                detail=f"requeued: {reason}",
+                requeues=jobs.c.requeues + 1,
+                lease_until=None,
+            ):
+                return d.PENDING
+            full = f"{reason} ({max_requeues} times; giving up)"
+            if self._move(
+                c, job_id, guard, d.FAILED, detail=full, reason=full, ended_at=now, lease_until=None
+            ):
+                return d.FAILED
+        return None
+
+    def fail_pending(self, job_id: str, attempt: int, reason: str) -> bool:
+        """Fail a job whose dispatch could not run at all (e.g. no worker has its queue)."""
+        with self.engine.begin() as c:
+            return self._move(
+                c,
+                job_id,
+                [jobs.c.status.in_((d.PENDING, *d.ACTIVE_STATUSES)), jobs.c.attempt == attempt],
+                d.FAILED,
+                detail=reason[:200],
+                reason=reason,
+                ended_at=time.time(),
+                lease_until=None,
+            )
+
+    def cancel(self, job_id: str, owner: int) -> bool:
+        with self.engine.begin() as c:
+            return self._move(
+                c,
+                job_id,
+                [jobs.c.owner == owner, jobs.c.status.in_((d.PENDING, *d.ACTIVE_STATUSES))],
+                d.CANCELLED,
+                detail="cancelled by user",
+                reason="cancelled by user",
+                ended_at=time.time(),
+                lease_until=None,
+            )
+
+    def extend_leases(self, seconds: float) -> int:
+        """Give every running job a fresh lease, so runners can reconnect after a restart."""
+        with self.engine.begin() as c:
+            res = c.execute(
+                jobs.update()
+                .where(jobs.c.status.in_(d.ACTIVE_STATUSES))
+                .values(lease_until=time.time() + seconds)
+            )
+            return res.rowcount

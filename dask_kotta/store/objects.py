@@ -1,0 +1,118 @@
+"""The object store: payloads, results, STDOUT/STDERR and outputs of jobs.
+
+Keys are relative POSIX paths; the server lays them out as
+``u<user id>/<job id>/<file>`` so one user's prefix never overlaps another's.
+:class:`LocalObjectStore` keeps them under a directory; ``s3.S3ObjectStore``
+keeps them in a bucket. Both refuse keys that would escape their root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from ..errors import NotFoundError
+from ..paths import resolve_inside, safe_relpath
+
+CHUNK = 1024 * 1024
+
+
+def job_prefix(user_id: int, job_id: str) -> str:
+    """The key prefix of one job's objects."""
+    return f"u{int(user_id)}/{safe_relpath(job_id, 'job id')}"
+
+
+def user_prefix(user_id: int) -> str:
+    """The key prefix of one user's objects."""
+    return f"u{int(user_id)}"
+
+
+class ObjectStore(Protocol):
+    """What the server needs from a place to keep job files."""
+
+    def put_stream(self, key: str, stream: BinaryIO) -> int: ...
+    def put_bytes(self, key: str, data: bytes) -> int: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def open_read(self, key: str) -> BinaryIO: ...
+    def size(self, key: str) -> int | None: ...
+    def local_path(self, key: str) -> Path | None: ...
+    def presigned_get(self, key: str, expires_s: int = 3600) -> str | None: ...
+    def store_url(self, key: str) -> str | None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
+    def describe(self) -> str: ...
+
+
+class LocalObjectStore:
+    """Objects as files under one directory (the embedded default)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return resolve_inside(self.root, key, "object key")
+
+    def put_stream(self, key: str, stream: BinaryIO) -> int:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write beside, then rename: a reader never sees half an object, a crash leaves none.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                while chunk := stream.read(CHUNK):
+                    f.write(chunk)
+                    size += len(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return size
+
+    def put_bytes(self, key: str, data: bytes) -> int:
+        import io
+
+        return self.put_stream(key, io.BytesIO(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as f:
+            return f.read()
+
+    def open_read(self, key: str) -> BinaryIO:
+        path = self._path(key)
+        try:
+            return open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError):
+            raise NotFoundError(f"no object {key!r}") from None
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
+
+    def local_path(self, key: str) -> Path | None:
+        path = self._path(key)
+        return path if path.is_file() else None
+
+    def presigned_get(self, key: str, expires_s: int = 3600) -> str | None:
+        return None
+
+    def store_url(self, key: str) -> str | None:
+        return None
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+
+def open_store(spec: str | None, data_dir: str | os.PathLike) -> ObjectStore:
+    """The object store named by ``spec`` (``s3://bucket/prefix`` or a directory)."""
+    if spec and spec.startswith("s3://"):
+        from .s3 import S3ObjectStore
+
+        return S3ObjectStore.from_url(spec)
+    return LocalObjectStore(spec or Path(data_dir) / "objects")

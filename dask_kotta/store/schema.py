@@ -1,0 +1,76 @@
+"""Tables of the job store, in SQLAlchemy Core, portable to SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from .. import defaults
+
+metadata = sa.MetaData()
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Only the SHA-256 of a token is kept; the token itself exists in the user's credentials file.
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False, default=""),
+    sa.Column("jobtype", sa.String(16), nullable=False),
+    sa.Column("queue", sa.String(64), nullable=False),
+    sa.Column("walltime_min", sa.Float, nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("traceback", sa.Text, nullable=False, default=""),
+    # JSON text: inputs, outputs, script, executable, requirements, client versions...
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.String(128), nullable=True),
+    sa.Column("retries", sa.Integer, nullable=False, default=0),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("requeues", sa.Integer, nullable=False, default=0),
+    sa.Column("attempt", sa.Integer, nullable=False, default=0),
+    sa.Column("dispatch_hash", sa.String(64), nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("submitted_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("ended_at", sa.Float, nullable=True),
+    sa.Column("t_stage_in", sa.Float, nullable=True),
+    sa.Column("t_run", sa.Float, nullable=True),
+    sa.Column("t_stage_out", sa.Float, nullable=True),
+    # JSON text: list of {"name", "size"} uploaded by the runner.
+    sa.Column("outputs", sa.Text, nullable=False, default="[]"),
+    sa.Column("has_result", sa.Boolean, nullable=False, default=False),
+    sa.Column("worker", sa.String(256), nullable=False, default=""),
+    sa.CheckConstraint(
+        "status IN ({})".format(", ".join(f"'{s}'" for s in defaults.SERVER_STATUSES)),
+        name="jobs_status_valid",
+    ),
+    sa.UniqueConstraint("owner", "idempotency_key", name="jobs_idempotency"),
+)
+sa.Index("jobs_owner_submitted", jobs.c.owner, jobs.c.submitted_at)
+sa.Index("jobs_status", jobs.c.status)
+
+job_events = sa.Table(
+    "job_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id"), nullable=False, index=True),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, default=""),
+)

@@ -1,0 +1,27 @@
+"""Shared fixtures: one real Kotta service (server + LocalCluster) per test session."""
+
+from __future__ import annotations
+
+import pytest
+from kotta_testing import Service
+
+
+@pytest.fixture(scope="session")
+def service(tmp_path_factory):
+    """`dask-kotta up` on a free port with a temp data dir, 2 workers."""
+    svc = Service(tmp_path_factory.mktemp("service")).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def konn(service):
+    return service.konn()
+
+
+@pytest.fixture(scope="session")
+def other_user(service, tmp_path_factory):
+    """Credentials of a second user of the same service."""
+    path = tmp_path_factory.mktemp("other") / "other.auth"
+    service.token("mallory", path)
+    return path

@@ -1,0 +1,229 @@
+"""Real services for tests: a `dask-kotta up` or `server` process, a dask cluster, users.
+
+Everything runs as subprocesses on loopback, in its own process group, and is
+killed with its group at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+class Proc:
+    """A subprocess in its own group, logging to a file."""
+
+    def __init__(self, args: list[str], log: Path, cwd: Path, env: dict | None = None):
+        self.args, self.log_path, self.cwd = args, log, cwd
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Proc:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args,
+            cwd=self.cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_group(self.proc)
+        self.proc.wait()
+        self._log.close()
+
+    def kill9(self) -> None:
+        """SIGKILL the main process only (its children stay, as after a crash)."""
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self._log.close()
+
+
+class Service:
+    """A Kotta service: `dask-kotta up` (LocalCluster) or `server --scheduler`."""
+
+    def __init__(self, base: Path, *, port: int | None = None, scheduler: str | None = None,
+                 workers: int = 2, slots: int = 4, extra: list[str] | None = None, env: dict | None = None,
+                 data_dir: Path | None = None):  # fmt: skip
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data_dir = data_dir or self.base / "data"
+        self.auth_file = self.base / "auth.file"
+        self.scheduler = scheduler
+        self.workers, self.slots = workers, slots
+        self.extra = extra or []
+        self.env = env or {}
+        self.proc: Proc | None = None
+
+    def args(self) -> list[str]:
+        common = ["--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
+        if self.scheduler:
+            # `server` does not make users: the first one comes from `token`.
+            if not self.auth_file.exists():
+                self.token("tester", self.auth_file)
+            return [
+                sys.executable,
+                "-m",
+                "dask_kotta.cli",
+                "server",
+                "--scheduler",
+                self.scheduler,
+                *common,
+            ]
+        return [sys.executable, "-m", "dask_kotta.cli", "up", "--auth-file", str(self.auth_file), "--user", "tester",
+                "--workers", str(self.workers), "--slots", str(self.slots), *common]  # fmt: skip
+
+    def start(self, timeout: float = 90) -> Service:
+        self.proc = Proc(self.args(), self.base / "service.log", self.base, self.env).start()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        def ready():
+            if not self.proc.alive():
+                raise RuntimeError(f"service exited early:\n{self.proc.log()[-4000:]}")
+            try:
+                return requests.get(self.url + "/api/v1/health", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(ready, timeout, f"service on {self.url}")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop()
+
+    def kill9(self) -> None:
+        self.proc.kill9()
+
+    def creds(self, path: Path | None = None) -> str:
+        return Path(path or self.auth_file).read_text()
+
+    def konn(self, path: Path | None = None):
+        from kotta import Kotta
+
+        return Kotta(self.creds(path))
+
+    def token(self, name: str, path: Path) -> Path:
+        subprocess.run(
+            [sys.executable, "-m", "dask_kotta.cli", "token", name, "-o", str(path), "--data-dir", str(self.data_dir),
+             "--port", str(self.port), *[a for a in self.extra if a.startswith("--database")]],
+            check=True, capture_output=True, env={**os.environ, **self.env},
+        )  # fmt: skip
+        return path
+
+    def cli(self, *args: str, auth: Path | None = None, check: bool = False, timeout: float = 120):
+        return subprocess.run(
+            [sys.executable, "-m", "dask_kotta.cli", *args, "--auth-file", str(auth or self.auth_file)],
+            capture_output=True, text=True, check=check, timeout=timeout, cwd=self.base,
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return self.proc.log() if self.proc else ""
+
+
+class DaskCluster:
+    """A `dask scheduler` and Kotta workers as separate processes (the scale-out layout)."""
+
+    def __init__(
+        self, base: Path, workers: int = 2, queues: tuple[str, ...] = ("Test=4", "Prod=2")
+    ):
+        self.base = Path(base)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.n_workers, self.queues = workers, queues
+        self.procs: list[Proc] = []
+
+    def start(self) -> DaskCluster:
+        sched = Proc(
+            [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+             "--dashboard-address", ":0", "--no-show"],
+            self.base / "scheduler.log", self.base,
+        ).start()  # fmt: skip
+        self.procs.append(sched)
+        wait_for(lambda: _connectable(self.port), 60, "dask scheduler")
+        for i in range(self.n_workers):
+            args = [
+                sys.executable,
+                "-m",
+                "dask_kotta.cli",
+                "worker",
+                self.address,
+                "--name",
+                f"w{i}",
+            ]
+            for q in self.queues:
+                args += ["--queue", q]
+            self.procs.append(Proc(args, self.base / f"worker{i}.log", self.base).start())
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as c:
+            c.wait_for_workers(self.n_workers, timeout=60)
+        return self
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop(timeout=10)
+
+
+def _connectable(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
