@@ -25,3 +25,13 @@ def other_user(service, tmp_path_factory):
     path = tmp_path_factory.mktemp("other") / "other.auth"
     service.token("mallory", path)
     return path
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A SeaweedFS S3 server on loopback for the whole session (started on first use)."""
+    from s3server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    yield server
+    server.stop()
