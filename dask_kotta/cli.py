@@ -50,6 +50,12 @@ def main() -> None:
 
 def _server_options(f):
     f = click.option(
+        "--max-payload",
+        default="256MiB",
+        show_default=True,
+        help="Largest accepted upload (payload or script).",
+    )(f)
+    f = click.option(
         "--queues",
         "queues_file",
         type=click.Path(dir_okay=False),
@@ -81,14 +87,23 @@ def _server_options(f):
     return f
 
 
-def _config(data_dir, port, host, database, store, queues_file, scheduler, public_url):
+def _config(data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload):
+    from dask.utils import parse_bytes
+
     from .server.service import ServerConfig
+
+    try:
+        limit = parse_bytes(max_payload)
+    except ValueError:
+        raise click.BadParameter(
+            f"{max_payload!r} is not a size like 64MiB", param_hint="--max-payload"
+        ) from None
 
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     return ServerConfig(
         data_dir=Path(data_dir), scheduler=scheduler or "", public_url=url, database=database,
-        store=store, queues_file=queues_file,
+        store=store, queues_file=queues_file, max_payload_bytes=limit,
     )  # fmt: skip
 
 
@@ -125,7 +140,18 @@ def _config(data_dir, port, host, database, store, queues_file, scheduler, publi
     help="Jobs of each queue a local worker runs at once.",
 )
 def up(
-    port, host, data_dir, database, store, queues_file, auth_file, user, scheduler, workers, slots
+    port,
+    host,
+    data_dir,
+    database,
+    store,
+    queues_file,
+    max_payload,
+    auth_file,
+    user,
+    scheduler,
+    workers,
+    slots,
 ):
     """Start the server, a local dask cluster and a first user: everything, one command.
 
@@ -138,7 +164,9 @@ def up(
 
     _setup_logging()
     check_port(host, port)
-    config = _config(data_dir, port, host, database, store, queues_file, scheduler, None)
+    config = _config(
+        data_dir, port, host, database, store, queues_file, scheduler, None, max_payload
+    )
     queues = load_queues(queues_file)
     jobstore = JobStore(config.database_url)
     made = ensure_credentials(jobstore, user, Path(auth_file), config.public_url)
@@ -173,14 +201,16 @@ def up(
 @click.option(
     "--public-url", help="URL workers use to reach this server. Default: http://HOST:PORT."
 )
-def server(port, host, data_dir, database, store, queues_file, scheduler, public_url):
+def server(port, host, data_dir, database, store, queues_file, max_payload, scheduler, public_url):
     """Run the API server against an existing dask scheduler (scale-out)."""
     from .server.app import create_app
     from .server.launch import check_port, serve
 
     _setup_logging()
     check_port(host, port)
-    config = _config(data_dir, port, host, database, store, queues_file, scheduler, public_url)
+    config = _config(
+        data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload
+    )
     click.echo(
         f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"
     )
@@ -334,27 +364,23 @@ def status(auth_file, job_id):
 
 
 def _print_logs(konn, job_id: str, stdout: bool, stderr: bool) -> None:
+    """Print STDOUT to stdout and STDERR to stderr, each under a header on stderr."""
     from .client.job import KottaJob
 
     job = KottaJob.attach(konn, job_id)
-    names = {o.file: o for o in job.outputs}
-    for want, key in ((stdout, job.info.get("stdout")), (stderr, job.info.get("stderr"))):
-        if not want or not key:
+    outputs = {o.file: o for o in job.outputs}
+    for want, name, err in (
+        (stdout, job.info["stdout"], False),
+        (stderr, job.info["stderr"], True),
+    ):
+        if not want:
             continue
-        out = next(
-            (
-                o
-                for o in job.outputs
-                if o.url.endswith("/" + key) or o.file == key.rsplit("/", 1)[-1]
-            ),
-            None,
-        )
+        out = outputs.get(name.rsplit("/", 1)[-1])
         if out is None:
-            click.echo(f"--- {key}: not available (status {job.info['status']})", err=True)
+            click.echo(f"--- {name}: not available (job is {job.info['status']})", err=True)
             continue
-        click.echo(f"--- {key}", err=True)
-        click.echo(out.read(), nl=False)
-    del names
+        click.echo(f"--- {name}", err=True)
+        click.echo(out.read(), nl=False, err=err)
 
 
 @main.command()

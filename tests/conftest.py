@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from kotta_testing import Service
+
+# Test and Prod as documented, plus a Tiny queue whose 300 MiB memory limit a test can hit cheaply.
+QUEUES = Path(__file__).with_name("queues.json")
 
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """`dask-kotta up` on a free port with a temp data dir, 2 workers."""
-    svc = Service(tmp_path_factory.mktemp("service")).start()
+    extra = ["--queues", str(QUEUES), "--max-payload", "32MiB"]
+    svc = Service(tmp_path_factory.mktemp("service"), extra=extra).start()
     yield svc
     svc.stop()
 

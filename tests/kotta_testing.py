@@ -50,8 +50,11 @@ class Proc:
         self.args, self.log_path, self.cwd = args, log, cwd
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
+        self.groups: list[int] = []  # every process group we started, killed at stop
 
     def start(self) -> Proc:
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.args,
@@ -78,15 +81,19 @@ class Proc:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        kill_group(self.proc)
+        for pgid in self.groups:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.groups.clear()
         self.proc.wait()
         self._log.close()
 
     def kill9(self) -> None:
-        """SIGKILL the main process only (its children stay, as after a crash)."""
+        """SIGKILL the main process only (its children stay, as after a crash, until stop())."""
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        self._log.close()
 
 
 class Service:
@@ -106,6 +113,7 @@ class Service:
         self.extra = extra or []
         self.env = env or {}
         self.proc: Proc | None = None
+        self._old: list[Proc] = []  # earlier runs; a kill -9 leaves their children until stop()
 
     def args(self) -> list[str]:
         common = ["--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
@@ -126,6 +134,8 @@ class Service:
                 "--workers", str(self.workers), "--slots", str(self.slots), *common]  # fmt: skip
 
     def start(self, timeout: float = 90) -> Service:
+        if self.proc is not None:
+            self._old.append(self.proc)
         self.proc = Proc(self.args(), self.base / "service.log", self.base, self.env).start()
         self.wait_ready(timeout)
         return self
@@ -144,6 +154,9 @@ class Service:
     def stop(self) -> None:
         if self.proc:
             self.proc.stop()
+        for old in self._old:
+            old.stop()
+        self._old.clear()
 
     def kill9(self) -> None:
         self.proc.kill9()

@@ -1,0 +1,85 @@
+"""Nothing submitted is lost when the server dies, and no job runs twice at once."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import pytest
+from kotta_testing import DaskCluster, Service, wait_for
+
+from kotta import KottaJob
+from kotta.kotta_functions import *  # noqa: F403
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = DaskCluster(tmp_path_factory.mktemp("cluster"), workers=2, queues=("Test=3",)).start()
+    yield c
+    c.stop()
+
+
+def test_kill9_server_with_jobs_in_flight(cluster, tmp_path):
+    svc = Service(tmp_path / "svc", scheduler=cluster.address).start()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    konn = svc.konn()
+
+    @kottajob(konn, "Test", 2, block=False)
+    def work(i, marks):
+        import os
+        import pathlib
+        import time
+
+        time.sleep(1.5)
+        # One file per execution: more than one for an index means it ran twice.
+        pathlib.Path(marks, f"{i}-{os.getpid()}-{time.time_ns()}").touch()
+        return i * i
+
+    jobs = [work(i, str(marks)) for i in range(20)]
+    wait_for(lambda: any(j.status(konn) == "processing" for j in jobs), 60, "a running job")
+    svc.kill9()
+    time.sleep(2)  # runners keep going, their reports fail meanwhile
+    svc.start()
+    konn = svc.konn()
+    results = [j.get_results(konn, timeout=180) for j in jobs]
+    assert results == [i * i for i in range(20)]
+    runs = collections.Counter(p.name.split("-")[0] for p in marks.iterdir())
+    assert runs == {str(i): 1 for i in range(20)}, runs
+    assert all(konn.job(j.job_id)["status"] == "completed" for j in jobs)
+    svc.stop()
+
+
+def test_up_restart_keeps_user_token_jobs_and_outputs(tmp_path):
+    svc = Service(tmp_path / "svc", workers=1).start()
+    creds = svc.creds()
+    konn = svc.konn()
+    job = KottaJob(script="echo persisted > p.txt", outputs="p.txt", walltime=0.5)
+    job.submit(konn)
+    job.wait(konn)
+    svc.stop()
+    svc.start()
+    assert svc.creds() == creds, "a restart must keep the credentials file"
+    konn = svc.konn()
+    assert job.status(konn) == "completed"
+    assert {o.file: o.read() for o in job.outputs}["p.txt"] == "persisted\n"
+    assert job.job_id in {j["id"] for j in konn.jobs()}
+    svc.stop()
+
+
+def test_pending_jobs_survive_a_stop(tmp_path):
+    """Jobs submitted while no worker serves their queue wait, and run after a restart."""
+    svc = Service(tmp_path / "svc", workers=1).start()
+    konn = svc.konn()
+    job = KottaJob(script="sleep 3; echo a", walltime=0.5)
+    job.submit(konn)
+    queued = [KottaJob(script=f"echo {i}", walltime=0.5) for i in range(6)]
+    for q in queued:
+        q.submit(konn)
+    svc.kill9()
+    svc.start()
+    konn = svc.konn()
+    for q in [job, *queued]:
+        assert q.wait(konn, maxwait=120)
+        assert q.status(konn) == "completed", q.info
+    svc.stop()

@@ -1,0 +1,91 @@
+"""The job store on a real SQLite file: guarded, forward-only transitions."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from dask_kotta import defaults as d
+from dask_kotta.store.jobs import JobStore
+from dask_kotta.store.schema import jobs
+
+
+def make(tmp_path, **spec):
+    store = JobStore(str(tmp_path / "jobs.sqlite"))
+    uid = store.get_or_create_user("u")
+    base = {"jobtype": "script", "queue": "Test", "walltime_min": 1, "script": "true"}
+    job, created = store.insert_jobs(uid, [{**base, **spec}])[0]
+    return store, uid, job
+
+
+def test_status_check_constraint_matches_the_python_statuses(tmp_path):
+    store, _, job = make(tmp_path)
+    check = next(c for c in jobs.constraints if getattr(c, "name", "") == "jobs_status_valid")
+    assert set(d.SERVER_STATUSES) == {s.strip("' ") for s in str(check.sqltext).split("(")[1].rstrip(")").split(",")}
+    try:
+        with store.engine.begin() as c:
+            c.execute(jobs.update().where(jobs.c.id == job["id"]).values(status="bogus"))
+        raise AssertionError("the database accepted an unknown status")
+    except sa.exc.IntegrityError:
+        pass
+
+
+def test_lifecycle_only_moves_forward(tmp_path):
+    store, uid, job = make(tmp_path)
+    jid = job["id"]
+    attempt = store.dispatch(jid, "h")
+    assert attempt == 1
+    assert store.claim(jid, attempt, "wrong-hash", 10, "w") is None
+    assert store.claim(jid, attempt, "h", 10, "w")["status"] == d.STAGING_INPUTS
+    assert store.claim(jid, attempt, "h", 10, "w") is None, "a second claim must fail"
+    assert store.advance(jid, attempt, "h", d.PROCESSING, 10)
+    assert not store.advance(jid, attempt, "h", d.PROCESSING, 10)
+    assert not store.advance(jid, attempt, "h", d.STAGING_INPUTS, 10), "no way back"
+    assert store.advance(jid, attempt, "h", d.STAGING_OUTPUTS, 10)
+    assert store.finish(jid, attempt, "h", True, "", "", {}, [], False, True) == d.COMPLETED
+    assert store.finish(jid, attempt, "h", False, "x", "", {}, [], False, True) is None
+    assert not store.cancel(jid, uid), "a finished job cannot be cancelled"
+    assert store.get(jid)["status"] == d.COMPLETED
+
+
+def test_stale_attempt_cannot_report(tmp_path):
+    store, _, job = make(tmp_path)
+    jid = job["id"]
+    a1 = store.dispatch(jid, "h1")
+    store.claim(jid, a1, "h1", -1, "w")  # lease already expired
+    assert [e["id"] for e in store.expired(1e12)] == [jid]
+    assert store.requeue_or_fail(jid, a1, "lost", max_requeues=3) == d.PENDING
+    a2 = store.dispatch(jid, "h2")
+    assert a2 == a1 + 1
+    assert not store.heartbeat(jid, a1, "h1", 10)
+    assert store.finish(jid, a1, "h1", True, "", "", {}, [], False, True) is None
+    store.claim(jid, a2, "h2", 10, "w")
+    assert store.heartbeat(jid, a2, "h2", 10)
+
+
+def test_requeues_are_bounded(tmp_path):
+    store, _, job = make(tmp_path)
+    jid = job["id"]
+    for _ in range(2):
+        a = store.dispatch(jid, "h")
+        store.claim(jid, a, "h", -1, "w")
+        assert store.requeue_or_fail(jid, a, "lost", max_requeues=1) in (d.PENDING, d.FAILED)
+    got = store.get(jid)
+    assert got["status"] == d.FAILED and "giving up" in got["reason"]
+
+
+def test_idempotency_key_is_per_owner(tmp_path):
+    store = JobStore(str(tmp_path / "jobs.sqlite"))
+    a, b = store.get_or_create_user("a"), store.get_or_create_user("b")
+    spec = {"jobtype": "script", "queue": "Test", "walltime_min": 1, "idempotency_key": "k"}
+    (j1, c1), = store.insert_jobs(a, [dict(spec)])
+    (j2, c2), = store.insert_jobs(a, [dict(spec)])
+    (j3, c3), = store.insert_jobs(b, [dict(spec)])
+    assert c1 and not c2 and c3 and j1["id"] == j2["id"] != j3["id"]
+
+
+def test_store_survives_reopen(tmp_path):
+    store, uid, job = make(tmp_path)
+    store.close()
+    again = JobStore(str(tmp_path / "jobs.sqlite"))
+    assert again.get(job["id"], owner=uid)["status"] == d.PENDING
+    assert again.get(job["id"], owner=uid + 1) is None
