@@ -83,3 +83,36 @@ def test_pending_jobs_survive_a_stop(tmp_path):
         assert q.wait(konn, maxwait=120)
         assert q.status(konn) == "completed", q.info
     svc.stop()
+
+
+def test_worker_killed_mid_job_requeues_it(cluster, tmp_path):
+    """A runner that dies with its worker loses the lease; the job runs again elsewhere."""
+    svc = Service(tmp_path / "svc", scheduler=cluster.address).start()
+    konn = svc.konn()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    @kottajob(konn, "Test", 2, block=False)
+    def victim(marks):
+        import os
+        import pathlib
+        import time
+
+        n = len(list(pathlib.Path(marks).iterdir()))
+        pathlib.Path(marks, f"run{n}-{os.getppid()}").touch()
+        if n == 0:
+            time.sleep(120)  # the first run is killed with its worker
+        return n
+
+    job = victim(str(marks))
+    first = wait_for(lambda: list(marks.iterdir()), 60, "the first run")[0]
+    worker_pid = int(first.name.split("-")[1])
+    import os
+    import signal
+
+    os.kill(worker_pid, signal.SIGKILL)
+    assert job.get_results(konn, timeout=120) == 1
+    events = [e["status"] for e in konn.events(job.job_id)]
+    assert events.count("pending") == 2 and events[-1] == "completed"
+    assert konn.job(job.job_id)["requeues"] == 1
+    svc.stop()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -31,6 +32,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="dask-kotta", version=__version__, lifespan=lifespan)
     app.include_router(routes_jobs.router)
     app.include_router(routes_runner.router)
+
+    page = (Path(__file__).with_name("static") / "index.html").read_text()
+
+    @app.get("/", include_in_schema=False)
+    def index() -> HTMLResponse:
+        # The page holds no data: it asks for a token and reads the API with it.
+        return HTMLResponse(page)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
