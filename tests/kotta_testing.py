@@ -64,6 +64,7 @@ class Proc:
             env=self.env,
             start_new_session=True,
         )
+        self.groups.append(self.proc.pid)
         return self
 
     def log(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from dask_kotta import defaults as d
@@ -9,16 +10,31 @@ from dask_kotta.store.jobs import JobStore
 from dask_kotta.store.schema import jobs
 
 
-def make(tmp_path, **spec):
-    store = JobStore(str(tmp_path / "jobs.sqlite"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path):
+    """A fresh database: a SQLite file, or a new database on the session's PostgreSQL server."""
+    if request.param == "sqlite":
+        return str(tmp_path / "jobs.sqlite")
+    pg = request.getfixturevalue("pg_server")
+    name = f"t{abs(hash(request.node.name)) % 10**9}"
+    admin = sa.create_engine(pg.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+        c.execute(sa.text(f"CREATE DATABASE {name}"))
+    admin.dispose()
+    return pg.url.rsplit("/", 1)[0] + "/" + name
+
+
+def make(db, **spec):
+    store = JobStore(db)
     uid = store.get_or_create_user("u")
     base = {"jobtype": "script", "queue": "Test", "walltime_min": 1, "script": "true"}
     job, created = store.insert_jobs(uid, [{**base, **spec}])[0]
     return store, uid, job
 
 
-def test_status_check_constraint_matches_the_python_statuses(tmp_path):
-    store, _, job = make(tmp_path)
+def test_status_check_constraint_matches_the_python_statuses(db):
+    store, _, job = make(db)
     check = next(c for c in jobs.constraints if getattr(c, "name", "") == "jobs_status_valid")
     assert set(d.SERVER_STATUSES) == {s.strip("' ") for s in str(check.sqltext).split("(")[1].rstrip(")").split(",")}
     try:
@@ -29,8 +45,8 @@ def test_status_check_constraint_matches_the_python_statuses(tmp_path):
         pass
 
 
-def test_lifecycle_only_moves_forward(tmp_path):
-    store, uid, job = make(tmp_path)
+def test_lifecycle_only_moves_forward(db):
+    store, uid, job = make(db)
     jid = job["id"]
     attempt = store.dispatch(jid, "h")
     assert attempt == 1
@@ -47,8 +63,8 @@ def test_lifecycle_only_moves_forward(tmp_path):
     assert store.get(jid)["status"] == d.COMPLETED
 
 
-def test_stale_attempt_cannot_report(tmp_path):
-    store, _, job = make(tmp_path)
+def test_stale_attempt_cannot_report(db):
+    store, _, job = make(db)
     jid = job["id"]
     a1 = store.dispatch(jid, "h1")
     store.claim(jid, a1, "h1", -1, "w")  # lease already expired
@@ -62,8 +78,8 @@ def test_stale_attempt_cannot_report(tmp_path):
     assert store.heartbeat(jid, a2, "h2", 10)
 
 
-def test_requeues_are_bounded(tmp_path):
-    store, _, job = make(tmp_path)
+def test_requeues_are_bounded(db):
+    store, _, job = make(db)
     jid = job["id"]
     for _ in range(2):
         a = store.dispatch(jid, "h")
@@ -73,8 +89,8 @@ def test_requeues_are_bounded(tmp_path):
     assert got["status"] == d.FAILED and "giving up" in got["reason"]
 
 
-def test_idempotency_key_is_per_owner(tmp_path):
-    store = JobStore(str(tmp_path / "jobs.sqlite"))
+def test_idempotency_key_is_per_owner(db):
+    store = JobStore(db)
     a, b = store.get_or_create_user("a"), store.get_or_create_user("b")
     spec = {"jobtype": "script", "queue": "Test", "walltime_min": 1, "idempotency_key": "k"}
     (j1, c1), = store.insert_jobs(a, [dict(spec)])
@@ -83,9 +99,9 @@ def test_idempotency_key_is_per_owner(tmp_path):
     assert c1 and not c2 and c3 and j1["id"] == j2["id"] != j3["id"]
 
 
-def test_store_survives_reopen(tmp_path):
-    store, uid, job = make(tmp_path)
+def test_store_survives_reopen(db):
+    store, uid, job = make(db)
     store.close()
-    again = JobStore(str(tmp_path / "jobs.sqlite"))
+    again = JobStore(db)
     assert again.get(job["id"], owner=uid)["status"] == d.PENDING
     assert again.get(job["id"], owner=uid + 1) is None

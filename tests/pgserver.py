@@ -1,0 +1,71 @@
+"""A real PostgreSQL server for tests, from Debian's packages, in a temp directory.
+
+PostgreSQL refuses to run as root, so as root (CI) it runs as the `postgres`
+system user that Debian's package creates.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+from kotta_testing import Proc, free_port, wait_for
+
+
+def pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    if found:
+        return Path(found[-1]).parent
+    which = shutil.which("postgres")
+    return Path(which).parent if which else None
+
+
+class PostgresServer:
+    def __init__(self, base: Path):
+        self.bindir = pg_bindir()
+        if self.bindir is None:
+            raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
+        self.base = Path(base)
+        self.data = self.base / "pgdata"
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://kotta@127.0.0.1:{self.port}/kotta"
+        self.proc: Proc | None = None
+        self._as = []
+        if os.geteuid() == 0:
+            self._as = ["runuser", "-u", "postgres", "--"]
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._as, *args], check=True, capture_output=True, cwd="/")
+
+    def start(self) -> PostgresServer:
+        self.base.mkdir(parents=True, exist_ok=True)
+        if self._as:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.base, pw.pw_uid, pw.pw_gid)
+            # The postgres user must be able to reach the temp directory.
+            for parent in self.base.parents:
+                if str(parent) in ("/", "/tmp"):
+                    break
+                os.chmod(parent, os.stat(parent).st_mode | 0o011)
+        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "kotta", "--auth=trust", "-E", "UTF8")
+        args = [*self._as, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.base}",
+                "-c", "fsync=off"]  # fmt: skip
+        self.proc = Proc(args, self.base / "postgres.log", Path("/")).start()
+        wait_for(self._ready, 60, "PostgreSQL", interval=0.2)
+        self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "kotta", "kotta")
+        return self
+
+    def _ready(self) -> bool:
+        if not self.proc.alive():
+            raise RuntimeError(f"postgres exited:\n{self.proc.log()[-3000:]}")
+        r = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True)
+        return r.returncode == 0
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.stop(timeout=10)
