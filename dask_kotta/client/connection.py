@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -13,6 +14,9 @@ from urllib3.util.retry import Retry
 
 from .. import defaults as d
 from ..errors import ConfigError, ServerUnavailableError, error_for_status
+
+if TYPE_CHECKING:
+    from .job import KottaJob
 
 _SUBMIT_ATTEMPTS = 4
 
@@ -110,9 +114,100 @@ class Kotta:
                 time.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def job(self, job_id: str, wait: float = 0) -> dict[str, Any]:
-        """A job's record; with ``wait`` the server holds the answer until it ends (at most ``wait`` s)."""
-        params = {"wait": wait} if wait else None
+    def submit_many(
+        self,
+        jobs: Iterable[KottaJob | tuple],
+        *,
+        queue: str = d.QUEUE,
+        walltime: float = d.WALLTIME_MIN,
+        requirements: str | None = None,
+        retries: int = 0,
+        chunk: int = 1000,
+    ) -> list[KottaJob]:
+        """Submit many jobs in a few requests; returns their ``KottaJob`` futures, in order.
+
+        Each item is a ``KottaJob`` (a script job, or a python one made with
+        ``KottaJob.call(fn, *args)`` / ``.with_call(...)``) or a python call as
+        a tuple ``(fn, args)`` or ``(fn, args, kwargs)``; the keyword options
+        apply to the tuples. Up to ``chunk`` jobs go in one request, each with
+        its own idempotency key, so a retried request never makes a job twice.
+
+        >>> jobs = konn.submit_many([(inc, (i,)) for i in range(1000)], queue='Test', walltime=5)
+        >>> konn.gather(jobs)[:3]
+        [1, 2, 3]
+        """
+        from .job import KottaJob
+
+        out: list[KottaJob] = []
+        for item in jobs:
+            if not isinstance(item, KottaJob):
+                fn, args, kwargs = (*item, {})[:3] if len(item) == 2 else item
+                item = KottaJob(
+                    jobtype="python", jobname=getattr(fn, "__name__", "function"), queue=queue,
+                    walltime=walltime, requirements=requirements, retries=retries,
+                ).with_call(fn, *args, **kwargs)  # fmt: skip
+            out.append(item)
+        for i in range(0, len(out), chunk):
+            part = out[i : i + chunk]
+            specs = [j._submission() for j in part]
+            infos = self.submit_specs(specs, [j._payload for j in part])
+            for j, info in zip(part, infos, strict=True):
+                j._submitted(info, self)
+        return out
+
+    def gather(
+        self, jobs: Iterable[KottaJob], timeout: float | None = None, errors: str = "raise"
+    ) -> list[Any]:
+        """Wait for all the jobs and return their results, in order.
+
+        Small results come with the records, so a batch costs a few requests,
+        not two per job. ``errors='raise'`` raises the first job's error (in
+        order), ``'return'`` puts the exception in its place. Raises
+        ``JobTimeoutError`` if ``timeout`` seconds pass first.
+        """
+        from ..errors import JobTimeoutError
+
+        jobs = list(jobs)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = {j._require_id(): j for j in jobs if not j.done()}
+        while waiting:
+            left = d.LONGPOLL_MAX_S if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                first = next(iter(waiting))
+                raise JobTimeoutError(f"{len(waiting)} job(s) did not end within {timeout} s",
+                                      first)  # fmt: skip
+            ids = list(waiting)[:10_000]
+            hold = min(left, d.LONGPOLL_MAX_S)
+            r = self.request(
+                "POST", "/api/v1/jobs/wait", timeout=self.timeout + hold,
+                json={"ids": ids, "timeout": hold, "all": True, "results": True},
+            ).json()  # fmt: skip
+            results = r.get("results", {})
+            for info in r["jobs"]:
+                if info["id"] in results:
+                    info["result"] = results[info["id"]]
+                job = waiting[info["id"]]
+                job._update(info, self)
+                if job.done():
+                    del waiting[info["id"]]
+        out: list[Any] = []
+        for j in jobs:
+            try:
+                out.append(j.get_results(self))
+            except Exception as e:
+                if errors != "return":
+                    raise
+                out.append(e)
+        return out
+
+    def job(self, job_id: str, wait: float = 0, result: bool = False) -> dict[str, Any]:
+        """A job's record; with ``wait`` the server holds the answer until it ends (at most ``wait`` s).
+
+        With ``result``, an ended python job's small result comes along (base64, ``"result"``).
+        """
+        params: dict[str, Any] = {"wait": wait} if wait else {}
+        if result:
+            params["result"] = "true"
         return self.request(
             "GET", f"/api/v1/jobs/{job_id}", params=params, timeout=self.timeout + wait
         ).json()
@@ -145,6 +240,16 @@ class Kotta:
     def result_bytes(self, job_id: str) -> bytes:
         """The pickled result of a python job."""
         return self.request("GET", f"/api/v1/jobs/{job_id}/result").content
+
+    def upload_file(self, path: str | Path, name: str | None = None) -> str:
+        """Store a local file for your jobs; returns a URL to use in ``inputs=``.
+
+        ``s3://...`` under your prefix on an S3 store (the bytes go straight to
+        S3), or a URL of this server on a local store. Only your jobs can stage it.
+        """
+        from .kout import upload_file
+
+        return upload_file(self, path, name)
 
     def queues(self) -> dict[str, dict[str, Any]]:
         """The server's queues and their limits."""

@@ -16,7 +16,7 @@ from ..errors import (
 )
 from ..paths import split_list
 from .kout import KOut
-from .serialize import loads_result, versions
+from .serialize import dumps_call, loads_result, versions
 
 if TYPE_CHECKING:
     from .connection import Kotta
@@ -71,6 +71,8 @@ class KottaJob:
         self._info: dict[str, Any] = {}
         self._status: str = d.UNSUBMITTED
         self._konn: Kotta | None = None
+        self._payload: bytes | None = None  # a python call's pickle, until submitted
+        self._result: bytes | None = None  # the pickled result, when it came with the record
 
     def __repr__(self) -> str:
         name = f" {self.jobname!r}" if self.jobname else ""
@@ -143,12 +145,24 @@ class KottaJob:
     # -- the future -----------------------------------------------------------------------
 
     def _update(self, info: dict[str, Any], konn: Kotta) -> None:
+        if "result" in info:
+            import base64
+
+            info = dict(info)
+            self._result = base64.b64decode(info.pop("result"))
         self._info = info
         self._status = info["status"]
         self._konn = konn
 
     def submit(self, konn: Kotta, _payload: bytes | None = None) -> bool:
         """Submit the job. Returns True; a refused submission raises a ``KottaError`` saying why."""
+        if self.job_id is None and _payload is not None:
+            self._payload = _payload
+        konn.submit_many([self])
+        return True
+
+    def _submission(self) -> dict[str, Any]:
+        """The spec to submit, with a fresh idempotency key; checks it can be submitted."""
         if self.job_id is not None:
             raise ConflictError(f"this KottaJob was already submitted as job {self.job_id}")
         if self._desc["jobtype"] == "script" and not (
@@ -157,10 +171,30 @@ class KottaJob:
             raise KottaError("a script job needs script= or executable=")
         spec = self.to_spec()
         spec["idempotency_key"] = uuid.uuid4().hex
-        info = konn.submit_specs([spec], [_payload])[0]
+        return spec
+
+    def _submitted(self, info: dict[str, Any], konn: Kotta) -> None:
         self.job_id = info["id"]
+        self._payload = None
         self._update(info, konn)
-        return True
+
+    @classmethod
+    def call(cls, fn: Any, *args: Any, **kwargs: Any) -> KottaJob:
+        """A python job that runs ``fn(*args, **kwargs)``, with default options.
+
+        For options, build it as ``KottaJob(jobtype='python', queue=..., walltime=...)``
+        and attach the call with :meth:`with_call`.
+        """
+        return cls(jobtype="python", jobname=getattr(fn, "__name__", "function")).with_call(
+            fn, *args, **kwargs
+        )
+
+    def with_call(self, fn: Any, *args: Any, **kwargs: Any) -> KottaJob:
+        """Make this (python) job run ``fn(*args, **kwargs)``; returns the job."""
+        if self._desc["jobtype"] != "python":
+            raise KottaError("only a jobtype='python' job runs a function")
+        self._payload = dumps_call(fn, args, kwargs)
+        return self
 
     def _require_id(self) -> str:
         if self.job_id is None:
@@ -182,7 +216,12 @@ class KottaJob:
         return self._status in d.TERMINAL_STATUSES
 
     def wait(
-        self, konn: Kotta, maxwait: float = 600, sleep: float = 2, silent: bool = True
+        self,
+        konn: Kotta,
+        maxwait: float = 600,
+        sleep: float = 2,
+        silent: bool = True,
+        _result: bool = False,
     ) -> bool:
         """Wait up to ``maxwait`` seconds for the job to end; True if it ended.
 
@@ -196,7 +235,7 @@ class KottaJob:
         while True:
             left = deadline - time.monotonic()
             hold = max(0.0, min(left, max(sleep, 0.5) if not silent else d.LONGPOLL_MAX_S))
-            self._update(konn.job(job_id, wait=hold), konn)
+            self._update(konn.job(job_id, wait=hold, result=_result), konn)
             if not silent and self._status != last:
                 print(f"Job {job_id}: {self._status}")
                 last = self._status
@@ -224,14 +263,20 @@ class KottaJob:
         ``JobCancelledError``, and ``JobTimeoutError`` if ``timeout`` seconds pass.
         """
         job_id = self._require_id()
-        if not self.wait(konn, maxwait=float("inf") if timeout is None else timeout):
+        python = self._desc["jobtype"] == "python"
+        # An ended job's record is final: no need to ask again (e.g. after Kotta.gather).
+        if not self.done() and not self.wait(
+            konn, maxwait=float("inf") if timeout is None else timeout, _result=python
+        ):
             raise JobTimeoutError(
                 f"job {job_id} did not end within {timeout} s (status {self._status})", job_id
             )
         if self._status == d.CANCELLED:
             raise JobCancelledError(f"job {job_id} was cancelled", job_id)
-        if self._desc["jobtype"] == "python" and self._info.get("has_result"):
-            return loads_result(konn.result_bytes(job_id), job_id)
+        if python and self._info.get("has_result"):
+            # A small result came with the record; a large one is fetched on its own.
+            data = self._result if self._result is not None else konn.result_bytes(job_id)
+            return loads_result(data, job_id)
         if self._status == d.FAILED:
             raise JobFailedError(f"job {job_id} failed: {self.reason}", job_id)
         if self._desc["jobtype"] == "python":

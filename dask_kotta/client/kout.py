@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
@@ -11,6 +12,8 @@ import requests
 
 from .. import defaults as d
 from ..errors import KottaError, NotFoundError, ServerUnavailableError
+
+CHUNK = 1024 * 1024
 
 if TYPE_CHECKING:
     from .connection import Kotta
@@ -62,34 +65,131 @@ class KOut:
             return posixpath.basename(self._name)
         return posixpath.basename(unquote(urlparse(self._url).path).rstrip("/"))
 
-    def _open(self) -> requests.Response:
+    def _chunks(self) -> Iterator[bytes]:
+        """The object's bytes, streamed in chunks from wherever ``url`` points."""
         scheme = urlparse(self._url).scheme
+        if scheme == "s3":
+            yield from _s3_chunks(self._url)
+            return
         if scheme not in ("http", "https"):
-            raise KottaError(f"cannot fetch {self._url!r}: only http(s) URLs can be read here")
-        konn = self._konn
-        use_konn = konn is not None and self._url.startswith(konn.url)
-        getter = konn.session.get if use_konn else requests.get
-        try:
-            r = getter(self._url, stream=True, timeout=(d.CONNECT_TIMEOUT_S, d.READ_TIMEOUT_S))
-        except requests.RequestException as e:
-            raise ServerUnavailableError(f"cannot fetch {self._url}: {e}") from None
+            raise KottaError(
+                f"cannot fetch {self._url!r}: only http(s):// and s3:// URLs can be read"
+            )
+        r = self._get(self._url)
+        if r.status_code in (400, 403) and self._konn is not None and self._store_url:
+            # A presigned URL that expired: ask the server, with our token, for a fresh one.
+            r.close()
+            r = self._get(f"{self._konn.url}/api/v1/objects", params={"url": self._store_url})
         if r.status_code == 404:
+            r.close()
             raise NotFoundError(f"{self._url} was not found (HTTP 404)")
         if r.status_code >= 400:
-            raise KottaError(f"cannot fetch {self._url}: HTTP {r.status_code} {r.reason}")
-        return r
+            r.close()
+            raise KottaError(f"cannot fetch {_where(self._url)}: HTTP {r.status_code} {r.reason}")
+        with r:
+            try:
+                yield from r.iter_content(CHUNK)
+            except requests.RequestException as e:
+                raise ServerUnavailableError(
+                    f"fetching {_where(self._url)} broke off: {_scrub(e)}"
+                ) from None
+
+    def _get(self, url: str, **kw) -> requests.Response:
+        konn = self._konn
+        # The user's token goes only to the Kotta server, never to S3 or another host.
+        use_konn = konn is not None and url.startswith(konn.url + "/")
+        getter = konn.session.get if use_konn else requests.get
+        try:
+            return getter(url, stream=True, timeout=(d.CONNECT_TIMEOUT_S, d.READ_TIMEOUT_S), **kw)
+        except requests.RequestException as e:
+            raise ServerUnavailableError(f"cannot fetch {_where(url)}: {_scrub(e)}") from None
 
     def get_data(self, path: str | Path | None = None) -> str:
         """Download the object to ``self.file`` (or ``path``), streaming; returns the path."""
         dest = Path(path) if path is not None else Path(self.file)
         tmp = dest.with_name(dest.name + ".part")
-        with self._open() as r, open(tmp, "wb") as f:
-            for chunk in r.iter_content(1024 * 1024):
-                f.write(chunk)
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in self._chunks():
+                    f.write(chunk)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         tmp.replace(dest)
         return str(dest)
 
     def read(self) -> str:
-        """The object's content decoded as UTF-8."""
-        with self._open() as r:
-            return r.content.decode("utf-8")
+        """Opens the remote URL, reads the data and returns the UTF-8 decoded string."""
+        return b"".join(self._chunks()).decode("utf-8")
+
+
+def _scrub(e: object) -> str:
+    from ..runner.staging import _scrub
+
+    return _scrub(e)
+
+
+def _where(url: str) -> str:
+    # Without the query: a presigned URL's signature does not belong in an error message.
+    p = urlparse(url)
+    return f"{p.scheme}://{p.netloc}{p.path}"
+
+
+def _s3_chunks(url: str) -> Iterator[bytes]:
+    """An ``s3://`` object's bytes through boto3, with this machine's own AWS configuration."""
+    import botocore.exceptions as bx
+
+    from ..store.s3 import parse_s3_url, s3_client
+
+    bucket, key = parse_s3_url(url)
+    try:
+        body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+    except bx.ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", "?"))
+        if code in ("NoSuchKey", "NoSuchBucket", "404"):
+            raise NotFoundError(f"{url} was not found ({code})") from None
+        raise KottaError(f"cannot read {url}: S3 error {code}: {e}") from None
+    except bx.BotoCoreError as e:
+        raise ServerUnavailableError(f"cannot read {url}: {e}") from None
+    try:
+        yield from body.iter_chunks(CHUNK)
+    finally:
+        body.close()
+
+
+def upload_file(konn: Kotta, path: str | Path, name: str | None = None) -> str:
+    """Store a local file for ``konn``'s user; returns the URL to use in ``inputs=``.
+
+    On an S3 store the bytes go straight to S3 by presigned URLs (in parallel
+    parts when large) and the URL is ``s3://...`` under the user's prefix; on
+    a local store they stream to the server and the URL is the server's.
+    Only this user's jobs can stage it.
+    """
+    from ..runner.staging import StagingError, http_session, send_file
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise KottaError(f"cannot upload {path}: {e.strerror or e}") from None
+    if not p.is_file():
+        raise KottaError(f"cannot upload {path}: not a regular file")
+    info = konn.request(
+        "POST", "/api/v1/uploads", json={"name": name or p.name, "size": size}
+    ).json()
+    url, plan = info["url"], info["plan"]
+
+    def finish(upload_id: str, etags: list[str], abort: bool = False) -> None:
+        body = {"url": url, "upload_id": upload_id, "etags": etags, "abort": abort}
+        konn.request("POST", "/api/v1/uploads/complete", json=body)
+
+    with http_session() as session:
+        try:
+            send_file(
+                p, size, plan, what=f"upload of {p}", session=session,
+                server_put=lambda f: konn.request("PUT", plan["url"], data=f),
+                complete=finish, abort=lambda upload_id: finish(upload_id, [], True),
+            )  # fmt: skip
+        except StagingError as e:
+            raise ServerUnavailableError(str(e)) from None
+    return url

@@ -76,8 +76,32 @@ class RunnerAPI:
         for chunk in r.iter_content(1024 * 1024):
             dest.write(chunk)
 
+    def download_dep(self, dep_id: str, dest: BinaryIO) -> None:
+        """The result of job ``dep_id``, one of this job's ``deps`` (refused otherwise)."""
+        r = self._call("GET", f"/deps/{dep_id}/result", stream=True)
+        for chunk in r.iter_content(1024 * 1024):
+            dest.write(chunk)
+
     def upload(self, name: str, f: BinaryIO) -> int:
         return self._call("PUT", f"/files/{name}", data=f).json()["size"]
+
+    @property
+    def dispatch_headers(self) -> dict[str, str]:
+        """The headers that let a runner-API URL of this attempt be fetched (staged inputs)."""
+        h = self.session.headers
+        return {k: h[k] for k in ("Authorization", "X-Kotta-Attempt") if k in h}
+
+    def upload_plans(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """How to send each ``{"name", "size"}``: presigned URLs, or None for through the server."""
+        return self._call("POST", "/uploads", json={"files": files}).json()["plans"]
+
+    def complete_upload(self, name: str, upload_id: str, etags: list[str]) -> None:
+        body = {"name": name, "upload_id": upload_id, "etags": etags}
+        self._call("POST", "/uploads/complete", json=body)
+
+    def abort_upload(self, name: str, upload_id: str) -> None:
+        self._call("POST", "/uploads/complete", patience_s=0,
+                   json={"name": name, "upload_id": upload_id, "abort": True})  # fmt: skip
 
     def upload_result(self, f: BinaryIO) -> int:
         return self._call("PUT", "/result", data=f).json()["size"]

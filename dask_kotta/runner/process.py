@@ -1,6 +1,9 @@
 """Run one child process in its own process group, under walltime, memory limit and stop requests.
 
-Whatever way it ends, the whole group (and any descendant that moved to a
+A child is either started fresh (:func:`run_process`, ``subprocess.Popen``)
+or forked from the warm template process (:func:`run_forked`, see
+``forkserver.py``). Both are watched by the same loop, :func:`monitor`, and
+whatever way a child ends, its whole group (and any descendant that moved to a
 group of its own) is killed and verified gone before we return: a job's
 processes never outlive it (Parsl #2824 is the bug this avoids).
 """
@@ -13,10 +16,12 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import psutil
 
 from .. import defaults as d
+from .forkserver import open_logs
 
 WALLTIME = "walltime exceeded"
 MEMORY = "memory limit exceeded"
@@ -27,6 +32,27 @@ class Outcome:
     returncode: int | None
     killed: str | None  # why we killed it, or None if it ended by itself
     seconds: float
+
+
+class Child(Protocol):
+    """A started child that leads its own process group (``pgid == pid``)."""
+
+    pid: int
+
+    def wait(self, timeout: float | None) -> int | None:
+        """The exit code once it has ended (negative: killed by that signal), else None."""
+        ...
+
+
+class _Popened:
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.pid = proc, proc.pid
+
+    def wait(self, timeout: float | None) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
 
 def _tree(proc: psutil.Process) -> list[psutil.Process]:
@@ -60,16 +86,40 @@ def kill_group(pgid: int, known: list[psutil.Process], timeout: float = 5.0) -> 
         except ProcessLookupError:
             pass
         alive = [p for p in known if _alive(p)]
-        try:
-            os.killpg(pgid, 0)
-            group_left = True
-        except ProcessLookupError:
-            group_left = False
-        if not alive and not group_left:
+        if not alive and not _group_alive(pgid):
             return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of the group is alive; zombies do not count.
+
+    ``killpg(pgid, 0)`` alone succeeds on zombies, and a killed job's zombies
+    linger until their parent reaps them (the runner after this returns, or
+    PID 1 for orphans, which may take its time).
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True  # no /proc: trust killpg
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # Fields after the command name: state, ppid, pgrp, ...
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 def _alive(p: psutil.Process) -> bool:
@@ -91,7 +141,8 @@ def run_process(
 ) -> Outcome:
     """Run ``args`` to completion or until a limit is hit; see the module docstring."""
     start = time.monotonic()
-    with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+    out, err = open_logs(stdout_path, stderr_path)
+    try:
         proc = subprocess.Popen(
             args,
             cwd=cwd,
@@ -101,21 +152,61 @@ def run_process(
             env=env,
             start_new_session=True,
         )
-    pgid = proc.pid
+    finally:
+        os.close(out)
+        if err != out:
+            os.close(err)
+    return monitor(_Popened(proc), start, walltime_s, memory_bytes, stop_reason)
+
+
+def run_forked(
+    private: str,
+    cwd: str,
+    stdout_path: str,
+    stderr_path: str,
+    env: dict[str, str],
+    walltime_s: float,
+    memory_bytes: int | None,
+    stop_reason: Callable[[], str | None] = lambda: None,
+) -> Outcome | None:
+    """Run a python job's child forked from the warm template; None if no template is available.
+
+    The caller falls back to :func:`run_process` on None, so a broken fork
+    server slows jobs down but never fails them.
+    """
+    from . import forkserver
+
+    start = time.monotonic()
+    child = forkserver.spawn(private, cwd, stdout_path, stderr_path, env)
+    if child is None:
+        return None
+    with child:
+        return monitor(child, start, walltime_s, memory_bytes, stop_reason)
+
+
+def monitor(
+    child: Child,
+    start: float,
+    walltime_s: float,
+    memory_bytes: int | None,
+    stop_reason: Callable[[], str | None] = lambda: None,
+) -> Outcome:
+    """Wait for ``child`` under the limits, then kill its whole tree; see the module docstring."""
+    pgid = child.pid
     try:
-        ps = psutil.Process(proc.pid)
+        ps = psutil.Process(child.pid)
     except psutil.Error:
         ps = None
     known: list[psutil.Process] = [ps] if ps else []
     killed: str | None = None
-    interval = 0.002
+    # Short first waits keep a trivial job's latency low; later ones back off to MONITOR_S.
+    interval = 0.001
     next_mem = start
+    returncode: int | None = None
     while True:
-        try:
-            proc.wait(timeout=interval)
+        returncode = child.wait(interval)
+        if returncode is not None:
             break
-        except subprocess.TimeoutExpired:
-            pass
         interval = min(interval * 2, d.MONITOR_S)
         now = time.monotonic()
         if now - start > walltime_s:
@@ -130,8 +221,12 @@ def run_process(
             next_mem = now + 0.1
         if killed:
             break
-    if ps is not None:
+    if ps is not None and returncode is None:
         known = list({p.pid: p for p in known + _tree(ps)}.values())
     kill_group(pgid, known)
-    proc.wait()
-    return Outcome(proc.returncode, killed, time.monotonic() - start)
+    if returncode is None:
+        # Killed above; collecting the status cannot block for long, but never wait forever.
+        returncode = child.wait(30.0)
+    # A forked child whose template died was killed, by no limit of ours: say so.
+    killed = killed or getattr(child, "lost", None)
+    return Outcome(returncode, killed, time.monotonic() - start)

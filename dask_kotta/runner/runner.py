@@ -7,6 +7,7 @@ outcome goes to the server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -22,9 +23,10 @@ from typing import Any
 from .. import defaults as d
 from ..errors import UnsafePathError
 from ..paths import resolve_inside
+from . import envs
 from .api import LostJob, RunnerAPI
-from .process import run_process
-from .staging import StagingError, stage_inputs
+from .process import run_forked, run_process
+from .staging import StagingError, stage_inputs, stage_outputs
 
 
 class Heartbeat(threading.Thread):
@@ -93,40 +95,41 @@ def _upload_outputs(
     api: RunnerAPI, job: dict[str, Any], workdir: Path
 ) -> tuple[list[dict], str | None]:
     """Upload STDOUT/STDERR and declared outputs; returns them and the first problem."""
-    uploaded: list[dict] = []
-    problem = None
-    for name in [job["stdout"], job["stderr"], *job["outputs"]]:
-        if any(u["name"] == name for u in uploaded):
-            continue
-        try:
-            path = resolve_inside(workdir, name, "output")
-        except UnsafePathError as e:
-            problem = problem or str(e)
-            continue
-        if not path.is_file():
-            what = "is a directory, not a file" if path.is_dir() else "was not produced"
-            problem = problem or f"declared output {name!r} {what}"
-            continue
-        with open(path, "rb") as f:
-            uploaded.append({"name": name, "size": api.upload(name, f)})
-    return uploaded, problem
+    # Where the server's plan says (presigned S3 URLs, or through the server), in parallel.
+    return stage_outputs(api, job, workdir)
 
 
-def _run_child(job: dict, heartbeat: Heartbeat, workdir: Path, private: Path, command: list[str]):
+def _run_child(
+    job: dict,
+    heartbeat: Heartbeat,
+    workdir: Path,
+    private: Path,
+    command: list[str],
+    pyenv: envs.Environment | None = None,
+):
     stdout = resolve_inside(workdir, job["stdout"], "output_file_stdout")
     stderr = resolve_inside(workdir, job["stderr"], "output_file_stderr")
     for p in (stdout, stderr):
         p.parent.mkdir(parents=True, exist_ok=True)
-    return run_process(
-        command,
-        cwd=str(workdir),
-        stdout_path=str(stdout),
-        stderr_path=str(stderr),
-        env=_child_env(job, workdir),
+    env = _child_env(job, workdir)
+    limits = dict(
         walltime_s=job["walltime_s"],
         memory_bytes=job["memory_bytes"],
         stop_reason=lambda: heartbeat.lost,
     )
+    if pyenv is not None:
+        env = pyenv.child_env(env)
+        if job["jobtype"] == "python":
+            command = pyenv.child_command(private)
+    elif job["jobtype"] == "python":
+        # The fast path: a fork of the warm template instead of a fresh interpreter.
+        outcome = run_forked(str(private), str(workdir), str(stdout), str(stderr), env, **limits)
+        if outcome is not None:
+            return outcome
+    return run_process(
+        command, cwd=str(workdir), stdout_path=str(stdout), stderr_path=str(stderr), env=env,
+        **limits,
+    )  # fmt: skip
 
 
 def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
@@ -137,6 +140,12 @@ def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
     except LostJob:
         api.close()
         return "not claimed"
+    return run_claimed(api, job)
+
+
+def run_claimed(api: RunnerAPI, job: dict[str, Any]) -> str:
+    """Run a job whose lease ``api`` holds (claimed by ``run_job`` or by a slot); closes ``api``."""
+    job_id, attempt = job["id"], job["attempt"]
     heartbeat = Heartbeat(api, job["heartbeat_s"])
     heartbeat.start()
     workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=_work_root()))
@@ -144,7 +153,8 @@ def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
     private.mkdir()
     timings: dict[str, float | None] = {}
     try:
-        return _run(api, job, heartbeat, workdir, private, timings)
+        with contextlib.ExitStack() as held:
+            return _run(api, job, heartbeat, workdir, private, timings, held)
     except LostJob:
         return "lost"
     except Exception as e:
@@ -162,8 +172,30 @@ def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
         api.close()
 
 
+def _stage_deps(api: RunnerAPI, deps: list[str], private: Path) -> None:
+    """Download the results of the jobs this one depends on into ``.kotta/deps/<job_id>.pkl``."""
+    if not deps:
+        return
+    (private / "deps").mkdir(exist_ok=True)
+    for dep in deps:
+        try:
+            with open(resolve_inside(private / "deps", f"{dep}.pkl", "dependency"), "wb") as f:
+                api.download_dep(dep, f)
+        except LostJob:
+            raise
+        except Exception as e:  # 403/404 from the server, or the store behind it
+            detail = getattr(getattr(e, "response", None), "text", "") or str(e)
+            raise StagingError(f"dependency job {dep}: {detail[:500]}") from None
+
+
 def _run(
-    api: RunnerAPI, job: dict, heartbeat: Heartbeat, workdir: Path, private: Path, timings: dict
+    api: RunnerAPI,
+    job: dict,
+    heartbeat: Heartbeat,
+    workdir: Path,
+    private: Path,
+    timings: dict,
+    held: contextlib.ExitStack,
 ) -> str:
     # stage_inputs (the claim already moved the job to staging_inputs)
     t0 = time.monotonic()
@@ -171,18 +203,42 @@ def _run(
         if job["has_payload"]:
             with open(private / "payload.pkl", "wb") as f:
                 api.download_payload(f)
-        stage_inputs(job["inputs"], workdir)
+        _stage_deps(api, job.get("deps") or [], private)
+        stage_inputs(job.get("input_plan") or job["inputs"], workdir, api.dispatch_headers)
     except (StagingError, UnsafePathError) as e:
         timings["stage_in"] = time.monotonic() - t0
         api.finish(ok=False, reason=str(e), timings=timings, outputs=[], has_result=False)
         return "failed"
+    # prepare_env: the job's own environment, if it names requirements (part of staging in)
+    pyenv = None
+    if envs.normalise(job.get("requirements")):
+        for name in (job["stdout"], job["stderr"]):
+            p = resolve_inside(workdir, name, "output")
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.touch()
+        try:
+            pyenv = held.enter_context(
+                envs.cache().use(
+                    job["requirements"],
+                    resolve_inside(workdir, job["stderr"], "output_file_stderr"),
+                    timeout_s=job["walltime_s"],
+                    stop_reason=lambda: heartbeat.lost,
+                )
+            )
+        except envs.EnvironmentBuildError as e:
+            if heartbeat.lost:
+                raise LostJob(heartbeat.lost) from None
+            timings["stage_in"] = time.monotonic() - t0
+            outputs, _ = _upload_outputs(api, job, workdir)  # STDERR holds the build's log
+            api.finish(ok=False, reason=str(e), timings=timings, outputs=outputs, has_result=False)
+            return "failed"
     timings["stage_in"] = time.monotonic() - t0
 
     # run_child
     api.phase(d.PROCESSING)
     command = _command(job, workdir, private)
     try:
-        outcome = _run_child(job, heartbeat, workdir, private, command)
+        outcome = _run_child(job, heartbeat, workdir, private, command, pyenv)
     except OSError as e:
         timings["run"] = 0.0
         reason = f"cannot start {command[0]!r}: {e.strerror or e}"

@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import APIError, UnsafePathError
-from . import routes_jobs, routes_runner
+from . import routes_files, routes_jobs, routes_runner
 from .service import ServerConfig, Service
 
 
@@ -32,6 +32,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(title="dask-kotta", version=__version__, lifespan=lifespan)
     app.include_router(routes_jobs.router)
     app.include_router(routes_runner.router)
+    app.include_router(routes_files.router)
 
     page = (Path(__file__).with_name("static") / "index.html").read_text()
 

@@ -60,6 +60,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def check_store(config) -> None:
+    """Open the object store once before serving, so an unreachable S3 endpoint or a
+    refused bucket is a one-line error instead of a traceback from the server's start."""
+    from ..store.objects import open_store
+
+    open_store(config.store, config.data_dir)
+
+
 def check_port(host: str, port: int) -> None:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

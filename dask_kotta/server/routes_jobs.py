@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from .. import defaults as d
-from ..errors import InvalidRequestError, UnsafePathError
+from ..errors import APIError, UnsafePathError
 from ..paths import safe_relpath
 from ..store.objects import job_prefix
 from .auth import bearer, hash_token
@@ -113,9 +113,14 @@ async def submit(request: Request, user: User) -> dict:
     for i, (raw, payload) in enumerate(items):
         try:
             spec = check_spec(raw, s.queues, payload is not None)
-        except InvalidRequestError as e:
+            input_keys = _own_inputs(s, user["id"], spec["inputs"], request)
+        except APIError as e:  # 400, or 403 for an input in another user's part of the store
             prefix = f"job {i}: " if len(items) > 1 else ""
-            raise HTTPException(400, prefix + str(e).removesuffix(" (HTTP 400)")) from None
+            raise HTTPException(
+                e.status, prefix + str(e).removesuffix(f" (HTTP {e.status})")
+            ) from None
+        if input_keys:
+            spec["input_keys"] = input_keys
         spec["has_payload"] = payload is not None
         specs.append(spec)
     rows = s.store.insert_jobs(user["id"], specs)
@@ -125,8 +130,18 @@ async def submit(request: Request, user: User) -> dict:
     for job, created in rows:
         if created:
             s.engine.dispatch(job["id"], job["queue"])
-    jobs = [s.store.get(job["id"]) for job, _ in rows]
+    ids = [job["id"] for job, _ in rows]
+    by_id = {}
+    for i in range(0, len(ids), 500):  # one read per 500 jobs, not one per job
+        by_id.update({j["id"]: j for j in s.store.get_many(ids[i : i + 500], user["id"])})
+    jobs = [by_id[i] for i in ids]
     return {"jobs": [_view(request, j) for j in jobs], "created": [c for _, c in rows]}
+
+
+def _own_inputs(s: Service, user_id: int, urls: list[str], request: Request) -> dict[str, str]:
+    from .routes_files import own_inputs  # routes_files builds on this module
+
+    return own_inputs(s, user_id, urls, request)
 
 
 @router.get("/jobs", summary="Your jobs, newest first")
@@ -142,39 +157,79 @@ async def _wait(
 ) -> list[dict]:
     s = svc(request)
     deadline = time.monotonic() + min(max(timeout, 0.0), d.LONGPOLL_MAX_S)
+    want = list(dict.fromkeys(ids))
+    ended: dict[str, dict] = {}  # a terminal record never changes again: read it once
     while True:
-        jobs = s.store.get_many(ids, user["id"])
-        if len(jobs) != len(set(ids)):
-            missing = sorted(set(ids) - {j["id"] for j in jobs})
+        todo = [i for i in want if i not in ended]
+        jobs = s.store.get_many(todo, user["id"]) if todo else []
+        if len(jobs) != len(todo):
+            missing = sorted(set(todo) - {j["id"] for j in jobs})
             raise HTTPException(404, f"no job {missing[0]!r}")
-        done = [j for j in jobs if j["status"] in d.TERMINAL_STATUSES]
+        live = {}
+        for j in jobs:
+            (ended if j["status"] in d.TERMINAL_STATUSES else live)[j["id"]] = j
         left = deadline - time.monotonic()
-        if (done if any_ else len(done) == len(jobs)) or left <= 0:
-            return jobs
-        await s.notifier.wait(
-            [j["id"] for j in jobs if j["status"] not in d.TERMINAL_STATUSES], min(left, 1.0)
-        )
+        if (ended if any_ else not live) or left <= 0:
+            return [ended.get(i) or live[i] for i in want]
+        # Any: wake on any of them. All: on the last one still running (jobs mostly end in
+        # the order they were submitted), so a batch of thousands is re-read a few times,
+        # not once per job that ends.
+        running = [i for i in want if i in live]
+        await s.notifier.wait(running if any_ else running[-1:], min(left, 1.0))
+
+
+#: Results up to this size ride inline (base64) in answers that ask for them.
+INLINE_RESULT_MAX = 1024 * 1024
+
+
+def _inline_results(s: Service, jobs: list[dict]) -> dict[str, str]:
+    """Base64 of the small results of ended jobs, where the object store is local."""
+    import base64
+
+    out = {}
+    for j in jobs:
+        if j["status"] in d.TERMINAL_STATUSES and j["has_result"]:
+            path = s.objects.local_path(f"{job_prefix(j['owner'], j['id'])}/{d.RESULT_OBJECT}")
+            if path is not None and path.stat().st_size <= INLINE_RESULT_MAX:
+                out[j["id"]] = base64.b64encode(path.read_bytes()).decode()
+    return out
 
 
 @router.get("/jobs/{job_id}", summary="One job; ?wait=S long-polls until it ends")
-async def get_job(request: Request, user: User, job_id: str, wait: float = Query(0, ge=0)) -> dict:
+async def get_job(
+    request: Request,
+    user: User,
+    job_id: str,
+    wait: float = Query(0, ge=0),
+    result: bool = Query(False, description="Include a small result (base64) once ended"),
+) -> dict:
     job = (
         (await _wait(request, user, [job_id], wait, any_=False))[0]
         if wait
         else _own(request, user, job_id)
     )
-    return _view(request, job)
+    view = _view(request, job)
+    if result:
+        inline = _inline_results(svc(request), [job])
+        if job_id in inline:
+            view["result"] = inline[job_id]
+    return view
 
 
 class WaitBody(BaseModel):
     ids: list[str] = Field(..., min_length=1, max_length=10_000)
     timeout: float = Field(10.0, ge=0)
+    all: bool = Field(False, description="Wait until all of them ended, not any")
+    results: bool = Field(False, description="Include small results (base64) of ended jobs")
 
 
-@router.post("/jobs/wait", summary="Long-poll until any of the jobs ends")
+@router.post("/jobs/wait", summary="Long-poll until any (or all) of the jobs end")
 async def wait_any(request: Request, user: User, body: WaitBody) -> dict:
-    jobs = await _wait(request, user, body.ids, body.timeout, any_=True)
-    return {"jobs": [_view(request, j) for j in jobs]}
+    jobs = await _wait(request, user, body.ids, body.timeout, any_=not body.all)
+    out: dict[str, Any] = {"jobs": [_view(request, j) for j in jobs]}
+    if body.results:
+        out["results"] = _inline_results(svc(request), jobs)
+    return out
 
 
 @router.get("/jobs/{job_id}/events", summary="A job's status history")

@@ -49,7 +49,10 @@ class Service:
         self.store = JobStore(config.database_url)
         self.objects: ObjectStore = open_store(config.store, config.data_dir)
         self.notifier = Notifier()
-        self.engine = Engine(self.store, config.scheduler, config.public_url, self.changed)
+        self.engine = Engine(
+            self.store, config.scheduler, config.public_url, self.changed,
+            queues=list(self.queues), notifier=self.notifier,
+        )  # fmt: skip
         self._reaper: asyncio.Task | None = None
         self._user_cache: dict[str, dict] = {}
 

@@ -103,6 +103,15 @@ def check_spec(raw: Any, queues: dict[str, Queue], has_payload: bool) -> dict[st
         raise InvalidRequestError(
             "a python job needs a payload (the pickled function and arguments)"
         )
+    # An input staged under the name of the job's stdout, stderr or script would be overwritten.
+    own = {spec["stdout"]: "output_file_stdout", spec["stderr"]: "output_file_stderr"}
+    if jobtype == "script" and spec.get("script"):
+        own[spec["script_name"]] = "script_name"
+    for url in spec["inputs"]:
+        if (base := input_basename(url)) in own:
+            raise InvalidRequestError(
+                f"input {url!r} would be staged as {base!r}, which is the job's {own[base]}"
+            )
     try:
         spec["retries"] = int(spec.get("retries") or 0)
     except (TypeError, ValueError):

@@ -18,8 +18,9 @@ def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[s
             {
                 "name": out["name"],
                 "size": out.get("size"),
-                "url": objects.presigned_get(key)
-                or f"{base}/api/v1/jobs/{job['id']}/files/{quote(out['name'])}",
+                # The server's URL on every store: it never expires, and on S3 it redirects
+                # to a fresh presigned URL, so a view need not presign every output it lists.
+                "url": f"{base}/api/v1/jobs/{job['id']}/files/{quote(out['name'])}",
                 "store_url": objects.store_url(key),
             }
         )

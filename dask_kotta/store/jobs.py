@@ -111,16 +111,24 @@ class JobStore:
         """
         out: list[tuple[dict[str, Any], bool]] = []
         now = time.time()
+        keys = [k for k in (spec.get("idempotency_key") for spec in specs) if k]
         with self.engine.begin() as c:
+            # One look-up for every key and one multi-row insert per table: a batch of
+            # thousands costs a few statements, not three per job.
+            old: dict[str, dict[str, Any]] = {}
+            for i in range(0, len(keys), 500):
+                rows = c.execute(
+                    sa.select(jobs).where(
+                        jobs.c.owner == owner, jobs.c.idempotency_key.in_(keys[i : i + 500])
+                    )
+                ).all()
+                old.update({r.idempotency_key: _row(r) for r in rows})
+            new_rows, new_events = [], []
             for spec in specs:
                 key = spec.pop("idempotency_key", None)
-                if key:
-                    old = c.execute(
-                        sa.select(jobs).where(jobs.c.owner == owner, jobs.c.idempotency_key == key)
-                    ).first()
-                    if old is not None:
-                        out.append((_row(old), False))
-                        continue
+                if key and key in old:
+                    out.append((old[key], False))
+                    continue
                 job_id = secrets.token_hex(8)
                 values = dict(
                     id=job_id,
@@ -142,14 +150,24 @@ class JobStore:
                     attempt=0,
                     failures=0,
                     requeues=0,
+                    dispatch_hash=None,
+                    lease_until=None,
+                    started_at=None,
+                    ended_at=None,
+                    t_stage_in=None,
+                    t_run=None,
+                    t_stage_out=None,
                 )
-                c.execute(jobs.insert().values(**values))
-                c.execute(
-                    job_events.insert().values(job_id=job_id, status=d.PENDING, at=now, detail="")
-                )
+                if key:
+                    old[key] = values  # the same key twice in one batch makes one job
+                new_rows.append(dict(values))
+                new_events.append(dict(job_id=job_id, status=d.PENDING, at=now, detail=""))
                 values["spec"] = spec
                 values["outputs"] = []
                 out.append((values, True))
+            if new_rows:
+                c.execute(jobs.insert(), new_rows)
+                c.execute(job_events.insert(), new_events)
         return out
 
     # -- reads --------------------------------------------------------------------------
@@ -203,7 +221,14 @@ class JobStore:
     # -- transitions --------------------------------------------------------------------
 
     def _move(
-        self, c: sa.Connection, job_id: str, where: list, status: str, detail: str = "", **values
+        self,
+        c: sa.Connection,
+        job_id: str,
+        where: list,
+        status: str,
+        detail: str = "",
+        at: float | None = None,
+        **values,
     ) -> bool:
         res = c.execute(
             jobs.update().where(jobs.c.id == job_id, *where).values(status=status, **values)
@@ -211,7 +236,9 @@ class JobStore:
         if res.rowcount != 1:
             return False
         c.execute(
-            job_events.insert().values(job_id=job_id, status=status, at=time.time(), detail=detail)
+            job_events.insert().values(
+                job_id=job_id, status=status, at=at or time.time(), detail=detail
+            )
         )
         return True
 
@@ -253,6 +280,37 @@ class JobStore:
             if not ok:
                 return None
             return _row(c.execute(sa.select(jobs).where(jobs.c.id == job_id)).first())
+
+    def claim_next(
+        self, queue: str, dispatch_hash: str, lease_s: float, worker: str
+    ) -> dict[str, Any] | None:
+        """Start the next attempt of the oldest pending job of ``queue`` and take its lease.
+
+        This is the slots' dispatch: one statement pair instead of a dask task
+        per job. The guard on ``status`` and ``attempt`` makes a concurrent
+        claim of the same job (another server process) match no row; we then
+        try the next job. Returns the claimed job, or None if none is pending.
+        """
+        now = time.time()
+        with self.engine.begin() as c:
+            for _ in range(8):
+                row = c.execute(
+                    sa.select(jobs.c.id, jobs.c.attempt)
+                    .where(jobs.c.status == d.PENDING, jobs.c.queue == queue)
+                    .order_by(jobs.c.submitted_at, jobs.c.id)
+                    .limit(1)
+                ).first()
+                if row is None:
+                    return None
+                attempt = row.attempt + 1
+                if self._move(
+                    c, row.id, [jobs.c.status == d.PENDING, jobs.c.attempt == row.attempt],
+                    d.STAGING_INPUTS, detail=f"attempt {attempt} on {worker}", attempt=attempt,
+                    dispatch_hash=dispatch_hash, lease_until=now + lease_s, started_at=now,
+                    worker=worker[:256],
+                ):  # fmt: skip
+                    return _row(c.execute(sa.select(jobs).where(jobs.c.id == row.id)).first())
+        return None
 
     def _runner_guard(self, attempt: int, dispatch_hash: str) -> list:
         return [
@@ -311,9 +369,13 @@ class JobStore:
         outputs: list[dict[str, Any]],
         has_result: bool,
         retry_if_failed: bool,
+        phases: list[tuple[str, float]] = (),
     ) -> str | None:
         """Record an attempt's end. A failure with retries left goes back to pending.
 
+        ``phases`` are ``(status, at)`` the runner passed without reporting them
+        (a short job's ``processing`` and ``staging_outputs``): they are recorded
+        first, in the same transaction, so the history stays complete and forward.
         Returns the new status, or None if this attempt no longer holds the job.
         """
         now = time.time()
@@ -329,6 +391,12 @@ class JobStore:
         )
         guard = self._runner_guard(attempt, dispatch_hash)
         with self.engine.begin() as c:
+            for status, at in phases:
+                allowed = _FORWARD.get(status)
+                if allowed:  # already there (reported on its own) or past it: nothing to add
+                    where = [jobs.c.status.in_(allowed), jobs.c.attempt == attempt,
+                             jobs.c.dispatch_hash == dispatch_hash]  # fmt: skip
+                    self._move(c, job_id, where, status, at=min(at, now))
             if ok:
                 return (
                     d.COMPLETED

@@ -43,6 +43,12 @@ class ObjectStore(Protocol):
     def store_url(self, key: str) -> str | None: ...
     def delete_prefix(self, prefix: str) -> None: ...
     def describe(self) -> str: ...
+    # Presigned uploads (S3): None means "send the bytes through the server".
+    def upload_plan(self, key: str, size: int) -> dict | None: ...
+    def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None: ...
+    def abort_upload(self, key: str, upload_id: str) -> None: ...
+    # The key an s3:// URL names if it points into this store, else None.
+    def key_for_url(self, url: str) -> str | None: ...
 
 
 class LocalObjectStore:
@@ -107,6 +113,18 @@ class LocalObjectStore:
 
     def describe(self) -> str:
         return str(self.root)
+
+    def upload_plan(self, key: str, size: int) -> dict | None:
+        return None  # no presigned URLs here: runners and clients upload through the server
+
+    def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None:
+        raise NotFoundError(f"no multipart upload {upload_id!r} for {key!r} on a local store")
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        return None
+
+    def key_for_url(self, url: str) -> str | None:
+        return None
 
 
 def open_store(spec: str | None, data_dir: str | os.PathLike) -> ObjectStore:

@@ -1,0 +1,130 @@
+"""The fast path: python jobs forked from a warm template, slot dispatch, batched submission.
+
+A forked job keeps every guarantee of a fresh child: its own process group,
+walltime and memory limit enforced on its whole tree, its working directory
+first on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import cloudpickle
+import psutil
+import pytest
+
+from dask_kotta.errors import JobFailedError
+from kotta import KottaJob
+
+# The workers cannot import this module: its functions travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def where_am_i():
+    import os
+    import sys
+
+    parent = open(f"/proc/{os.getppid()}/cmdline").read().replace("\0", " ")
+    return {
+        "parent": parent,
+        "own_group": os.getpgid(0) == os.getpid(),
+        "cwd": os.getcwd(),
+        "workdir": os.environ.get("KOTTA_WORKDIR"),
+        "path0": sys.path[0],
+    }
+
+
+def spawn_and_hang():
+    import subprocess
+    import sys
+    import time
+
+    same = subprocess.Popen(["sleep", "300"])
+    escaped = subprocess.Popen(["sleep", "301"], start_new_session=True)
+    print(same.pid, escaped.pid, flush=True)
+    sys.stdout.flush()
+    time.sleep(300)
+
+
+def hog_memory():
+    import time
+
+    block = bytearray(600 * 1024 * 1024)  # over the Tiny queue's 300 MiB
+    for i in range(0, len(block), 4096):
+        block[i] = 1  # touch every page so it counts
+    time.sleep(300)
+
+
+def inc(x):
+    return x + 1
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_python_job_is_forked_from_the_template(konn):
+    info = konn.submit_many([(where_am_i, ())], walltime=5)[0].get_results(konn)
+    assert "dask_kotta.runner.forkserver" in info["parent"]
+    assert info["own_group"]
+    assert info["cwd"] == info["workdir"] == info["path0"]
+
+
+def test_walltime_kills_a_forked_jobs_whole_tree(konn):
+    job = konn.submit_many([(spawn_and_hang, ())], walltime=0.05)[0]  # 3 s
+    with pytest.raises(JobFailedError, match="walltime exceeded"):
+        job.get_results(konn, timeout=120)
+    stdout = next(o for o in job.outputs if o.file == "STDOUT.txt").read()
+    pids = [int(p) for p in stdout.split()]
+    assert len(pids) == 2
+    for pid in pids:
+        assert _gone(pid), f"process {pid} outlived its job's walltime"
+
+
+def test_memory_limit_kills_a_forked_job(konn):
+    job = konn.submit_many([(hog_memory, ())], queue="Tiny", walltime=2)[0]
+    with pytest.raises(JobFailedError, match="memory limit exceeded"):
+        job.get_results(konn, timeout=120)
+
+
+def test_submit_many_scripts_and_calls_then_gather(konn):
+    script = KottaJob(script="echo batched > out.txt", outputs="out.txt", walltime=5)
+    items = [script, *[(inc, (i,)) for i in range(40)], KottaJob.call(inc, 100)]
+    jobs = konn.submit_many(items, walltime=5, chunk=16)  # three requests
+    assert len({j.job_id for j in jobs}) == len(items)
+    results = konn.gather(jobs, timeout=300)
+    assert results[1:] == [i + 1 for i in range(40)] + [101]
+    out = next(o for o in results[0] if o.file == "out.txt")
+    assert out.read() == "batched\n"
+    # A short job's phases rode with its finish, but its history is complete and forward.
+    assert [e["status"] for e in konn.events(jobs[1].job_id)] == [
+        "pending", "staging_inputs", "processing", "staging_outputs", "completed",
+    ]  # fmt: skip
+
+
+def test_gather_returns_errors_in_place(konn):
+    jobs = konn.submit_many([(inc, (1,)), (inc, ("x",))], walltime=5)
+    ok, err = konn.gather(jobs, errors="return")
+    assert ok == 2 and isinstance(err, TypeError)
+    with pytest.raises(TypeError):
+        konn.gather(jobs)
+
+
+def test_a_long_jobs_phase_is_reported_while_it_runs(konn):
+    job = konn.submit_many([(time.sleep, (3,))], walltime=5)[0]
+    deadline = time.monotonic() + 60
+    seen = set()
+    while time.monotonic() < deadline and not job.done():
+        seen.add(job.status(konn))
+        time.sleep(0.1)
+    assert "processing" in seen
+    assert job.get_results(konn) is None
