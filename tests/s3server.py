@@ -6,12 +6,15 @@ gRPC ports overflow and IAM/Iceberg/Lance ports collide between servers.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
-from kotta_testing import Proc, free_port, wait_for
+from kotta_testing import Proc, free_port, kill_group, wait_for
 
 ACCESS_KEY = "kotta-test"
 SECRET_KEY = "kotta-test-secret"
@@ -54,7 +57,17 @@ class S3Server:
             f"-iam.port={p['iam']}", f"-master.port={p['master']}", f"-master.port.grpc={p['mgrpc']}",
             f"-volume.port={p['vol']}", f"-volume.port.grpc={p['vgrpc']}",
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['fgrpc']}",
+            # Each bucket is a collection that grows 7 volumes at its first write; the default
+            # of 8 volumes in all leaves room for one bucket. Small volumes, and many of them.
+            "-volume.max=300", "-master.volumeSizeLimitMB=1024",
         ]  # fmt: skip
+        # With identities configured SeaweedFS checks signatures; without, it lets anyone in.
+        config = self.base / "s3.json"
+        config.write_text(json.dumps({"identities": [{
+            "name": "kotta", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+            "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+        }]}))  # fmt: skip
+        args.append(f"-s3.config={config}")
         self.proc = Proc(args, self.base / "weed.log", self.base).start()
         client = self.client()
 
@@ -90,7 +103,14 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        if self.proc:
+        if self.proc and self.proc.proc:
+            # The whole group, so that a restart on the same ports finds them free.
+            kill_group(self.proc.proc, signal.SIGINT)
+            try:
+                self.proc.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            kill_group(self.proc.proc)
             self.proc.stop(timeout=5)
 
 
@@ -99,3 +119,119 @@ def apply_env(env: dict[str, str]) -> dict[str, str]:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     return old
+
+
+class HTTPFiles:
+    """Files of a directory over HTTP on loopback, served from a thread, for staging tests.
+
+    Paths: ``/files/NAME`` (honours ``Range``), ``/plain/NAME`` (ignores it),
+    ``/redirect/NAME`` (302 to ``/files/NAME``), ``/status/CODE/NAME``,
+    ``/slow/NAME`` (answers nothing for a minute), ``/flaky/NAME`` (503 the
+    first time, then like ``/files``). ``hits`` records (path, Range header).
+    """
+
+    def __init__(self, root: Path):
+        import threading
+
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits: list[tuple[str, str | None]] = []
+        self.stopping = threading.Event()
+        self._flaky_seen: set[str] = set()
+        self.server = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def start(self) -> HTTPFiles:
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def _send_file(self, path: Path, ranges: bool) -> None:
+                if not path.is_file():
+                    return self._status(404)
+                size = path.stat().st_size
+                start, end, status = 0, size - 1, 200
+                m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+                if ranges and m:
+                    start = int(m[1])
+                    end = min(int(m[2]) if m[2] else size - 1, size - 1)
+                    if start >= size:
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{size}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    status = 206
+                self.send_response(status)
+                self.send_header("Content-Length", str(end - start + 1))
+                if ranges:
+                    self.send_header("Accept-Ranges", "bytes")
+                if status == 206:
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                self.end_headers()
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    left = end - start + 1
+                    while left > 0:
+                        data = f.read(min(left, 1 << 20))
+                        if not data:
+                            break
+                        self.wfile.write(data)
+                        left -= len(data)
+
+            def _status(self, code: int) -> None:
+                body = f"status {code}\n".encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                outer.hits.append((self.path, self.headers.get("Range")))
+                kind, _, rest = self.path.lstrip("/").partition("/")
+                if kind == "files":
+                    return self._send_file(outer.root / rest, ranges=True)
+                if kind == "plain":
+                    return self._send_file(outer.root / rest, ranges=False)
+                if kind == "redirect":
+                    self.send_response(302)
+                    self.send_header("Location", f"/files/{rest}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if kind == "status":
+                    return self._status(int(rest.split("/", 1)[0]))
+                if kind == "slow":
+                    outer.stopping.wait(60)
+                    return self._status(200)
+                if kind == "flaky":
+                    if rest not in outer._flaky_seen:
+                        outer._flaky_seen.add(rest)
+                        return self._status(503)
+                    return self._send_file(outer.root / rest, ranges=True)
+                return self._status(404)
+
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):
+                pass  # a client that hung up (timeouts are tested on purpose): not news
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

@@ -1,0 +1,166 @@
+"""The runner's HTTP(S) staging against a real HTTP server on loopback (no Kotta service needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import pytest
+from s3server import HTTPFiles
+
+from dask_kotta.runner import staging
+from dask_kotta.runner.staging import StagingError, fetch_http, http_session, stage_inputs
+
+pytestmark = pytest.mark.timeout(120)
+
+BIG = 20 * 1024 * 1024 + 12345  # three parts and a bit
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("http-files")
+    (root / "small.txt").write_bytes(b"hello staging\n")
+    (root / "empty.bin").write_bytes(b"")
+    (root / "big.bin").write_bytes(os.urandom(BIG))
+    server = HTTPFiles(root).start()
+    yield server
+    server.stop()
+
+
+def _md5(path) -> str:
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+def test_small_file_arrives_whole_in_one_request(files, tmp_path):
+    files.hits.clear()
+    with http_session() as s:
+        n = fetch_http(files.url("/files/small.txt"), tmp_path / "small.txt", s)
+    assert n == 14 and (tmp_path / "small.txt").read_bytes() == b"hello staging\n"
+    assert len(files.hits) == 1
+
+
+def test_large_file_comes_in_parallel_ranges(files, tmp_path):
+    files.hits.clear()
+    dest = tmp_path / "big.bin"
+    with http_session() as s:
+        assert fetch_http(files.url("/files/big.bin"), dest, s) == BIG
+    assert _md5(dest) == _md5(files.root / "big.bin")
+    ranges = sorted(r for _, r in files.hits)
+    part = staging.PART_SIZE
+    expected = sorted(f"bytes={i}-{min(i + part, BIG) - 1}" for i in range(0, BIG, part))
+    expected[0] = f"bytes=0-{part - 1}"
+    assert ranges == sorted(expected)
+
+
+def test_server_without_ranges_sends_it_whole(files, tmp_path):
+    dest = tmp_path / "big.bin"
+    with http_session() as s:
+        assert fetch_http(files.url("/plain/big.bin"), dest, s) == BIG
+    assert _md5(dest) == _md5(files.root / "big.bin")
+
+
+def test_empty_file(files, tmp_path):
+    with http_session() as s:
+        assert fetch_http(files.url("/files/empty.bin"), tmp_path / "e", s) == 0
+    assert (tmp_path / "e").read_bytes() == b""
+
+
+def test_redirects_are_followed_for_every_part(files, tmp_path):
+    sizes = stage_inputs(
+        [files.url("/redirect/big.bin"), files.url("/redirect/small.txt")], tmp_path
+    )
+    assert sizes == {"big.bin": BIG, "small.txt": 14}
+    assert _md5(tmp_path / "big.bin") == _md5(files.root / "big.bin")
+
+
+@pytest.mark.parametrize("code", [404, 403, 410])
+def test_4xx_fails_at_once_naming_url_and_status(files, tmp_path, code):
+    url = files.url(f"/status/{code}/x.csv")
+    files.hits.clear()
+    with pytest.raises(StagingError) as e:
+        stage_inputs([url], tmp_path)
+    assert url in str(e.value) and f"HTTP {code}" in str(e.value)
+    assert len(files.hits) == 1  # a client error is not retried
+
+
+def test_5xx_is_retried_then_fails_naming_url_and_status(files, tmp_path):
+    url = files.url("/status/500/x.csv")
+    files.hits.clear()
+    with pytest.raises(StagingError) as e:
+        stage_inputs([url], tmp_path)
+    assert url in str(e.value) and "HTTP 500" in str(e.value)
+    assert len(files.hits) == staging.ATTEMPTS
+
+
+def test_a_transient_503_is_retried(files, tmp_path):
+    assert stage_inputs([files.url("/flaky/small.txt")], tmp_path) == {"small.txt": 14}
+
+
+def test_read_timeout_fails_instead_of_hanging(files, tmp_path, monkeypatch):
+    monkeypatch.setenv("DASK_KOTTA_STAGING_TIMEOUT_S", "0.5")
+    monkeypatch.setattr(staging, "ATTEMPTS", 2)
+    url = files.url("/slow/x.csv")
+    t0 = time.monotonic()
+    with pytest.raises(StagingError) as e:
+        stage_inputs([url], tmp_path)
+    assert "timed out" in str(e.value) and url in str(e.value)
+    assert time.monotonic() - t0 < 10
+
+
+def test_connection_refused_names_the_url(tmp_path, monkeypatch):
+    monkeypatch.setattr(staging, "ATTEMPTS", 1)
+    from kotta_testing import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/data.csv"
+    with pytest.raises(StagingError) as e:
+        stage_inputs([url], tmp_path)
+    assert url in str(e.value) and "cannot connect" in str(e.value)
+
+
+def test_first_failure_in_input_order_is_reported(files, tmp_path):
+    ok, bad = files.url("/files/small.txt"), files.url("/status/404/missing.csv")
+    with pytest.raises(StagingError) as e:
+        stage_inputs([ok, bad], tmp_path)
+    assert "missing.csv" in str(e.value)
+
+
+def test_unsupported_scheme_is_refused(tmp_path):
+    with pytest.raises(StagingError, match="unsupported scheme 'ftp'"):
+        stage_inputs(["ftp://host/file.txt"], tmp_path)
+
+
+def test_input_names_stay_in_the_working_directory(files, tmp_path):
+    from dask_kotta.errors import UnsafePathError
+
+    with pytest.raises(UnsafePathError):
+        stage_inputs([{"url": files.url("/files/small.txt"), "name": "../escape.txt"}], tmp_path)
+    assert not (tmp_path.parent / "escape.txt").exists()
+
+
+def test_dispatch_headers_go_only_where_the_plan_says(files, tmp_path):
+    seen = []
+    orig = staging._http_get
+
+    def spy(session, url, shown, headers, rng, *rest):
+        seen.append((url, dict(headers)))
+        return orig(session, url, shown, headers, rng, *rest)
+
+    staging._http_get = spy
+    try:
+        plan = [
+            {
+                "url": "s3://b/a.txt",
+                "name": "a.txt",
+                "fetch": files.url("/files/small.txt"),
+                "auth": "dispatch",
+            },
+            {"url": files.url("/files/empty.bin"), "name": "empty.bin"},
+        ]
+        stage_inputs(plan, tmp_path, {"Authorization": "Bearer secret"})
+    finally:
+        staging._http_get = orig
+    by_url = dict(seen)
+    assert by_url[files.url("/files/small.txt")] == {"Authorization": "Bearer secret"}
+    assert by_url[files.url("/files/empty.bin")] == {}
+    assert (tmp_path / "a.txt").read_bytes() == b"hello staging\n"
