@@ -1,0 +1,158 @@
+"""The worker side of ``dask_kotta.bag``: tasks that read objects the runner staged.
+
+A partition's task carries its URLs in ``__kotta_inputs__``; on Kotta the
+runner has downloaded them into the job's working directory
+(``$KOTTA_WORKDIR``) under their base names before the task runs. Under any
+other scheduler there is no staged file and the task downloads the object
+itself (boto3's standard chain for ``s3://``), so every scheduler gives the
+same result.
+
+Standard library only (boto3 and requests on demand), and pickled by value,
+so a partition does not import dask or dask-kotta on the worker.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import posixpath
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+COMPRESSION_BY_SUFFIX = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
+OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
+
+
+def basename(url: str) -> str:
+    """The name a URL is staged under."""
+    return posixpath.basename(urlparse(url).path.rstrip("/"))
+
+
+def s3_client(storage_options: dict[str, Any] | None = None):
+    """A boto3 S3 client; ``storage_options`` takes s3fs-style names (key, secret, endpoint_url)."""
+    import boto3
+
+    opts = dict(storage_options or {})
+    kwargs: dict[str, Any] = {}
+    for ours, theirs in (("key", "aws_access_key_id"), ("secret", "aws_secret_access_key"),
+                         ("token", "aws_session_token")):  # fmt: skip
+        if ours in opts:
+            kwargs[theirs] = opts.pop(ours)
+    kwargs.update(opts.pop("client_kwargs", None) or {})
+    kwargs.update(opts)
+    return boto3.client("s3", **kwargs)
+
+
+def _staged(url: str) -> Path | None:
+    """Where the runner staged ``url`` for the running Kotta job, if it did."""
+    workdir = os.environ.get("KOTTA_WORKDIR")
+    if not workdir:
+        return None
+    path = Path(workdir) / basename(url)
+    return path if path.is_file() else None
+
+
+_CLIENT: dict[int, Any] = {}
+
+
+def _fetch(url: str, dest: Path) -> None:
+    p = urlparse(url)
+    if p.scheme == "s3":
+        # One client per process: making one costs more than a small download.
+        client = _CLIENT.get(os.getpid())
+        if client is None:
+            client = _CLIENT[os.getpid()] = s3_client()
+        client.download_file(p.netloc, p.path.lstrip("/"), str(dest))
+        return
+    import requests
+
+    with requests.get(url, stream=True, timeout=(10, 300)) as r:
+        r.raise_for_status()
+        with open(dest, "wb") as f:
+            for chunk in r.iter_content(1024 * 1024):
+                f.write(chunk)
+
+
+def local_path(url: str) -> str:
+    """A local file holding ``url``: the staged one, or a download into a temp cache."""
+    staged = _staged(url)
+    if staged is not None:
+        return str(staged)
+    cache = Path(tempfile.gettempdir()) / "dask-kotta-bag" / hashlib.sha1(url.encode()).hexdigest()
+    cache.mkdir(parents=True, exist_ok=True)
+    dest = cache / basename(url)
+    if not dest.is_file():
+        tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
+        _fetch(url, tmp)
+        os.replace(tmp, dest)
+    return str(dest)
+
+
+def _split(text: str, delimiter: str) -> Iterator[str]:
+    # Each piece keeps its delimiter, as dask.bag.read_text's lines keep their line ending.
+    start = 0
+    while True:
+        i = text.find(delimiter, start)
+        if i == -1:
+            if start < len(text):
+                yield text[start:]
+            return
+        yield text[start : i + len(delimiter)]
+        start = i + len(delimiter)
+
+
+class ReadTextPartition:
+    """The task that reads one partition of ``read_text``: its URLs ride in ``__kotta_inputs__``."""
+
+    def __init__(self, urls: list[str], encoding: str, errors: str, compression: str | None,
+                 linedelimiter: str | None, include_path: bool):  # fmt: skip
+        self.__kotta_inputs__ = tuple(urls)
+        self.encoding, self.errors = encoding, errors
+        self.compression, self.linedelimiter = compression, linedelimiter
+        self.include_path = include_path
+
+    def __call__(self) -> list:
+        out: list = []
+        for url in self.__kotta_inputs__:
+            comp = self.compression
+            if comp == "infer":
+                comp = COMPRESSION_BY_SUFFIX.get(os.path.splitext(url)[1])
+            opener = OPENERS[comp] if comp else open
+            with opener(local_path(url), "rb") as raw:
+                # As dask.bag.read_text: universal newlines, unless a delimiter is given.
+                newline = "" if self.linedelimiter else None
+                text = io.TextIOWrapper(
+                    raw, encoding=self.encoding, errors=self.errors, newline=newline
+                )
+                if self.linedelimiter:
+                    lines = list(_split(text.read(), self.linedelimiter))
+                else:
+                    lines = list(text)
+            if self.include_path:
+                out.extend((line, url) for line in lines)
+            else:
+                out.extend(lines)
+        return out
+
+    def __repr__(self) -> str:
+        return f"ReadTextPartition({len(self.__kotta_inputs__)} files)"
+
+
+class StagePartition:
+    """The task of one ``from_urls`` partition: ``(url, local path)`` pairs."""
+
+    def __init__(self, urls: list[str]):
+        self.__kotta_inputs__ = tuple(urls)
+
+    def __call__(self) -> list[tuple[str, str]]:
+        return [(url, local_path(url)) for url in self.__kotta_inputs__]
+
+    def __repr__(self) -> str:
+        return f"StagePartition({len(self.__kotta_inputs__)} files)"
