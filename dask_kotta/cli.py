@@ -158,7 +158,13 @@ def up(
     Jobs, outputs and the user's token survive a restart with the same --data-dir.
     """
     from .server.app import create_app
-    from .server.launch import check_port, ensure_credentials, serve, start_local_cluster
+    from .server.launch import (
+        check_port,
+        check_store,
+        ensure_credentials,
+        serve,
+        start_local_cluster,
+    )
     from .server.queues import load_queues
     from .store.jobs import JobStore
 
@@ -168,6 +174,7 @@ def up(
         data_dir, port, host, database, store, queues_file, scheduler, None, max_payload
     )
     queues = load_queues(queues_file)
+    check_store(config)
     jobstore = JobStore(config.database_url)
     made = ensure_credentials(jobstore, user, Path(auth_file), config.public_url)
     jobstore.close()
@@ -204,13 +211,14 @@ def up(
 def server(port, host, data_dir, database, store, queues_file, max_payload, scheduler, public_url):
     """Run the API server against an existing dask scheduler (scale-out)."""
     from .server.app import create_app
-    from .server.launch import check_port, serve
+    from .server.launch import check_port, check_store, serve
 
     _setup_logging()
     check_port(host, port)
     config = _config(
         data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload
     )
+    check_store(config)
     click.echo(
         f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"
     )

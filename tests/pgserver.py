@@ -51,19 +51,40 @@ class PostgresServer:
                 if str(parent) in ("/", "/tmp"):
                     break
                 os.chmod(parent, os.stat(parent).st_mode | 0o011)
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "kotta", "--auth=trust", "-E", "UTF8")
+        self._run(
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "kotta",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        )
         args = [*self._as, str(self.bindir / "postgres"), "-D", str(self.data), "-p", str(self.port),
                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.base}",
                 "-c", "fsync=off"]  # fmt: skip
         self.proc = Proc(args, self.base / "postgres.log", Path("/")).start()
         wait_for(self._ready, 60, "PostgreSQL", interval=0.2)
-        self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "kotta", "kotta")
+        self._run(
+            str(self.bindir / "createdb"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "kotta",
+            "kotta",
+        )
         return self
 
     def _ready(self) -> bool:
         if not self.proc.alive():
             raise RuntimeError(f"postgres exited:\n{self.proc.log()[-3000:]}")
-        r = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)], capture_output=True)
+        r = subprocess.run(
+            [str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+            capture_output=True,
+        )
         return r.returncode == 0
 
     def stop(self) -> None:

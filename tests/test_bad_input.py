@@ -95,7 +95,9 @@ def test_script_job_without_script_or_executable(konn, service):
         submit(konn, jobname="empty")
     # The server refuses it too, for clients other than ours.
     r = konn.session.post(
-        service.url + "/api/v1/jobs", files={"specs": (None, json.dumps([{"jobtype": "script"}]))}, timeout=10
+        service.url + "/api/v1/jobs",
+        files={"specs": (None, json.dumps([{"jobtype": "script"}]))},
+        timeout=10,
     )
     assert r.status_code == 400 and "needs a script or an executable" in r.json()["detail"]
 
@@ -121,9 +123,13 @@ def test_malformed_submission_bodies(konn, service):
     assert r.status_code == 422 and "not valid JSON" in r.json()["detail"]
     r = konn.session.post(url, files={"other": (None, "x")}, timeout=10)
     assert r.status_code == 422 and "specs" in r.json()["detail"]
-    r = konn.session.post(url, files={"specs": (None, json.dumps([{"jobtype": "python"}]))}, timeout=10)
+    r = konn.session.post(
+        url, files={"specs": (None, json.dumps([{"jobtype": "python"}]))}, timeout=10
+    )
     assert r.status_code == 400 and "payload" in r.json()["detail"]
-    r = konn.session.post(url, files={"specs": (None, json.dumps([{"bogus": 1, "script": "x"}]))}, timeout=10)
+    r = konn.session.post(
+        url, files={"specs": (None, json.dumps([{"bogus": 1, "script": "x"}]))}, timeout=10
+    )
     assert r.status_code == 400 and "bogus" in r.json()["detail"]
 
 

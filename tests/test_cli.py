@@ -13,14 +13,18 @@ COMMANDS = ["up", "server", "worker", "token", "submit", "status", "logs", "canc
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help(command):
-    out = subprocess.run([sys.executable, "-m", "dask_kotta.cli", command, "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "dask_kotta.cli", command, "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "Usage:" in out.stdout and len(out.stdout.splitlines()) > 4
 
 
 def test_submit_status_logs_ls(service, tmp_path):
     script = tmp_path / "job.sh"
     script.write_text("#!/bin/bash\necho from-cli\necho warn >&2\necho r > result.txt\n")
-    out = service.cli("submit", str(script), "--walltime", "0.5", "--outputs", "result.txt", "--wait", check=True)
+    out = service.cli(
+        "submit", str(script), "--walltime", "0.5", "--outputs", "result.txt", "--wait", check=True
+    )
     job_id = out.stdout.strip().splitlines()[0]
     assert "from-cli" in out.stdout and "warn" in out.stdout + out.stderr
 

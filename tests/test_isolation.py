@@ -13,7 +13,9 @@ from kotta import Kotta, KottaJob
 
 @pytest.fixture(scope="module")
 def alice_job(konn):
-    job = KottaJob(script="echo secret > s.txt; echo out", outputs="s.txt", walltime=0.5, jobname="alice's")
+    job = KottaJob(
+        script="echo secret > s.txt; echo out", outputs="s.txt", walltime=0.5, jobname="alice's"
+    )
     job.submit(konn)
     job.wait(konn)
     assert job.status(konn) == "completed"
@@ -50,7 +52,9 @@ def test_other_users_job_answers_exactly_like_a_missing_one(alice_job, mallory):
     a = mallory.session.get(f"{mallory.url}/api/v1/jobs/{alice_job.job_id}", timeout=5)
     b = mallory.session.get(f"{mallory.url}/api/v1/jobs/0000000000000000", timeout=5)
     assert a.status_code == b.status_code == 404
-    assert a.json()["detail"].replace(alice_job.job_id, "X") == b.json()["detail"].replace("0000000000000000", "X")
+    assert a.json()["detail"].replace(alice_job.job_id, "X") == b.json()["detail"].replace(
+        "0000000000000000", "X"
+    )
 
 
 def test_lists_show_only_own_jobs(alice_job, mallory, konn):
@@ -78,6 +82,8 @@ def test_tokens_are_stored_hashed_and_never_logged(service, konn):
 
 def test_runner_api_refuses_user_tokens(alice_job, konn):
     r = konn.session.post(
-        f"{konn.url}/api/v1/runner/jobs/{alice_job.job_id}/heartbeat", headers={"X-Kotta-Attempt": "1"}, timeout=5
+        f"{konn.url}/api/v1/runner/jobs/{alice_job.job_id}/heartbeat",
+        headers={"X-Kotta-Attempt": "1"},
+        timeout=5,
     )
     assert r.status_code == 409

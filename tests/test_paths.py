@@ -13,7 +13,9 @@ def test_safe(name):
     assert not safe_relpath(name).startswith("/")
 
 
-@pytest.mark.parametrize("name", ["", " ", "/abs", "../x", "a/../../x", "..", "a\\b", "x\x00", "~/x"])
+@pytest.mark.parametrize(
+    "name", ["", " ", "/abs", "../x", "a/../../x", "..", "a\\b", "x\x00", "~/x"]
+)
 def test_unsafe(name):
     with pytest.raises(UnsafePathError):
         safe_relpath(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import time
 
+import psutil
 import pytest
 from kotta_testing import DaskCluster, Service, wait_for
 
@@ -106,11 +107,11 @@ def test_worker_killed_mid_job_requeues_it(cluster, tmp_path):
 
     job = victim(str(marks))
     first = wait_for(lambda: list(marks.iterdir()), 60, "the first run")[0]
-    worker_pid = int(first.name.split("-")[1])
-    import os
-    import signal
-
-    os.kill(worker_pid, signal.SIGKILL)
+    parent = psutil.Process(int(first.name.split("-")[1]))
+    if "forkserver" in " ".join(parent.cmdline()):
+        parent = parent.parent()  # forked from the worker's template: kill the worker itself
+    assert "dask_worker" in " ".join(parent.parent().cmdline()), "expected a worker under its nanny"
+    parent.kill()
     assert job.get_results(konn, timeout=120) == 1
     events = [e["status"] for e in konn.events(job.job_id)]
     assert events.count("pending") == 2 and events[-1] == "completed"

@@ -40,4 +40,8 @@ def test_nonblocking_my_sum(layout):
 
 
 def test_hello_world_script(layout):
-    assert run_example(layout, "hello_script.py").splitlines() == ["True", "completed", "Hello World!"]
+    assert run_example(layout, "hello_script.py").splitlines() == [
+        "True",
+        "completed",
+        "Hello World!",
+    ]

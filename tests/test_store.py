@@ -36,7 +36,9 @@ def make(db, **spec):
 def test_status_check_constraint_matches_the_python_statuses(db):
     store, _, job = make(db)
     check = next(c for c in jobs.constraints if getattr(c, "name", "") == "jobs_status_valid")
-    assert set(d.SERVER_STATUSES) == {s.strip("' ") for s in str(check.sqltext).split("(")[1].rstrip(")").split(",")}
+    assert set(d.SERVER_STATUSES) == {
+        s.strip("' ") for s in str(check.sqltext).split("(")[1].rstrip(")").split(",")
+    }
     try:
         with store.engine.begin() as c:
             c.execute(jobs.update().where(jobs.c.id == job["id"]).values(status="bogus"))
@@ -93,9 +95,9 @@ def test_idempotency_key_is_per_owner(db):
     store = JobStore(db)
     a, b = store.get_or_create_user("a"), store.get_or_create_user("b")
     spec = {"jobtype": "script", "queue": "Test", "walltime_min": 1, "idempotency_key": "k"}
-    (j1, c1), = store.insert_jobs(a, [dict(spec)])
-    (j2, c2), = store.insert_jobs(a, [dict(spec)])
-    (j3, c3), = store.insert_jobs(b, [dict(spec)])
+    ((j1, c1),) = store.insert_jobs(a, [dict(spec)])
+    ((j2, c2),) = store.insert_jobs(a, [dict(spec)])
+    ((j3, c3),) = store.insert_jobs(b, [dict(spec)])
     assert c1 and not c2 and c3 and j1["id"] == j2["id"] != j3["id"]
 
 
