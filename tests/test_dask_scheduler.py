@@ -260,3 +260,11 @@ def test_deps_serve_only_your_own_finished_jobs(konn, other_user):
         assert rec["status"] == "failed"
         assert f"dependency job {deps[0]}" in rec["reason"]
     assert loads_result(mallory.result_bytes(theirs["id"]), theirs["id"]) == 2
+
+
+def test_parallelism_follows_the_clusters_slots(konn):
+    """By default a graph spreads over as many jobs as the cluster has slots for its queue."""
+    queues = konn.queues()
+    assert queues["Test"]["slots"] == 8  # the session service: 2 workers x 4 slots
+    assert KottaScheduler(konn).effective_parallelism() == 8
+    assert KottaScheduler(konn, parallelism=3).effective_parallelism() == 3

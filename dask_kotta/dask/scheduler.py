@@ -157,14 +157,18 @@ class RunStats:
     seconds: float = 0.0
 
 
+#: Jobs a graph's independent roots are spread over when the server reports no slots.
+DEFAULT_PARALLELISM = 8
+
+
 class KottaScheduler:
     """A Dask ``get`` function that runs each piece of a graph as a Kotta python job.
 
     ``queue``, ``walltime`` (minutes), ``requirements`` (requirements.txt text)
     and ``retries`` are the defaults for tasks without ``dask.annotate``
     settings. ``parallelism`` is how many jobs the independent roots of a graph
-    are spread over (the cluster's job slots; ``dask-kotta up``'s default is
-    8). ``fuse=False`` runs every task as its own job. ``max_tasks_per_job``
+    are spread over; by default, the job slots the cluster has for ``queue``
+    right now (as the server reports them), or 8 when it reports none. ``fuse=False`` runs every task as its own job. ``max_tasks_per_job``
     caps a fragment's size. See the module docstring for the algorithm.
     """
 
@@ -176,12 +180,12 @@ class KottaScheduler:
         requirements: str | None = None,
         retries: int = 0,
         *,
-        parallelism: int = 8,
+        parallelism: int | None = None,
         fuse: bool = True,
         max_tasks_per_job: int | None = None,
         poll_s: float = POLL_S,
     ):
-        if parallelism < 1:
+        if parallelism is not None and parallelism < 1:
             raise ValueError("parallelism must be at least 1")
         self.konn = konn
         self.default = JobSettings(
@@ -201,6 +205,12 @@ class KottaScheduler:
     def __repr__(self) -> str:
         s = self.default
         return f"<KottaScheduler {self.konn.url} queue={s.queue} walltime={s.walltime_min:g}>"
+
+    def effective_parallelism(self) -> int:
+        """``parallelism`` if given, else the default queue's slots on the cluster (or 8)."""
+        if self.parallelism is not None:
+            return self.parallelism
+        return int(self.queues().get(self.default.queue, {}).get("slots") or DEFAULT_PARALLELISM)
 
     def queues(self) -> Mapping[str, Any]:
         """The server's queues and limits (asked once per scheduler)."""
@@ -283,7 +293,7 @@ class _Run:
 
         return plan(
             remote, graph.deps, priority.__getitem__, settings, requested,
-            s.parallelism, fuse=s.fuse, max_tasks=s.max_tasks_per_job,
+            s.effective_parallelism(), fuse=s.fuse, max_tasks=s.max_tasks_per_job,
         )  # fmt: skip
 
     def _loop(self, graph, frags, state, requested, pretask_cbs, posttask_cbs) -> None:

@@ -220,6 +220,10 @@ class Engine:
                 units[q] = units.get(q, 0) + int(n)
         return units
 
+    async def capacity(self) -> dict[str, int]:
+        """Resource units (job slots) per queue across the cluster's workers now."""
+        return await self._units()
+
     async def workers(self) -> dict:
         info = await self._identity()
         return {

@@ -62,8 +62,14 @@ def whoami(user: User) -> dict:
 
 
 @router.get("/queues", summary="Queues and their limits")
-def queues(request: Request, user: User) -> dict:
-    return {name: q.to_json() for name, q in svc(request).queues.items()}
+async def queues(request: Request, user: User) -> dict:
+    """Each queue's limits, and ``slots``: how many of its jobs the cluster runs at once now."""
+    s = svc(request)
+    try:
+        slots = await s.engine.capacity()
+    except Exception:  # the scheduler is unreachable: limits still answer
+        slots = {}
+    return {name: {**q.to_json(), "slots": slots.get(name, 0)} for name, q in s.queues.items()}
 
 
 async def _read_submission(request: Request) -> list[tuple[dict, bytes | None]]:
