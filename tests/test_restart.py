@@ -20,8 +20,11 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
-def test_kill9_server_with_jobs_in_flight(cluster, tmp_path):
-    svc = Service(tmp_path / "svc", scheduler=cluster.address).start()
+@pytest.mark.parametrize("dispatch", ["slots", "tasks"])
+def test_kill9_server_with_jobs_in_flight(cluster, tmp_path, dispatch):
+    """Both dispatch modes: slots (the default) and one dask task per job attempt."""
+    env = {"DASK_KOTTA_DISPATCH": dispatch}
+    svc = Service(tmp_path / "svc", scheduler=cluster.address, env=env).start()
     marks = tmp_path / "marks"
     marks.mkdir()
     konn = svc.konn()
