@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -146,8 +147,6 @@ class KottaJob:
 
     def _update(self, info: dict[str, Any], konn: Kotta) -> None:
         if "result" in info:
-            import base64
-
             info = dict(info)
             self._result = base64.b64decode(info.pop("result"))
         self._info = info

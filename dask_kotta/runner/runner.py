@@ -91,14 +91,6 @@ def _command(job: dict[str, Any], workdir: Path, private: Path) -> list[str]:
     )
 
 
-def _upload_outputs(
-    api: RunnerAPI, job: dict[str, Any], workdir: Path
-) -> tuple[list[dict], str | None]:
-    """Upload STDOUT/STDERR and declared outputs; returns them and the first problem."""
-    # Where the server's plan says (presigned S3 URLs, or through the server), in parallel.
-    return stage_outputs(api, job, workdir)
-
-
 def _run_child(
     job: dict,
     heartbeat: Heartbeat,
@@ -229,7 +221,7 @@ def _run(
             if heartbeat.lost:
                 raise LostJob(heartbeat.lost) from None
             timings["stage_in"] = time.monotonic() - t0
-            outputs, _ = _upload_outputs(api, job, workdir)  # STDERR holds the build's log
+            outputs, _ = stage_outputs(api, job, workdir)  # STDERR holds the build's log
             api.finish(ok=False, reason=str(e), timings=timings, outputs=outputs, has_result=False)
             return "failed"
     timings["stage_in"] = time.monotonic() - t0
@@ -272,7 +264,7 @@ def _run(
             has_result = True
     elif outcome.returncode != 0:
         reason = f"script exited with code {outcome.returncode}"
-    outputs, problem = _upload_outputs(api, job, workdir)
+    outputs, problem = stage_outputs(api, job, workdir)
     if problem and not reason:
         reason = problem
     timings["stage_out"] = time.monotonic() - t2

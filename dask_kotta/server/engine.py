@@ -186,7 +186,7 @@ class Engine:
 
         while True:
             try:
-                units = await self._units()
+                units = await self.capacity()
                 for queue in self.queues:
                     live = [f for f in self._slots[queue] if not f.done()]
                     for _ in range(units.get(queue, 0) - len(live)):
@@ -212,21 +212,11 @@ class Engine:
             return {"workers": {}}
         return await self.client.scheduler.identity(n_workers=-1)
 
-    async def _units(self) -> dict[str, int]:
+    async def capacity(self) -> dict[str, int]:
+        """Resource units (job slots) per queue across the cluster's workers now."""
         info = await self._identity()
         units: dict[str, int] = {}
         for w in info.get("workers", {}).values():
             for q, n in (w.get("resources") or {}).items():
                 units[q] = units.get(q, 0) + int(n)
         return units
-
-    async def capacity(self) -> dict[str, int]:
-        """Resource units (job slots) per queue across the cluster's workers now."""
-        return await self._units()
-
-    async def workers(self) -> dict:
-        info = await self._identity()
-        return {
-            addr: {"resources": w.get("resources", {}), "nthreads": w.get("nthreads")}
-            for addr, w in info.get("workers", {}).items()
-        }
