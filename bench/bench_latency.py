@@ -130,6 +130,24 @@ class KottaUp:
         own = p.memory_info().rss
         return own, own + sum(c.memory_info().rss for c in p.children(recursive=True))
 
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds so far of the server, its dask workers, and the fork-server templates
+        with the job children they reaped."""
+        root = psutil.Process(self.proc.pid)
+        out = {"server": 0.0, "workers": 0.0, "job children": 0.0}
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t, cmd = p.cpu_times(), " ".join(p.cmdline())
+            except psutil.Error:
+                continue
+            if p.pid == root.pid:
+                out["server"] += t.user + t.system
+            elif "forkserver" in cmd:
+                out["job children"] += t.user + t.system + t.children_user + t.children_system
+            else:
+                out["workers"] += t.user + t.system
+        return out
+
     def stop(self) -> None:
         try:
             os.killpg(self.proc.pid, signal.SIGINT)
@@ -213,11 +231,15 @@ def main() -> None:
                          ms(pct(lat_pool, q)), ms(pct(lat_dask, q))))  # fmt: skip
 
         # -- throughput -------------------------------------------------------------------
+        cpu0, client0 = svc.cpu(), time.process_time()
         t = time.perf_counter()
         jobs = konn.submit_many([(inc, (i,)) for i in range(args.batch)], walltime=5)
         t_submit = time.perf_counter() - t
         results = konn.gather(jobs)
         thr = args.batch / (time.perf_counter() - t)
+        cpu1, client1 = svc.cpu(), time.process_time()
+        cpu_per_job = {k: (cpu1[k] - cpu0[k]) / args.batch for k in cpu0}
+        cpu_per_job["client"] = (client1 - client0) / args.batch
         assert results == [i + 1 for i in range(args.batch)]
         rows.append((f"throughput, {args.batch} jobs batched", f"{thr:,.0f} jobs/s",
                      f"{thr_pool:,.0f} /s", f"{thr_dask:,.0f} /s"))  # fmt: skip
@@ -240,6 +262,9 @@ def main() -> None:
         print()
         print(f"- batched submission of {args.batch} jobs (one request per 1000): "
               f"{ms(t_submit)}; the rest is running them and gathering the results")  # fmt: skip
+        print("- CPU per job in the batch: " + ", ".join(
+            f"{k} {v * 1000:.2f} ms" for k, v in cpu_per_job.items()
+        ) + f" (total {sum(cpu_per_job.values()) * 1000:.2f} ms, on {os.cpu_count()} cores)")  # fmt: skip
         print(f"- job with cached requirements: p50 {ms(statistics.median(lat_reqs))} vs "
               f"{ms(statistics.median(lat_plain))} without: +{ms(extra)} "
               f"(first run, building the environment: {first_build:.2f} s)")  # fmt: skip

@@ -249,6 +249,9 @@ def worker(scheduler, queue_slots, name):
             "--nthreads", str(sum(n for _, n in slots) + 1)]  # fmt: skip
     if name:
         args += ["--name", name]
+    # No statistical profiler in its workers (why: start_local_cluster). An environment
+    # variable since `dask worker` takes no config option; one the user set wins.
+    os.environ.setdefault("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False")
     os.execv(args[0], args)
 
 

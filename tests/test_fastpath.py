@@ -128,3 +128,29 @@ def test_a_long_jobs_phase_is_reported_while_it_runs(konn):
         time.sleep(0.1)
     assert "processing" in seen
     assert job.get_results(konn) is None
+
+
+def test_slots_claim_a_backlog_in_batches(konn):
+    jobs = konn.submit_many([(inc, (i,)) for i in range(120)], walltime=5)
+    assert konn.gather(jobs, timeout=300) == [i + 1 for i in range(120)]
+    started = [
+        j["started_at"] for j in konn.jobs(limit=1000) if j["id"] in {x.job_id for x in jobs}
+    ]
+    assert len(started) == 120
+    # Jobs claimed by one request share their start stamp; one request per job would not.
+    assert len(set(started)) < 100, "each job was claimed by a request of its own"
+
+
+def test_a_long_job_in_a_batch_does_not_hold_back_the_ends_before_it(konn):
+    # Short jobs before and after a long one: slots claim them in batches, and some slot's
+    # batch runs short jobs and then the long one. The short jobs' ends must reach the server
+    # while the long one runs, not when its batch is done.
+    items = (
+        [(inc, (i,)) for i in range(60)] + [(time.sleep, (4,))] + [(inc, (i,)) for i in range(20)]
+    )
+    jobs = konn.submit_many(items, walltime=5)
+    konn.gather(jobs, timeout=300)
+    ends = {j["id"]: j["ended_at"] for j in konn.jobs(limit=1000)}
+    long_end = ends[jobs[60].job_id]
+    late = [j.job_id for j in jobs[:60] if ends[j.job_id] > long_end - 2]
+    assert not late, f"{len(late)} short jobs were reported only with the long one"

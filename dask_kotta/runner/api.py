@@ -28,12 +28,24 @@ class RunnerAPI:
     ):
         self.base = f"{server_url.rstrip('/')}/api/v1/runner/jobs/{job_id}"
         self.patience_s = patience_s
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
-        self.session.headers["X-Kotta-Attempt"] = str(attempt)
+        self._headers = {"Authorization": f"Bearer {token}", "X-Kotta-Attempt": str(attempt)}
+        self._session: requests.Session | None = None
+
+    def _new_session(self) -> requests.Session:
+        session = requests.Session()
+        session.headers.update(self._headers)
+        return session
+
+    @property
+    def session(self) -> requests.Session:
+        # Made on first use: a short slot job never calls the server on its own.
+        if self._session is None:
+            self._session = self._new_session()
+        return self._session
 
     def close(self) -> None:
-        self.session.close()
+        if self._session is not None:
+            self._session.close()
 
     def _call(
         self, method: str, path: str, patience_s: float | None = None, **kw
@@ -66,7 +78,8 @@ class RunnerAPI:
         return self._call("POST", "/claim", params={"worker": socket.gethostname()}).json()
 
     def heartbeat(self) -> None:
-        self._call("POST", "/heartbeat", patience_s=0)
+        # A short timeout: slots beat on one shared timer thread, which must not hang.
+        self._call("POST", "/heartbeat", patience_s=0, timeout=(d.CONNECT_TIMEOUT_S, 10))
 
     def phase(self, status: str) -> None:
         self._call("POST", "/phase", json={"status": status})
@@ -88,8 +101,7 @@ class RunnerAPI:
     @property
     def dispatch_headers(self) -> dict[str, str]:
         """The headers that let a runner-API URL of this attempt be fetched (staged inputs)."""
-        h = self.session.headers
-        return {k: h[k] for k in ("Authorization", "X-Kotta-Attempt") if k in h}
+        return dict(self._headers)
 
     def upload_plans(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
         """How to send each ``{"name", "size"}``: presigned URLs, or None for through the server."""

@@ -25,6 +25,10 @@ from .forkserver import open_logs
 
 WALLTIME = "walltime exceeded"
 MEMORY = "memory limit exceeded"
+#: A job's age at its first memory check (then one every 0.1 s). Checks were always 0.1 s
+#: apart, so a shorter burst could already go unseen; the walltime and cancel checks keep
+#: their short first intervals.
+FIRST_MEMORY_CHECK_S = 0.05
 
 
 @dataclass
@@ -193,15 +197,15 @@ def monitor(
 ) -> Outcome:
     """Wait for ``child`` under the limits, then kill its whole tree; see the module docstring."""
     pgid = child.pid
-    try:
-        ps = psutil.Process(child.pid)
-    except psutil.Error:
-        ps = None
-    known: list[psutil.Process] = [ps] if ps else []
+    # psutil (a /proc scan per tree walk) only once a job has lived FIRST_MEMORY_CHECK_S: most
+    # jobs are over by then and never pay for it. The group kill at the end needs no psutil.
+    ps: psutil.Process | None = None
+    looked = False
+    known: list[psutil.Process] = []
     killed: str | None = None
     # Short first waits keep a trivial job's latency low; later ones back off to MONITOR_S.
     interval = 0.001
-    next_mem = start
+    next_mem = start + FIRST_MEMORY_CHECK_S
     returncode: int | None = None
     while True:
         returncode = child.wait(interval)
@@ -213,16 +217,23 @@ def monitor(
             killed = WALLTIME
         elif (reason := stop_reason()) is not None:
             killed = reason
-        elif ps is not None and now >= next_mem:
-            tree = _tree(ps)
-            known = list({p.pid: p for p in known + tree}.values())
-            if memory_bytes and _rss(tree) > memory_bytes:
-                killed = MEMORY
+        elif now >= next_mem:
+            if not looked:
+                looked, ps = True, _process(child.pid)
+            if ps is not None:
+                tree = _tree(ps)
+                known = list({p.pid: p for p in known + tree}.values())
+                if memory_bytes and _rss(tree) > memory_bytes:
+                    killed = MEMORY
             next_mem = now + 0.1
         if killed:
             break
-    if ps is not None and returncode is None:
-        known = list({p.pid: p for p in known + _tree(ps)}.values())
+    if returncode is None:
+        # Killed: every descendant still attached, whichever group or session it moved to.
+        if not looked:
+            ps = _process(child.pid)
+        if ps is not None:
+            known = list({p.pid: p for p in [ps, *known, *_tree(ps)]}.values())
     kill_group(pgid, known)
     if returncode is None:
         # Killed above; collecting the status cannot block for long, but never wait forever.
@@ -230,3 +241,10 @@ def monitor(
     # A forked child whose template died was killed, by no limit of ours: say so.
     killed = killed or getattr(child, "lost", None)
     return Outcome(returncode, killed, time.monotonic() - start)
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None

@@ -135,10 +135,14 @@ def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
     return run_claimed(api, job)
 
 
-def run_claimed(api: RunnerAPI, job: dict[str, Any]) -> str:
-    """Run a job whose lease ``api`` holds (claimed by ``run_job`` or by a slot); closes ``api``."""
+def run_claimed(api: RunnerAPI, job: dict[str, Any], heartbeat: type = Heartbeat) -> str:
+    """Run a job whose lease ``api`` holds (claimed by ``run_job`` or by a slot); closes ``api``.
+
+    ``heartbeat`` makes what renews the lease: ``Heartbeat(api, interval)``
+    or anything with its ``start``, ``stop`` and ``lost``.
+    """
     job_id, attempt = job["id"], job["attempt"]
-    heartbeat = Heartbeat(api, job["heartbeat_s"])
+    heartbeat = heartbeat(api, job["heartbeat_s"])
     heartbeat.start()
     workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=_work_root()))
     private = workdir / ".kotta"

@@ -1,23 +1,34 @@
-"""Slots: long-running dask tasks that take one job after another from the server.
+"""Slots: long-running dask tasks that take jobs from the server in batches.
 
 A slot (see ``server/engine.py``) holds one unit of its queue's worker
 resource for as long as it lives. Its loop::
 
-    next (long-poll: claim + dispatch token + small payload) -> run_claimed -> next ...
+    next (report ended jobs + claim up to N, long-poll) -> run each -> next ...
 
 Each job then runs exactly as a per-job runner runs it (``runner.run_claimed``:
 heartbeat, stage inputs, environment, child, outputs, finish), through
-:class:`SlotJobAPI`, which saves a short job most of its round trips:
+:class:`SlotJobAPI`, which saves a short job all of its own round trips:
 
 - the payload arrived with the claim;
 - phases are sent only if the job is still going ``PHASE_DEFER_S`` later;
   otherwise they ride with the finish, which records them in order;
 - small outputs and the result ride with the finish (base64) when the
-  server's object store is local; large ones and S3 go the usual way.
+  server's object store is local; large ones and S3 go the usual way;
+- the finish itself rides with the slot's next request (or, when the slot
+  still has claimed jobs to run, with a flush at most ``FLUSH_S`` later),
+  and the server records a batch of them in one transaction;
+- heartbeats are timers on one thread per worker process, not a thread per job.
+
+How many jobs one request claims adapts: one while jobs run long (so a batch
+never holds back jobs another slot could run), doubling up to
+``MAX_CLAIM`` while they end within ``SHORT_S``; the server caps it at the
+slot's share of the pending jobs. A claimed job waiting behind others in the
+batch renews its lease before it starts, and is skipped if it lost it.
 
 All the slot's jobs share one HTTP connection pool. A slot ends when the
 server refuses its secret (a new server process: that one starts its own
-slots) or stays unreachable for ``SLOT_PATIENCE_S``.
+slots) or stays unreachable for ``SLOT_PATIENCE_S``; ends not yet reported
+then go through each job's own ``/finish``, with a runner's longer patience.
 """
 
 from __future__ import annotations
@@ -25,9 +36,11 @@ from __future__ import annotations
 import base64
 import heapq
 import itertools
+import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import requests
@@ -35,8 +48,10 @@ from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
 from . import forkserver
-from .api import RunnerAPI
+from .api import LostJob, RunnerAPI
 from .runner import run_claimed
+
+log = logging.getLogger("dask_kotta.runner")
 
 #: A phase is reported on its own only if the job is still in it this long after, in seconds.
 PHASE_DEFER_S = 0.2
@@ -47,6 +62,13 @@ NEXT_WAIT_S = 2.0
 #: of its queue's resource, which a server on another address (or a restarted one) needs for
 #: its own slots. A job already running keeps its runner's own, longer patience.
 SLOT_PATIENCE_S = 5.0
+#: The most jobs a slot claims at once, and the run time under which a job counts as short.
+MAX_CLAIM = 32
+SHORT_S = 0.1
+#: An ended job's report waits at most this long for the slot's next request, in seconds.
+#: Only a slot with more claimed jobs to run keeps one waiting (a backlog): a lone job's end
+#: goes out at once with the next request.
+FLUSH_S = 0.2
 
 
 # Tokens of servers that said they are stopping: their slots end at once instead of
@@ -65,18 +87,22 @@ class SlotEnded(Exception):
     """The server does not know this slot (it restarted): the slot task ends."""
 
 
-class _DeferredPhases(threading.Thread):
-    """One thread per worker process: sends the phases of jobs that outlive ``PHASE_DEFER_S``."""
+class _Timers(threading.Thread):
+    """One thread per worker process that runs calls at due times (phases, heartbeats, flushes).
+
+    The calls are short requests to the server; a slow one delays the others
+    by at most its timeout, which the lease has room for.
+    """
 
     def __init__(self) -> None:
-        super().__init__(daemon=True, name="kotta-phases")
-        self._heap: list[tuple[float, int, SlotJobAPI]] = []
+        super().__init__(daemon=True, name="kotta-timers")
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._cond = threading.Condition()
         self._seq = itertools.count()
 
-    def add(self, api: SlotJobAPI, due: float) -> None:
+    def add(self, due: float, fn: Callable[[], None]) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (due, next(self._seq), api))
+            heapq.heappush(self._heap, (due, next(self._seq), fn))
             self._cond.notify()
 
     def run(self) -> None:
@@ -84,31 +110,67 @@ class _DeferredPhases(threading.Thread):
             with self._cond:
                 while not self._heap or self._heap[0][0] > time.monotonic():
                     self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
-                _, _, api = heapq.heappop(self._heap)
-            api.send_phases()
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except Exception:
+                log.debug("slot timer call failed", exc_info=True)
 
 
-_phases: _DeferredPhases | None = None
-_phases_lock = threading.Lock()
+_timers: _Timers | None = None
+_timers_lock = threading.Lock()
 
 
-def _deferred() -> _DeferredPhases:
-    global _phases
-    with _phases_lock:
-        if _phases is None or not _phases.is_alive():
-            _phases = _DeferredPhases()
-            _phases.start()
-        return _phases
+def _later(delay: float, fn: Callable[[], None]) -> None:
+    global _timers
+    with _timers_lock:
+        if _timers is None or not _timers.is_alive():
+            _timers = _Timers()
+            _timers.start()
+    _timers.add(time.monotonic() + delay, fn)
+
+
+class TimerHeartbeat:
+    """``runner.Heartbeat`` for a slot's job, on the shared timer thread instead of its own."""
+
+    def __init__(self, api: RunnerAPI, interval: float):
+        self.api, self.interval = api, interval
+        self.lost: str | None = None
+        self._stopped = False
+
+    def start(self) -> None:
+        _later(self.interval, self._beat)
+
+    def _beat(self) -> None:
+        if self._stopped:
+            return
+        try:
+            self.api.heartbeat()
+        except LostJob as e:
+            self.lost = f"job taken away: {e}"
+            return
+        except Exception:  # server briefly unreachable: the lease has room for that
+            pass
+        if not self._stopped:
+            _later(self.interval, self._beat)
+
+    def stop(self) -> None:
+        self._stopped = True
 
 
 class SlotJobAPI(RunnerAPI):
     """The runner API for a job a slot claimed; see the module docstring."""
 
-    def __init__(self, server_url: str, claim: dict[str, Any], adapter: HTTPAdapter):
+    def __init__(
+        self,
+        server_url: str,
+        claim: dict[str, Any],
+        adapter: HTTPAdapter,
+        deliver: Callable[[dict[str, Any]], None] | None = None,
+    ):
         super().__init__(server_url, claim["id"], claim["attempt"], claim["token"])
-        # The slot's pool: a job reuses the slot's open connection instead of making one.
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        self._adapter = adapter
+        self._deliver = deliver
         self._claim = claim
         self._inline_max = int(claim.get("inline_max", 0)) if claim.get("local_store") else 0
         self._lock = threading.Lock()
@@ -119,8 +181,16 @@ class SlotJobAPI(RunnerAPI):
         self._inline_total = 0
         self._result: bytes | None = None
 
+    def _new_session(self) -> requests.Session:
+        session = super()._new_session()
+        # The slot's pool: a job reuses the slot's open connection instead of making one.
+        session.mount("http://", self._adapter)
+        session.mount("https://", self._adapter)
+        return session
+
     def close(self) -> None:
-        self.session.adapters.clear()  # the adapter is the slot's, and stays open
+        if self._session is not None:
+            self._session.adapters.clear()  # the adapter is the slot's, and stays open
 
     def download_payload(self, dest: BinaryIO) -> None:
         if "payload" in self._claim:
@@ -131,7 +201,7 @@ class SlotJobAPI(RunnerAPI):
     def phase(self, status: str) -> None:
         with self._lock:
             self._phases.append({"status": status, "at": time.time()})
-        _deferred().add(self, time.monotonic() + PHASE_DEFER_S)
+        _later(PHASE_DEFER_S, self.send_phases)
 
     def send_phases(self) -> None:
         """Report the phases not reported yet, unless the job has finished meanwhile."""
@@ -188,11 +258,17 @@ class SlotJobAPI(RunnerAPI):
             body["files"] = {n: base64.b64encode(b).decode() for n, b in self._files.items()}
         if self._result is not None:
             body["result"] = base64.b64encode(self._result).decode()
-        return super().finish(**body)
+        if self._deliver is None:
+            return super().finish(**body)
+        claim = self._claim
+        self._deliver(
+            {**body, "id": claim["id"], "attempt": claim["attempt"], "token": claim["token"]}
+        )
+        return "reported"
 
 
 class Slot:
-    """One slot's connection to the server."""
+    """One slot's connection to the server, and the job ends it has yet to report."""
 
     def __init__(self, server_url: str, queue: str, token: str):
         self.server_url = server_url.rstrip("/")
@@ -204,48 +280,118 @@ class Slot:
         self.session.headers["Authorization"] = f"Bearer {token}"
         self.token = token
         self.worker = socket.gethostname()
+        self._lock = threading.Lock()  # the reports: the timer thread flushes them too
+        self._reports: list[dict[str, Any]] = []
+        self._flush_due = False
 
     def close(self) -> None:
         self.session.close()
 
-    def next(self, wait: float = NEXT_WAIT_S) -> dict[str, Any] | None:
-        """The next job of the queue (claimed), or None if none came within ``wait`` s."""
+    def deliver(self, report: dict[str, Any]) -> None:
+        """Keep an ended job's report for the next request (see ``FLUSH_S``)."""
+        with self._lock:
+            self._reports.append(report)
+            if self._flush_due:
+                return
+            self._flush_due = True
+        _later(FLUSH_S, self.flush)
+
+    def flush(self) -> None:
+        """Report the ends kept so far now, without claiming."""
+        with self._lock:
+            self._flush_due = False
+        try:
+            self.next(want=0, wait=0)
+        except SlotEnded:
+            self.report_alone()
+
+    def report_alone(self) -> None:
+        """Each kept end through its own job's ``/finish`` (the slot's server is gone)."""
+        with self._lock:
+            reports, self._reports = self._reports, []
+        for r in reports:
+            api = RunnerAPI(self.server_url, r.pop("id"), r.pop("attempt"), r.pop("token"))
+            try:
+                api.finish(**r)
+            except Exception as e:  # lost meanwhile, or the server never came back
+                log.warning("could not report the end of a job: %s", e)
+            finally:
+                api.close()
+
+    def next(self, want: int = 1, wait: float = NEXT_WAIT_S) -> list[dict[str, Any]]:
+        """Report kept ends and claim up to ``want`` jobs, waiting up to ``wait`` s for one."""
         deadline = time.monotonic() + SLOT_PATIENCE_S
         delay = 0.2
-        while True:
-            if self.token in _ended_tokens:
-                raise SlotEnded("the server is stopping")
+        with self._lock:
+            reports, self._reports = self._reports, []
+        sent = False
+        try:
+            while True:
+                if self.token in _ended_tokens:
+                    raise SlotEnded("the server is stopping")
+                try:
+                    r = self.session.post(
+                        f"{self.server_url}/api/v1/runner/next",
+                        params={"queue": self.queue, "wait": wait, "worker": self.worker,
+                                "max": want},
+                        json={"done": reports} if reports else None,
+                        timeout=(d.CONNECT_TIMEOUT_S, wait + 30),
+                    )  # fmt: skip
+                except (requests.ConnectionError, requests.Timeout):
+                    r = None
+                if r is not None and r.status_code in (401, 404):
+                    raise SlotEnded(r.text[:300])
+                if r is not None and r.status_code == 200:
+                    sent = True
+                    return r.json()["jobs"]
+                if time.monotonic() > deadline:
+                    raise SlotEnded(f"server unreachable for {SLOT_PATIENCE_S:.0f} s")
+                _ended.wait(delay)
+                delay = min(delay * 2, 5.0)
+        finally:
+            if not sent and reports:
+                with self._lock:  # not delivered: the caller reports them another way
+                    self._reports[:0] = reports
+
+
+def _run_batch(slot: Slot, server_url: str, claims: list[dict[str, Any]], want: int) -> int:
+    """Run a batch of claimed jobs one after another; returns how many to claim next time."""
+    claimed_at = time.monotonic()
+    for claim in claims:
+        api = SlotJobAPI(server_url, claim, slot.adapter, deliver=slot.deliver)
+        if time.monotonic() - claimed_at > claim["lease_s"] / 4:
             try:
-                r = self.session.post(
-                    f"{self.server_url}/api/v1/runner/next",
-                    params={"queue": self.queue, "wait": wait, "worker": self.worker},
-                    timeout=(d.CONNECT_TIMEOUT_S, wait + 30),
-                )
-            except (requests.ConnectionError, requests.Timeout):
-                r = None
-            if r is not None and r.status_code in (401, 404):
-                raise SlotEnded(r.text[:300])
-            if r is not None and r.status_code == 204:
-                return None
-            if r is not None and r.status_code == 200:
-                return r.json()
-            if time.monotonic() > deadline:
-                raise SlotEnded(f"server unreachable for {SLOT_PATIENCE_S:.0f} s")
-            _ended.wait(delay)
-            delay = min(delay * 2, 5.0)
+                api.heartbeat()  # it waited behind others: renew its lease, or learn it is gone
+            except LostJob:
+                api.close()
+                continue
+            except Exception:  # unreachable: the runner's own calls have more patience
+                pass
+        t = time.monotonic()
+        run_claimed(api, claim, heartbeat=TimerHeartbeat)
+        want = min(want * 2, MAX_CLAIM) if time.monotonic() - t < SHORT_S else 1
+    return want
 
 
 def run_slot(server_url: str, queue: str, token: str) -> str:
-    """A dask task: run jobs of ``queue`` one after another until the server ends this slot."""
+    """A dask task: run jobs of ``queue`` in batches until the server ends this slot."""
     forkserver.get()  # warm the template now rather than on the first job
     slot = Slot(server_url, queue, token)
+    want = 1
     try:
         while True:
             try:
-                claim = slot.next()
+                claims = slot.next(want)
             except SlotEnded:
+                slot.report_alone()
                 return "slot ended"
-            if claim is not None:
-                run_claimed(SlotJobAPI(server_url, claim, slot.adapter), claim)
+            if not claims:
+                want = 1
+                continue
+            try:
+                want = _run_batch(slot, server_url, claims, want)
+            except BaseException:
+                slot.report_alone()
+                raise
     finally:
         slot.close()

@@ -20,9 +20,12 @@ Every failure raises ``StagingError`` naming the URL or output.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import posixpath
 import re
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +48,9 @@ PART_SIZE = 8 * 1024 * 1024
 #: Files moved at once, and parts of one large file moved at once.
 FILE_WORKERS = 8
 PART_WORKERS = 10
+#: Outputs all this small and all sent through the server (a local store) are sent one after
+#: another from the calling thread: the usual case, STDOUT and STDERR of a short job.
+INLINE_BYTES = 1024 * 1024
 #: Connect timeout, in seconds.
 CONNECT_TIMEOUT_S = 10.0
 #: Tries of one HTTP request that failed transiently (connection error, timeout, 5xx).
@@ -543,8 +549,12 @@ def send_file(
         raise StagingError(f"{what}: unknown upload mode {mode!r} from the server")
 
 
+#: Errors that mean a path names no file (those ``Path.is_file`` answers False to).
+_MISSING = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
 def stage_outputs(api: Any, job: dict[str, Any], workdir: Path) -> tuple[list[dict], str | None]:
-    """Upload STDOUT/STDERR and the declared outputs, several at once.
+    """Upload STDOUT/STDERR and the declared outputs, several at once if large or to S3.
 
     Returns what was stored (``[{"name", "size"}]``, in declared order) and the
     first problem (an output missing, escaping the working directory, or
@@ -562,18 +572,30 @@ def stage_outputs(api: Any, job: dict[str, Any], workdir: Path) -> tuple[list[di
         except UnsafePathError as e:
             problems[name] = str(e)
             continue
-        if not path.is_file():
-            what = "is a directory, not a file" if path.is_dir() else "was not produced"
+        try:
+            st = path.stat()  # one stat for what is_file, is_dir and the size would each ask
+        except OSError as e:
+            if e.errno not in _MISSING:
+                raise
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            isdir = st is not None and stat.S_ISDIR(st.st_mode)
+            what = "is a directory, not a file" if isdir else "was not produced"
             problems[name] = f"declared output {name!r} {what}"
             continue
-        files.append((name, path, path.stat().st_size))
+        files.append((name, path, st.st_size))
     plans = api.upload_plans([{"name": n, "size": s} for n, _, s in files]) if files else []
+    modes = {(plan or {}).get("mode", "server") for plan in plans}
     sizes: dict[str, int] = {}
-    with (
-        http_session() as session,
-        ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="kotta-out") as pool,
-        ThreadPoolExecutor(PART_WORKERS, thread_name_prefix="kotta-out-part") as parts,
-    ):
+    errors: dict[str, BaseException] = {}
+    with contextlib.ExitStack() as stack:
+        # Each only when the plans need it: a session for presigned PUTs, a pool for parts.
+        session = stack.enter_context(http_session()) if modes - {"server"} else None
+        parts = None
+        if "multipart" in modes:
+            parts = stack.enter_context(
+                ThreadPoolExecutor(PART_WORKERS, thread_name_prefix="kotta-out-part")
+            )
 
         def one(item: tuple[str, Path, int], plan: dict | None) -> None:
             name, path, size = item
@@ -585,19 +607,35 @@ def stage_outputs(api: Any, job: dict[str, Any], workdir: Path) -> tuple[list[di
             )  # fmt: skip
             sizes[name] = size
 
-        futures = {
-            pool.submit(one, item, plan): item[0] for item, plan in zip(files, plans, strict=True)
-        }
-        for fut, name in futures.items():
-            e = fut.exception()
-            if isinstance(e, LostJob):
-                raise e
-            if e is not None:
-                problems[name] = (
-                    str(e)
-                    if isinstance(e, KottaError)
-                    else f"output {name!r}: {type(e).__name__}: {e}"
-                )
+        if len(files) <= 1 or (
+            modes <= {"server"} and all(size <= INLINE_BYTES for _, _, size in files)
+        ):
+            # One by one in this thread: a pool's threads cost more CPU than they save here.
+            for item, plan in zip(files, plans, strict=True):
+                try:
+                    one(item, plan)
+                except LostJob:
+                    raise
+                except Exception as e:
+                    errors[item[0]] = e
+        else:
+            pool = stack.enter_context(
+                ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="kotta-out")
+            )
+            futures = {
+                pool.submit(one, item, plan): item[0]
+                for item, plan in zip(files, plans, strict=True)
+            }
+            for fut, name in futures.items():
+                e = fut.exception()
+                if isinstance(e, LostJob):
+                    raise e
+                if e is not None:
+                    errors[name] = e
+    for name, e in errors.items():
+        problems[name] = (
+            str(e) if isinstance(e, KottaError) else f"output {name!r}: {type(e).__name__}: {e}"
+        )
     uploaded = [{"name": n, "size": sizes[n]} for n in names if n in sizes]
     first = next((problems[n] for n in names if n in problems), None)
     return uploaded, first

@@ -5,11 +5,12 @@ decides where runners run, through each queue's worker resource (``Test=4``).
 
 ``slots`` (the default): one long-running *slot* task per resource unit of a
 queue, e.g. 8 slot tasks for two workers started with ``Test=4``. A slot asks
-the server for the next job of its queue (``POST /api/v1/runner/next``, a
-long-poll that claims the oldest pending job and returns its lease, dispatch
-token and small payload in one answer), runs it like any runner, and asks
-again. Dispatch then costs one request instead of a dask task round trip
-(~10 ms here). Slots authenticate with a secret made by this server process;
+the server for the next jobs of its queue (``POST /api/v1/runner/next``, a
+long-poll that records the ends of the jobs the slot ran and claims the oldest
+pending ones, returning their leases, dispatch tokens and small payloads in
+one answer), runs them like any runner, and asks again. Dispatch then costs
+a share of one request instead of a dask task round trip (~10 ms here); see
+``runner/slots.py`` for how many a slot takes at once. Slots authenticate with a secret made by this server process;
 after a restart an old slot's next request is refused and it ends, while the
 job it was running keeps its own dispatch token and finishes normally. Slots
 are kept at the cluster's resource count: started when workers join, placed
@@ -176,6 +177,10 @@ class Engine:
     def slot_token_ok(self, token: str) -> bool:
         """True if ``token`` is this server process's slot secret."""
         return hmac.compare_digest(hash_token(token), self._slot_hash)
+
+    def slot_count(self, queue: str) -> int:
+        """How many slots of ``queue`` this server started and still has (at least 1)."""
+        return max(1, sum(not f.done() for f in self._slots.get(queue, ())))
 
     async def wait_for_work(self, queue: str, timeout: float) -> None:
         """Until a job of ``queue`` may have become pending, or ``timeout`` seconds."""

@@ -129,18 +129,20 @@ async def submit(request: Request, user: User) -> dict:
             spec["input_keys"] = input_keys
         spec["has_payload"] = payload is not None
         specs.append(spec)
-    rows = s.store.insert_jobs(user["id"], specs)
-    for (job, created), (_, payload) in zip(rows, items, strict=True):
-        if created and payload is not None:
-            s.objects.put_bytes(f"{job_prefix(user['id'], job['id'])}/{d.PAYLOAD_OBJECT}", payload)
+    payloads = [payload for _, payload in items]
+
+    def write_payloads(rows: list[tuple[dict, bool]]) -> None:
+        for (job, created), payload in zip(rows, payloads, strict=True):
+            if created and payload is not None:
+                key = f"{job_prefix(user['id'], job['id'])}/{d.PAYLOAD_OBJECT}"
+                s.objects.put_bytes(key, payload)
+
+    rows = s.store.insert_jobs(user["id"], specs, before_commit=write_payloads)
     for job, created in rows:
         if created:
             s.engine.dispatch(job["id"], job["queue"])
-    ids = [job["id"] for job, _ in rows]
-    by_id = {}
-    for i in range(0, len(ids), 500):  # one read per 500 jobs, not one per job
-        by_id.update({j["id"]: j for j in s.store.get_many(ids[i : i + 500], user["id"])})
-    jobs = [by_id[i] for i in ids]
+    # As stored: a created job is pending, and one made before by the same key reads as then.
+    jobs = [job for job, _ in rows]
     return {"jobs": [_view(request, j) for j in jobs], "created": [c for _, c in rows]}
 
 

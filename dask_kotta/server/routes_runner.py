@@ -14,7 +14,7 @@ import tempfile
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from .. import defaults as d
@@ -74,6 +74,7 @@ def claim_info(s, job: dict[str, Any]) -> dict[str, Any]:
         "memory_bytes": queue.memory_bytes,
         "vcpus": queue.vcpus,
         "heartbeat_s": s.config.heartbeat_s,
+        "lease_s": s.config.lease_s,
         "inputs": spec.get("inputs", []),
         "input_plan": _input_plan(s, job),
         "outputs": spec.get("outputs", []),
@@ -193,37 +194,81 @@ class Finish(BaseModel):
     result: str | None = None  # base64 of the pickled result
 
 
+class Report(Finish):
+    """A finish that rides with a slot's next request; its own dispatch token authorises it."""
+
+    id: str
+    attempt: int
+    token: str
+
+
+def _decoded(body: Finish) -> tuple[dict[str, bytes], bytes | None]:
+    """The inline files and result of a finish, decoded; 400 for a bad name or base64."""
+    try:
+        files = {
+            safe_relpath(n, "output"): base64.b64decode(data, validate=True)
+            for n, data in body.files.items()
+        }
+        result = None if body.result is None else base64.b64decode(body.result, validate=True)
+    except (UnsafePathError, binascii.Error) as e:
+        raise HTTPException(400, str(e)) from None
+    return files, result
+
+
+def _record(s, ends: list[tuple[str, int, str, Finish]]) -> list[str | None]:
+    """Record the ends of attempts ``(job_id, attempt, dispatch_hash, body)``, in one transaction.
+
+    Inline files and results are written first, and only for attempts that
+    still hold their job, so a stale runner never overwrites the current
+    one's. Returns each new status, None where the attempt no longer holds
+    the job.
+    """
+    decoded = [_decoded(body) for *_, body in ends]
+
+    def write_files(job: dict[str, Any], report: dict[str, Any]) -> None:
+        files, result = decoded[report["index"]]
+        prefix = job_prefix(job["owner"], job["id"])
+        for name, data in files.items():
+            s.objects.put_bytes(f"{prefix}/{name}", data)
+        if result is not None:
+            s.objects.put_bytes(f"{prefix}/{d.RESULT_OBJECT}", result)
+
+    reports = [
+        dict(
+            index=i,
+            job_id=job_id,
+            attempt=attempt,
+            dispatch_hash=h,
+            ok=b.ok,
+            reason=b.reason,
+            traceback=b.traceback,
+            timings=b.timings,
+            outputs=b.outputs,
+            has_result=b.has_result,
+            retry=b.retry,
+            phases=[(p.status, p.at) for p in b.phases],
+        )  # fmt: skip
+        for i, (job_id, attempt, h, b) in enumerate(ends)
+    ]
+    ended = s.store.finish_many(reports, before=write_files)
+    for job in ended:
+        if job is None:
+            continue
+        if job["status"] == d.PENDING:  # a retry
+            s.engine.dispatch(job["id"], job["queue"])
+            s.changed(job["id"])
+        else:
+            s.finished(job)
+    return [job and job["status"] for job in ended]
+
+
 @router.post("/finish")
 async def finish(request: Request, a: Auth, body: Finish) -> dict:
     # On the event loop, not the thread pool: a handful of short store and file calls cost
     # less than the hand-off, and the client waiting on this job is woken on the same loop.
-    s = svc(request)
-    if body.files or body.result is not None:
-        job = _held(request, a)  # a stale runner must not overwrite the current one's files
-        prefix = job_prefix(job["owner"], job["id"])
-        try:
-            named = {safe_relpath(n, "output"): data for n, data in body.files.items()}
-            for name, data in named.items():
-                s.objects.put_bytes(f"{prefix}/{name}", base64.b64decode(data, validate=True))
-            if body.result is not None:
-                s.objects.put_bytes(
-                    f"{prefix}/{d.RESULT_OBJECT}", base64.b64decode(body.result, validate=True)
-                )
-        except (UnsafePathError, binascii.Error) as e:
-            raise HTTPException(400, str(e)) from None
-    status = s.store.finish(
-        a.job_id, a.attempt, a.token_hash, body.ok, body.reason, body.traceback,
-        body.timings, body.outputs, body.has_result, body.retry,
-        phases=[(p.status, p.at) for p in body.phases],
-    )  # fmt: skip
+    status = _record(svc(request), [(a.job_id, a.attempt, a.token_hash, body)])[0]
     if status is None:
         raise HTTPException(409, f"attempt {a.attempt} no longer holds job {a.job_id}")
-    job = s.store.get(a.job_id)
-    if status == d.PENDING:
-        s.engine.dispatch(job["id"], job["queue"])
-        s.changed(a.job_id)
-    else:
-        s.finished(job)
     return {"status": status}
 
 
@@ -231,14 +276,32 @@ async def finish(request: Request, a: Auth, body: Finish) -> dict:
 
 #: Payloads and files up to this size ride inside the claim and the finish.
 INLINE_MAX = 1024 * 1024
+#: The most jobs one slot request claims (the slot asks for fewer while its jobs run long).
+MAX_CLAIM = 32
 
 
-async def next_job(request: Request, queue: str, wait: float = 10.0, worker: str = "") -> Any:
-    """Claim the oldest pending job of ``queue`` for a slot; long-polls up to ``wait`` s.
+class NextBody(BaseModel):
+    done: list[Report] = []
 
-    Answers the claim (with the attempt's dispatch token and, if small, the
-    payload inline) or 204 if none came. 401 tells a slot of an earlier server
-    process to end.
+
+async def next_job(
+    request: Request,
+    queue: str,
+    wait: float = 10.0,
+    worker: str = "",
+    limit: int = Query(1, alias="max", ge=0),
+    body: NextBody | None = None,
+) -> Any:
+    """A slot reports the jobs it ended and claims the next ones of ``queue``.
+
+    Records the ends in ``body.done`` (each authorised by its own attempt's
+    dispatch token), then claims up to ``max`` (query) of the oldest pending jobs,
+    long-polling up to ``wait`` s when none is pending. A slot gets at most
+    its share of the pending jobs (pending / the queue's slots), so a batch
+    never leaves other slots idle. Answers ``{"done": [status or null per
+    report], "jobs": [claim, ...]}``; each claim carries its attempt's
+    dispatch token and, if small, the payload inline. 401 tells a slot of an
+    earlier server process to end.
     """
     from ..store.objects import LocalObjectStore
 
@@ -248,31 +311,45 @@ async def next_job(request: Request, queue: str, wait: float = 10.0, worker: str
         raise HTTPException(401, "unknown slot token (the server restarted): this slot ends")
     if queue not in s.queues:
         raise HTTPException(404, f"no queue {queue!r}")
+    done = body.done if body else []
+    statuses = _record(s, [(r.id, r.attempt, hash_token(r.token), r) for r in done]) if done else []
+    want = min(limit, MAX_CLAIM)
+    if want > 1:
+        slots = s.engine.slot_count(queue)
+        pending = s.store.pending_count(queue, want * slots)
+        want = min(want, -(-pending // slots))  # its share, rounded up
     deadline = time.monotonic() + min(max(wait, 0.0), d.LONGPOLL_MAX_S)
-    while True:
-        dispatch = secrets.token_urlsafe(24)
-        job = s.store.claim_next(queue, hash_token(dispatch), s.config.lease_s, worker)
-        if job is not None:
+    claimed: list[tuple[dict, str]] = []
+    while want > 0:
+        tokens = [secrets.token_urlsafe(24) for _ in range(want)]
+        by_hash = {hash_token(t): t for t in tokens}
+        jobs = s.store.claim_next(queue, list(by_hash), s.config.lease_s, worker)
+        if jobs:
+            claimed = [(j, by_hash[j["dispatch_hash"]]) for j in jobs]
             break
         left = deadline - time.monotonic()
         if left <= 0:
-            return Response(status_code=204)
+            break
         await s.engine.wait_for_work(queue, left)
         if await request.is_disconnected():
-            return Response(status_code=204)  # nobody to hand a job to: leave it pending
-    s.changed(job["id"])
-    info = claim_info(s, job)
-    info["token"] = dispatch
-    info["local_store"] = isinstance(s.objects, LocalObjectStore)
-    info["inline_max"] = INLINE_MAX
-    if info["has_payload"]:
-        path = s.objects.local_path(f"{job_prefix(job['owner'], job['id'])}/{d.PAYLOAD_OBJECT}")
-        if path is not None and path.stat().st_size <= INLINE_MAX:
-            info["payload"] = base64.b64encode(path.read_bytes()).decode()
-    return info
+            break  # nobody to hand a job to: leave it pending
+    local = isinstance(s.objects, LocalObjectStore)
+    out = []
+    for job, dispatch in claimed:
+        s.changed(job["id"])
+        info = claim_info(s, job)
+        info["token"] = dispatch
+        info["local_store"] = local
+        info["inline_max"] = INLINE_MAX
+        if info["has_payload"]:
+            path = s.objects.local_path(f"{job_prefix(job['owner'], job['id'])}/{d.PAYLOAD_OBJECT}")
+            if path is not None and path.stat().st_size <= INLINE_MAX:
+                info["payload"] = base64.b64encode(path.read_bytes()).decode()
+        out.append(info)
+    return {"done": statuses, "jobs": out}
 
 
 # Its path is not under one job's prefix, so it joins the /api/v1 router.
 api_router.add_api_route(
-    "/runner/next", next_job, methods=["POST"], summary="A slot takes the next job of a queue"
+    "/runner/next", next_job, methods=["POST"], summary="A slot reports ends and takes jobs"
 )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,48 @@ _FORWARD = {
 }
 
 
-def _row(row: sa.Row | None) -> dict[str, Any] | None:
+# The hot statements of slots (claim, finish), built once: building and caching an
+# expression per call cost more than running it.
+_b = sa.bindparam
+_CLAIMABLE = (
+    sa.select(jobs.c.id, jobs.c.attempt)
+    .where(jobs.c.status == d.PENDING, jobs.c.queue == _b("b_queue"))
+    .order_by(jobs.c.submitted_at, jobs.c.id)
+    .limit(_b("b_n"))
+)
+_CLAIM = (
+    jobs.update()
+    .where(jobs.c.id == _b("b_id"), jobs.c.status == d.PENDING, jobs.c.attempt == _b("b_was"))
+    .values(
+        status=d.STAGING_INPUTS, attempt=_b("attempt"), dispatch_hash=_b("dispatch_hash"),
+        lease_until=_b("lease_until"), started_at=_b("started_at"), worker=_b("worker"),
+    )
+)  # fmt: skip
+_ENDING = sa.select(
+    jobs.c.id, jobs.c.owner, jobs.c.queue, jobs.c.name, jobs.c.jobtype, jobs.c.submitted_at,
+    jobs.c.status, jobs.c.attempt, jobs.c.dispatch_hash, jobs.c.failures, jobs.c.retries,
+).where(jobs.c.id.in_(_b("b_ids", expanding=True)))  # fmt: skip
+_END = (
+    jobs.update()
+    .where(
+        jobs.c.id == _b("b_id"), jobs.c.status == _b("b_seen"), jobs.c.attempt == _b("b_attempt"),
+        jobs.c.dispatch_hash == _b("b_hash"),
+    )
+    .values(
+        status=_b("status"), reason=_b("reason"), traceback=_b("traceback"),
+        t_stage_in=_b("t_stage_in"), t_run=_b("t_run"), t_stage_out=_b("t_stage_out"),
+        outputs=_b("outputs"), has_result=_b("has_result"), failures=_b("failures"),
+        ended_at=_b("ended_at"), lease_until=None,
+    )
+)  # fmt: skip
+_BY_IDS = sa.select(jobs).where(jobs.c.id.in_(_b("b_ids", expanding=True)))
+
+
+def _row(row: sa.Row | None, keys: list[str] | None = None) -> dict[str, Any] | None:
     if row is None:
         return None
-    job = dict(row._mapping)
+    # zip with keys read once per result: a row's own mapping builds its key view every time
+    job = dict(zip(keys, row, strict=True)) if keys is not None else dict(row._mapping)
     if "spec" in job:
         job["spec"] = json.loads(job["spec"])
     if "outputs" in job:
@@ -102,12 +140,18 @@ class JobStore:
     # -- submission ----------------------------------------------------------------------
 
     def insert_jobs(
-        self, owner: int, specs: list[dict[str, Any]]
+        self,
+        owner: int,
+        specs: list[dict[str, Any]],
+        before_commit: Callable[[list[tuple[dict[str, Any], bool]]], None] | None = None,
     ) -> list[tuple[dict[str, Any], bool]]:
         """Insert jobs in one transaction; returns ``(job, created)`` per spec.
 
         A spec whose ``idempotency_key`` was used before by the same owner returns
-        the job made the first time, with ``created=False``.
+        the job made the first time, with ``created=False``. ``before_commit``
+        gets that list before the jobs become visible (the server writes their
+        payloads there, so no runner can claim a job whose payload is missing);
+        if it raises, no job is made.
         """
         out: list[tuple[dict[str, Any], bool]] = []
         now = time.time()
@@ -124,7 +168,7 @@ class JobStore:
                 ).all()
                 old.update({r.idempotency_key: _row(r) for r in rows})
             new_rows, new_events = [], []
-            for spec in specs:
+            for n, spec in enumerate(specs):
                 key = spec.pop("idempotency_key", None)
                 if key and key in old:
                     out.append((old[key], False))
@@ -143,7 +187,8 @@ class JobStore:
                     traceback="",
                     spec=json.dumps(spec),
                     idempotency_key=key,
-                    submitted_at=now,
+                    # A microsecond apart: jobs run in the order they were sent (oldest first).
+                    submitted_at=now + n * 1e-6,
                     outputs="[]",
                     has_result=False,
                     worker="",
@@ -168,6 +213,8 @@ class JobStore:
             if new_rows:
                 c.execute(jobs.insert(), new_rows)
                 c.execute(job_events.insert(), new_events)
+            if before_commit is not None:
+                before_commit(out)
         return out
 
     # -- reads --------------------------------------------------------------------------
@@ -179,11 +226,14 @@ class JobStore:
         with self.engine.connect() as c:
             return _row(c.execute(q).first())
 
-    def get_many(self, job_ids: Iterable[str], owner: int) -> list[dict[str, Any]]:
-        ids = list(job_ids)
+    def get_many(self, job_ids: Iterable[str], owner: int | None = None) -> list[dict[str, Any]]:
+        q = sa.select(jobs).where(jobs.c.id.in_(list(job_ids)))
+        if owner is not None:
+            q = q.where(jobs.c.owner == owner)
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(jobs).where(jobs.c.id.in_(ids), jobs.c.owner == owner)).all()
-        return [_row(r) for r in rows]
+            res = c.execute(q)
+            keys = list(res.keys())
+            return [_row(r, keys) for r in res.all()]
 
     def list(self, owner: int, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
         q = sa.select(jobs).where(jobs.c.owner == owner)
@@ -191,7 +241,9 @@ class JobStore:
             q = q.where(jobs.c.status == status)
         q = q.order_by(jobs.c.submitted_at.desc(), jobs.c.id).limit(limit)
         with self.engine.connect() as c:
-            return [_row(r) for r in c.execute(q).all()]
+            res = c.execute(q)
+            keys = list(res.keys())
+            return [_row(r, keys) for r in res.all()]
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
@@ -282,35 +334,44 @@ class JobStore:
             return _row(c.execute(sa.select(jobs).where(jobs.c.id == job_id)).first())
 
     def claim_next(
-        self, queue: str, dispatch_hash: str, lease_s: float, worker: str
-    ) -> dict[str, Any] | None:
-        """Start the next attempt of the oldest pending job of ``queue`` and take its lease.
+        self, queue: str, dispatch_hashes: list[str], lease_s: float, worker: str
+    ) -> list[dict[str, Any]]:
+        """Start the next attempts of the oldest pending jobs of ``queue`` and take their leases.
 
-        This is the slots' dispatch: one statement pair instead of a dask task
-        per job. The guard on ``status`` and ``attempt`` makes a concurrent
-        claim of the same job (another server process) match no row; we then
-        try the next job. Returns the claimed job, or None if none is pending.
+        This is the slots' dispatch: a few statements for up to
+        ``len(dispatch_hashes)`` jobs (job ``i`` gets hash ``i``) instead of a
+        dask task per job. The guard on ``status`` and ``attempt`` makes a
+        concurrent claim of the same job (another server process) match no
+        row; that job is skipped. Returns the claimed jobs, oldest first.
         """
+        if not dispatch_hashes:
+            return []
         now = time.time()
         with self.engine.begin() as c:
-            for _ in range(8):
-                row = c.execute(
-                    sa.select(jobs.c.id, jobs.c.attempt)
-                    .where(jobs.c.status == d.PENDING, jobs.c.queue == queue)
-                    .order_by(jobs.c.submitted_at, jobs.c.id)
-                    .limit(1)
-                ).first()
-                if row is None:
-                    return None
+            rows = c.execute(_CLAIMABLE, {"b_queue": queue, "b_n": len(dispatch_hashes)}).all()
+            claimed, events = [], []
+            for row, dispatch_hash in zip(rows, dispatch_hashes, strict=False):
                 attempt = row.attempt + 1
-                if self._move(
-                    c, row.id, [jobs.c.status == d.PENDING, jobs.c.attempt == row.attempt],
-                    d.STAGING_INPUTS, detail=f"attempt {attempt} on {worker}", attempt=attempt,
-                    dispatch_hash=dispatch_hash, lease_until=now + lease_s, started_at=now,
-                    worker=worker[:256],
-                ):  # fmt: skip
-                    return _row(c.execute(sa.select(jobs).where(jobs.c.id == row.id)).first())
-        return None
+                values = dict(
+                    b_id=row.id, b_was=row.attempt, attempt=attempt, dispatch_hash=dispatch_hash,
+                    lease_until=now + lease_s, started_at=now, worker=worker[:256],
+                )  # fmt: skip
+                if c.execute(_CLAIM, values).rowcount == 1:
+                    claimed.append(row.id)
+                    events.append(dict(job_id=row.id, status=d.STAGING_INPUTS, at=now,
+                                       detail=f"attempt {attempt} on {worker}"))  # fmt: skip
+            if not claimed:
+                return []
+            c.execute(job_events.insert(), events)
+            by_id = {r.id: _row(r) for r in c.execute(_BY_IDS, {"b_ids": claimed}).all()}
+        return [by_id[i] for i in claimed]
+
+    def pending_count(self, queue: str, limit: int) -> int:
+        """How many jobs of ``queue`` are pending, counting up to ``limit``."""
+        with self.engine.connect() as c:
+            ids = sa.select(jobs.c.id).where(jobs.c.status == d.PENDING, jobs.c.queue == queue)
+            sub = ids.limit(limit).subquery()
+            return int(c.execute(sa.select(sa.func.count()).select_from(sub)).scalar() or 0)
 
     def _runner_guard(self, attempt: int, dispatch_hash: str) -> list:
         return [
@@ -378,54 +439,87 @@ class JobStore:
         first, in the same transaction, so the history stays complete and forward.
         Returns the new status, or None if this attempt no longer holds the job.
         """
+        report = dict(
+            job_id=job_id, attempt=attempt, dispatch_hash=dispatch_hash, ok=ok, reason=reason,
+            traceback=traceback, timings=timings, outputs=outputs, has_result=has_result,
+            retry=retry_if_failed, phases=phases,
+        )  # fmt: skip
+        ended = self.finish_many([report])[0]
+        return ended["status"] if ended else None
+
+    def finish_many(
+        self,
+        reports: list[dict[str, Any]],
+        before: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any] | None]:
+        """:meth:`finish` for many attempts in one transaction (a slot's batch of ends).
+
+        Each report holds :meth:`finish`'s arguments by name (``retry_if_failed``
+        as ``retry``). ``before(job, report)`` is called for each attempt that
+        still holds its job, before its end is written (the server stores the
+        attempt's inline files there, so a completed job's files exist). Returns,
+        per report, the job's ``id``, ``owner``, ``queue``, ``name``, ``jobtype``,
+        ``submitted_at``, new ``status``, ``reason`` and ``ended_at``; None
+        where the attempt no longer holds its job.
+        """
         now = time.time()
-        common = dict(
-            reason=reason[:4000],
-            traceback=traceback[-100_000:],
-            t_stage_in=timings.get("stage_in"),
-            t_run=timings.get("run"),
-            t_stage_out=timings.get("stage_out"),
-            outputs=json.dumps(outputs),
-            has_result=has_result,
-            lease_until=None,
-        )
-        guard = self._runner_guard(attempt, dispatch_hash)
+        out: list[dict[str, Any] | None] = []
         with self.engine.begin() as c:
-            for status, at in phases:
-                allowed = _FORWARD.get(status)
-                if allowed:  # already there (reported on its own) or past it: nothing to add
-                    where = [jobs.c.status.in_(allowed), jobs.c.attempt == attempt,
-                             jobs.c.dispatch_hash == dispatch_hash]  # fmt: skip
-                    self._move(c, job_id, where, status, at=min(at, now))
-            if ok:
-                return (
-                    d.COMPLETED
-                    if self._move(c, job_id, guard, d.COMPLETED, ended_at=now, **common)
-                    else None
-                )
-            if retry_if_failed:
-                moved = self._move(
-                    c,
-                    job_id,
-                    [*guard, jobs.c.failures < jobs.c.retries],
-                    d.PENDING,
-                    detail=f"retrying after: {reason[:200]}",
-                    failures=jobs.c.failures + 1,
-                    **common,
-                )
-                if moved:
-                    return d.PENDING
-            moved = self._move(
-                c,
-                job_id,
-                guard,
-                d.FAILED,
-                detail=reason[:200],
-                ended_at=now,
-                failures=jobs.c.failures + 1,
-                **common,
-            )
-            return d.FAILED if moved else None
+            ids = list({r["job_id"] for r in reports})
+            held = {row.id: row for row in c.execute(_ENDING, {"b_ids": ids}).all()}
+            events: list[dict[str, Any]] = []
+            for r in reports:
+                row = held.get(r["job_id"])
+                if (
+                    row is None
+                    or row.status not in d.ACTIVE_STATUSES
+                    or (row.attempt, row.dispatch_hash) != (r["attempt"], r["dispatch_hash"])
+                ):
+                    out.append(None)
+                    continue
+                if before is not None:
+                    before(dict(row._mapping), r)
+                ended = self._end(c, row, r, now, events)
+                if ended is not None:
+                    held.pop(row.id)  # the same attempt reported twice in one batch: once
+                out.append(ended)
+            if events:
+                c.execute(job_events.insert(), events)
+        return out
+
+    @staticmethod
+    def _end(
+        c: sa.Connection, row: sa.Row, r: dict[str, Any], now: float, events: list[dict]
+    ) -> dict[str, Any] | None:
+        reason = r["reason"][:4000]
+        if r["ok"]:
+            status, failures, ended_at, detail = d.COMPLETED, row.failures, now, ""
+        elif r["retry"] and row.failures < row.retries:
+            status, failures, ended_at = d.PENDING, row.failures + 1, None
+            detail = f"retrying after: {reason[:200]}"
+        else:
+            status, failures, ended_at, detail = d.FAILED, row.failures + 1, now, reason[:200]
+        timings = r["timings"]
+        values = dict(
+            b_id=row.id, b_seen=row.status, b_attempt=row.attempt, b_hash=row.dispatch_hash,
+            status=status, reason=reason, traceback=r["traceback"][-100_000:],
+            t_stage_in=timings.get("stage_in"), t_run=timings.get("run"),
+            t_stage_out=timings.get("stage_out"), outputs=json.dumps(r["outputs"]),
+            has_result=r["has_result"], failures=failures, ended_at=ended_at,
+        )  # fmt: skip
+        if c.execute(_END, values).rowcount != 1:
+            return None  # changed since it was read (cancelled meanwhile)
+        # The phases it passed without reporting, if still ahead of where the job was.
+        current = row.status
+        for phase, at in r["phases"]:
+            if current in _FORWARD.get(phase, ()):
+                events.append(dict(job_id=row.id, status=phase, at=min(at, now), detail=""))
+                current = phase
+        events.append(dict(job_id=row.id, status=status, at=now, detail=detail))
+        return dict(
+            id=row.id, owner=row.owner, queue=row.queue, name=row.name, jobtype=row.jobtype,
+            submitted_at=row.submitted_at, status=status, reason=reason, ended_at=ended_at,
+        )  # fmt: skip
 
     def requeue_or_fail(
         self, job_id: str, attempt: int, reason: str, max_requeues: int
