@@ -154,3 +154,15 @@ def test_a_long_job_in_a_batch_does_not_hold_back_the_ends_before_it(konn):
     long_end = ends[jobs[60].job_id]
     late = [j.job_id for j in jobs[:60] if ends[j.job_id] > long_end - 2]
     assert not late, f"{len(late)} short jobs were reported only with the long one"
+
+
+def nearly_a_mebibyte(i):
+    return bytes([i]) * 900_000
+
+
+def test_a_batch_of_large_inline_results_arrives_whole(konn):
+    # Each result rides inline with its end; a batch of them passes the slot's flush size
+    # and goes out in several requests rather than one huge one.
+    jobs = konn.submit_many([(nearly_a_mebibyte, (i,)) for i in range(40)], walltime=5)
+    results = konn.gather(jobs, timeout=300)
+    assert [r == bytes([i]) * 900_000 for i, r in enumerate(results)] == [True] * 40

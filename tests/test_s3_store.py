@@ -12,8 +12,10 @@ from kotta_testing import free_port
 from s3server import apply_env
 
 from dask_kotta.errors import ConfigError, NotFoundError, UnsafePathError
-from dask_kotta.runner import staging
-from dask_kotta.runner.staging import StagingError, fetch_s3, http_session, send_file, stage_inputs
+from dask_kotta.runner import stage_in
+from dask_kotta.runner.stage_in import fetch_s3, stage_inputs
+from dask_kotta.runner.stage_out import send_file
+from dask_kotta.runner.staging import StagingError, http_session
 from dask_kotta.store.objects import LocalObjectStore, open_store
 from dask_kotta.store.s3 import MULTIPART_THRESHOLD, S3ObjectStore
 
@@ -24,9 +26,9 @@ pytestmark = pytest.mark.timeout(180)
 def s3env(s3_server):
     """boto3's standard chain in this process points at the test server."""
     old = apply_env(s3_server.env)
-    staging._s3 = None  # the runner's cached client must see this endpoint
+    stage_in._s3 = None  # the runner's cached client must see this endpoint
     yield s3_server
-    staging._s3 = None
+    stage_in._s3 = None
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -173,7 +175,7 @@ def test_fetch_s3_small_empty_and_large_in_parts(data_bucket, tmp_path):
     assert fetch_s3("s3://kotta-data/small/a.csv", tmp_path / "a.csv") == 8
     assert (tmp_path / "a.csv").read_bytes() == b"a,b\n1,2\n"
     assert fetch_s3("s3://kotta-data/empty.bin", tmp_path / "e.bin") == 0
-    big = os.urandom(2 * staging.PART_SIZE + 777)
+    big = os.urandom(2 * stage_in.PART_SIZE + 777)
     data_bucket.put_object(Bucket="kotta-data", Key="big/b.bin", Body=big)
     assert fetch_s3("s3://kotta-data/big/b.bin", tmp_path / "b.bin") == len(big)
     assert (tmp_path / "b.bin").read_bytes() == big
@@ -192,7 +194,7 @@ def test_missing_bucket_or_key_fails_naming_the_url(data_bucket, tmp_path):
 
 def test_s3_endpoint_down_while_staging_fails_naming_the_url(data_bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setattr(staging, "_s3", None)
+    monkeypatch.setattr(stage_in, "_s3", None)
     t0 = time.monotonic()
     with pytest.raises(StagingError) as e:
         stage_inputs(["s3://kotta-data/small/a.csv"], tmp_path)

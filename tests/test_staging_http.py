@@ -9,8 +9,9 @@ import time
 import pytest
 from s3server import HTTPFiles
 
-from dask_kotta.runner import staging
-from dask_kotta.runner.staging import StagingError, fetch_http, http_session, stage_inputs
+from dask_kotta.runner import stage_in, staging
+from dask_kotta.runner.stage_in import fetch_http, stage_inputs
+from dask_kotta.runner.staging import StagingError, http_session
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,7 +48,7 @@ def test_large_file_comes_in_parallel_ranges(files, tmp_path):
         assert fetch_http(files.url("/files/big.bin"), dest, s) == BIG
     assert _md5(dest) == _md5(files.root / "big.bin")
     ranges = sorted(r for _, r in files.hits)
-    part = staging.PART_SIZE
+    part = stage_in.PART_SIZE
     expected = sorted(f"bytes={i}-{min(i + part, BIG) - 1}" for i in range(0, BIG, part))
     expected[0] = f"bytes=0-{part - 1}"
     assert ranges == sorted(expected)
@@ -140,13 +141,13 @@ def test_input_names_stay_in_the_working_directory(files, tmp_path):
 
 def test_dispatch_headers_go_only_where_the_plan_says(files, tmp_path):
     seen = []
-    orig = staging._http_get
+    orig = stage_in._http_get
 
     def spy(session, url, shown, headers, rng, *rest):
         seen.append((url, dict(headers)))
         return orig(session, url, shown, headers, rng, *rest)
 
-    staging._http_get = spy
+    stage_in._http_get = spy
     try:
         plan = [
             {
@@ -159,7 +160,7 @@ def test_dispatch_headers_go_only_where_the_plan_says(files, tmp_path):
         ]
         stage_inputs(plan, tmp_path, {"Authorization": "Bearer secret"})
     finally:
-        staging._http_get = orig
+        stage_in._http_get = orig
     by_url = dict(seen)
     assert by_url[files.url("/files/small.txt")] == {"Authorization": "Bearer secret"}
     assert by_url[files.url("/files/empty.bin")] == {}

@@ -165,7 +165,8 @@ def upload_file(konn: Kotta, path: str | Path, name: str | None = None) -> str:
     a local store they stream to the server and the URL is the server's.
     Only this user's jobs can stage it.
     """
-    from ..runner.staging import StagingError, http_session, send_file
+    from ..runner.stage_out import send_file
+    from ..runner.staging import StagingError, http_session
 
     p = Path(path)
     try:

@@ -26,7 +26,9 @@ from ..paths import resolve_inside
 from . import envs
 from .api import LostJob, RunnerAPI
 from .process import run_forked, run_process
-from .staging import StagingError, stage_inputs, stage_outputs
+from .stage_in import stage_inputs
+from .stage_out import stage_outputs
+from .staging import StagingError
 
 
 class Heartbeat(threading.Thread):

@@ -69,6 +69,8 @@ SHORT_S = 0.1
 #: Only a slot with more claimed jobs to run keeps one waiting (a backlog): a lone job's end
 #: goes out at once with the next request.
 FLUSH_S = 0.2
+#: Kept reports are sent at once when their inline files and results pass this many bytes.
+FLUSH_BYTES = 8 * 1024 * 1024
 
 
 # Tokens of servers that said they are stopping: their slots end at once instead of
@@ -282,6 +284,7 @@ class Slot:
         self.worker = socket.gethostname()
         self._lock = threading.Lock()  # the reports: the timer thread flushes them too
         self._reports: list[dict[str, Any]] = []
+        self._kept_bytes = 0  # inline files and results (base64) in the kept reports
         self._flush_due = False
 
     def close(self) -> None:
@@ -289,17 +292,24 @@ class Slot:
 
     def deliver(self, report: dict[str, Any]) -> None:
         """Keep an ended job's report for the next request (see ``FLUSH_S``)."""
+        size = sum(map(len, report.get("files", {}).values())) + len(report.get("result") or "")
         with self._lock:
             self._reports.append(report)
-            if self._flush_due:
-                return
-            self._flush_due = True
-        _later(FLUSH_S, self.flush)
+            self._kept_bytes += size
+            full = self._kept_bytes > FLUSH_BYTES
+            schedule = not self._flush_due and not full
+            self._flush_due = self._flush_due or schedule
+        if full:  # many inline files: send them now rather than in one huge request
+            self.flush()
+        elif schedule:
+            _later(FLUSH_S, self.flush)
 
     def flush(self) -> None:
         """Report the ends kept so far now, without claiming."""
         with self._lock:
             self._flush_due = False
+            if not self._reports:
+                return  # sent meanwhile with the slot's own request
         try:
             self.next(want=0, wait=0)
         except SlotEnded:
@@ -308,9 +318,14 @@ class Slot:
     def report_alone(self) -> None:
         """Each kept end through its own job's ``/finish`` (the slot's server is gone)."""
         with self._lock:
-            reports, self._reports = self._reports, []
+            reports, self._reports, self._kept_bytes = self._reports, [], 0
+        # One runner's patience for all of them, not one each: a server gone for good must
+        # not hold up the worker's close by a multiple of it.
+        deadline = time.monotonic() + d.RUNNER_PATIENCE_S
         for r in reports:
-            api = RunnerAPI(self.server_url, r.pop("id"), r.pop("attempt"), r.pop("token"))
+            patience = max(0.0, deadline - time.monotonic())
+            api = RunnerAPI(self.server_url, r.pop("id"), r.pop("attempt"), r.pop("token"),
+                            patience_s=patience)  # fmt: skip
             try:
                 api.finish(**r)
             except Exception as e:  # lost meanwhile, or the server never came back
@@ -323,7 +338,7 @@ class Slot:
         deadline = time.monotonic() + SLOT_PATIENCE_S
         delay = 0.2
         with self._lock:
-            reports, self._reports = self._reports, []
+            reports, self._reports, self._kept_bytes = self._reports, [], 0
         sent = False
         try:
             while True:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import sqlalchemy as sa
 
 from .. import defaults
@@ -74,3 +77,16 @@ job_events = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("detail", sa.Text, nullable=False, default=""),
 )
+
+
+def job_row(row: sa.Row | None, keys: list[str] | None = None) -> dict[str, Any] | None:
+    """A job row as a dict, with its JSON columns decoded."""
+    if row is None:
+        return None
+    # zip with keys read once per result: a row's own mapping builds its key view every time
+    job = dict(zip(keys, row, strict=True)) if keys is not None else dict(row._mapping)
+    if "spec" in job:
+        job["spec"] = json.loads(job["spec"])
+    if "outputs" in job:
+        job["outputs"] = json.loads(job["outputs"])
+    return job

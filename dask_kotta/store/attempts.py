@@ -1,0 +1,377 @@
+"""The attempt lifecycle of a job: dispatch, claim, heartbeat, phases, end, requeue.
+
+Every status change is one guarded statement (``UPDATE ... WHERE id = :id AND
+status IN (...) AND attempt = ... AND dispatch_hash = ...``), so the lifecycle
+only moves forward and a stale runner (an older attempt, or one whose job was
+cancelled) cannot overwrite the work of the current one: a guard that matches
+no row answers ``False`` or ``None``. :class:`Attempts` is the part of
+:class:`~dask_kotta.store.jobs.JobStore` that runners and the server's
+dispatch drive.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+from .. import defaults as d
+from .schema import job_events, job_row, jobs
+
+# Runner-reported phases may only follow each other in this order.
+_FORWARD = {
+    d.PROCESSING: (d.STAGING_INPUTS,),
+    d.STAGING_OUTPUTS: (d.STAGING_INPUTS, d.PROCESSING),
+}
+
+
+# The hot statements of slots (claim, finish), built once: building and caching an
+# expression per call cost more than running it.
+_b = sa.bindparam
+_CLAIMABLE = (
+    sa.select(jobs.c.id, jobs.c.attempt)
+    .where(jobs.c.status == d.PENDING, jobs.c.queue == _b("b_queue"))
+    .order_by(jobs.c.submitted_at, jobs.c.id)
+    .limit(_b("b_n"))
+)
+_CLAIM = (
+    jobs.update()
+    .where(jobs.c.id == _b("b_id"), jobs.c.status == d.PENDING, jobs.c.attempt == _b("b_was"))
+    .values(
+        status=d.STAGING_INPUTS, attempt=_b("attempt"), dispatch_hash=_b("dispatch_hash"),
+        lease_until=_b("lease_until"), started_at=_b("started_at"), worker=_b("worker"),
+    )
+)  # fmt: skip
+_ENDING = sa.select(
+    jobs.c.id, jobs.c.owner, jobs.c.queue, jobs.c.name, jobs.c.jobtype, jobs.c.submitted_at,
+    jobs.c.status, jobs.c.attempt, jobs.c.dispatch_hash, jobs.c.failures, jobs.c.retries,
+).where(jobs.c.id.in_(_b("b_ids", expanding=True)))  # fmt: skip
+_END = (
+    jobs.update()
+    .where(
+        jobs.c.id == _b("b_id"), jobs.c.status == _b("b_seen"), jobs.c.attempt == _b("b_attempt"),
+        jobs.c.dispatch_hash == _b("b_hash"),
+    )
+    .values(
+        status=_b("status"), reason=_b("reason"), traceback=_b("traceback"),
+        t_stage_in=_b("t_stage_in"), t_run=_b("t_run"), t_stage_out=_b("t_stage_out"),
+        outputs=_b("outputs"), has_result=_b("has_result"), failures=_b("failures"),
+        ended_at=_b("ended_at"), lease_until=None,
+    )
+)  # fmt: skip
+_BY_IDS = sa.select(jobs).where(jobs.c.id.in_(_b("b_ids", expanding=True)))
+
+
+class Attempts:
+    """Transitions of a job's attempts; needs ``self.engine`` (see ``JobStore``)."""
+
+    engine: sa.Engine
+
+    def expired(self, now: float) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.requeues).where(
+                    jobs.c.status.in_(d.ACTIVE_STATUSES), jobs.c.lease_until < now
+                )
+            )
+            return [dict(r._mapping) for r in rows]
+
+    def _move(
+        self,
+        c: sa.Connection,
+        job_id: str,
+        where: list,
+        status: str,
+        detail: str = "",
+        at: float | None = None,
+        **values,
+    ) -> bool:
+        res = c.execute(
+            jobs.update().where(jobs.c.id == job_id, *where).values(status=status, **values)
+        )
+        if res.rowcount != 1:
+            return False
+        c.execute(
+            job_events.insert().values(
+                job_id=job_id, status=status, at=at or time.time(), detail=detail
+            )
+        )
+        return True
+
+    def dispatch(self, job_id: str, dispatch_hash: str) -> int | None:
+        """Start a new attempt of a pending job; returns its number, or None if not pending."""
+        with self.engine.begin() as c:
+            attempt = c.execute(
+                sa.select(jobs.c.attempt).where(jobs.c.id == job_id, jobs.c.status == d.PENDING)
+            ).scalar()
+            if attempt is None:
+                return None
+            res = c.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, jobs.c.status == d.PENDING, jobs.c.attempt == attempt)
+                .values(attempt=attempt + 1, dispatch_hash=dispatch_hash)
+            )
+            return attempt + 1 if res.rowcount == 1 else None
+
+    def claim(
+        self, job_id: str, attempt: int, dispatch_hash: str, lease_s: float, worker: str
+    ) -> dict | None:
+        """Take the lease of a pending job for one attempt; None if someone else holds it."""
+        now = time.time()
+        with self.engine.begin() as c:
+            ok = self._move(
+                c,
+                job_id,
+                [
+                    jobs.c.status == d.PENDING,
+                    jobs.c.attempt == attempt,
+                    jobs.c.dispatch_hash == dispatch_hash,
+                ],
+                d.STAGING_INPUTS,
+                detail=f"attempt {attempt} on {worker}",
+                lease_until=now + lease_s,
+                started_at=now,
+                worker=worker[:256],
+            )
+            if not ok:
+                return None
+            return job_row(c.execute(sa.select(jobs).where(jobs.c.id == job_id)).first())
+
+    def claim_next(
+        self, queue: str, dispatch_hashes: list[str], lease_s: float, worker: str
+    ) -> list[dict[str, Any]]:
+        """Start the next attempts of the oldest pending jobs of ``queue`` and take their leases.
+
+        This is the slots' dispatch: a few statements for up to
+        ``len(dispatch_hashes)`` jobs (job ``i`` gets hash ``i``) instead of a
+        dask task per job. The guard on ``status`` and ``attempt`` makes a
+        concurrent claim of the same job (another server process) match no
+        row; that job is skipped. Returns the claimed jobs, oldest first.
+        """
+        if not dispatch_hashes:
+            return []
+        now = time.time()
+        with self.engine.begin() as c:
+            rows = c.execute(_CLAIMABLE, {"b_queue": queue, "b_n": len(dispatch_hashes)}).all()
+            claimed, events = [], []
+            for row, dispatch_hash in zip(rows, dispatch_hashes, strict=False):
+                attempt = row.attempt + 1
+                values = dict(
+                    b_id=row.id, b_was=row.attempt, attempt=attempt, dispatch_hash=dispatch_hash,
+                    lease_until=now + lease_s, started_at=now, worker=worker[:256],
+                )  # fmt: skip
+                if c.execute(_CLAIM, values).rowcount == 1:
+                    claimed.append(row.id)
+                    events.append(dict(job_id=row.id, status=d.STAGING_INPUTS, at=now,
+                                       detail=f"attempt {attempt} on {worker}"))  # fmt: skip
+            if not claimed:
+                return []
+            c.execute(job_events.insert(), events)
+            by_id = {r.id: job_row(r) for r in c.execute(_BY_IDS, {"b_ids": claimed}).all()}
+        return [by_id[i] for i in claimed]
+
+    def pending_count(self, queue: str, limit: int) -> int:
+        """How many jobs of ``queue`` are pending, counting up to ``limit``."""
+        with self.engine.connect() as c:
+            ids = sa.select(jobs.c.id).where(jobs.c.status == d.PENDING, jobs.c.queue == queue)
+            sub = ids.limit(limit).subquery()
+            return int(c.execute(sa.select(sa.func.count()).select_from(sub)).scalar() or 0)
+
+    def _runner_guard(self, attempt: int, dispatch_hash: str) -> list:
+        return [
+            jobs.c.status.in_(d.ACTIVE_STATUSES),
+            jobs.c.attempt == attempt,
+            jobs.c.dispatch_hash == dispatch_hash,
+        ]
+
+    def runner_job(self, job_id: str, attempt: int, dispatch_hash: str) -> dict[str, Any] | None:
+        """The job, if this attempt's runner still holds it."""
+        with self.engine.connect() as c:
+            row = c.execute(
+                sa.select(jobs).where(
+                    jobs.c.id == job_id, *self._runner_guard(attempt, dispatch_hash)
+                )
+            ).first()
+        return job_row(row)
+
+    def heartbeat(self, job_id: str, attempt: int, dispatch_hash: str, lease_s: float) -> bool:
+        with self.engine.begin() as c:
+            res = c.execute(
+                jobs.update()
+                .where(jobs.c.id == job_id, *self._runner_guard(attempt, dispatch_hash))
+                .values(lease_until=time.time() + lease_s)
+            )
+            return res.rowcount == 1
+
+    def advance(
+        self, job_id: str, attempt: int, dispatch_hash: str, status: str, lease_s: float
+    ) -> bool:
+        allowed = _FORWARD.get(status)
+        if allowed is None:
+            return False
+        with self.engine.begin() as c:
+            return self._move(
+                c,
+                job_id,
+                [
+                    jobs.c.status.in_(allowed),
+                    jobs.c.attempt == attempt,
+                    jobs.c.dispatch_hash == dispatch_hash,
+                ],
+                status,
+                lease_until=time.time() + lease_s,
+            )
+
+    def finish(
+        self,
+        job_id: str,
+        attempt: int,
+        dispatch_hash: str,
+        ok: bool,
+        reason: str,
+        traceback: str,
+        timings: dict[str, float | None],
+        outputs: list[dict[str, Any]],
+        has_result: bool,
+        retry_if_failed: bool,
+        phases: list[tuple[str, float]] = (),
+    ) -> str | None:
+        """Record an attempt's end. A failure with retries left goes back to pending.
+
+        ``phases`` are ``(status, at)`` the runner passed without reporting them
+        (a short job's ``processing`` and ``staging_outputs``): they are recorded
+        first, in the same transaction, so the history stays complete and forward.
+        Returns the new status, or None if this attempt no longer holds the job.
+        """
+        report = dict(
+            job_id=job_id, attempt=attempt, dispatch_hash=dispatch_hash, ok=ok, reason=reason,
+            traceback=traceback, timings=timings, outputs=outputs, has_result=has_result,
+            retry=retry_if_failed, phases=phases,
+        )  # fmt: skip
+        ended = self.finish_many([report])[0]
+        return ended["status"] if ended else None
+
+    def finish_many(
+        self,
+        reports: list[dict[str, Any]],
+        before: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    ) -> list[dict[str, Any] | None]:
+        """:meth:`finish` for many attempts in one transaction (a slot's batch of ends).
+
+        Each report holds :meth:`finish`'s arguments by name (``retry_if_failed``
+        as ``retry``). ``before(job, report)`` is called for each attempt that
+        still holds its job, before its end is written (the server stores the
+        attempt's inline files there, so a completed job's files exist). Returns,
+        per report, the job's ``id``, ``owner``, ``queue``, ``name``, ``jobtype``,
+        ``submitted_at``, new ``status``, ``reason`` and ``ended_at``; None
+        where the attempt no longer holds its job.
+        """
+        now = time.time()
+        out: list[dict[str, Any] | None] = []
+        with self.engine.begin() as c:
+            ids = list({r["job_id"] for r in reports})
+            held = {row.id: row for row in c.execute(_ENDING, {"b_ids": ids}).all()}
+            events: list[dict[str, Any]] = []
+            for r in reports:
+                row = held.get(r["job_id"])
+                if (
+                    row is None
+                    or row.status not in d.ACTIVE_STATUSES
+                    or (row.attempt, row.dispatch_hash) != (r["attempt"], r["dispatch_hash"])
+                ):
+                    out.append(None)
+                    continue
+                if before is not None:
+                    before(dict(row._mapping), r)
+                ended = self._end(c, row, r, now, events)
+                if ended is not None:
+                    held.pop(row.id)  # the same attempt reported twice in one batch: once
+                out.append(ended)
+            if events:
+                c.execute(job_events.insert(), events)
+        return out
+
+    @staticmethod
+    def _end(
+        c: sa.Connection, row: sa.Row, r: dict[str, Any], now: float, events: list[dict]
+    ) -> dict[str, Any] | None:
+        reason = r["reason"][:4000]
+        if r["ok"]:
+            status, failures, ended_at, detail = d.COMPLETED, row.failures, now, ""
+        elif r["retry"] and row.failures < row.retries:
+            status, failures, ended_at = d.PENDING, row.failures + 1, None
+            detail = f"retrying after: {reason[:200]}"
+        else:
+            status, failures, ended_at, detail = d.FAILED, row.failures + 1, now, reason[:200]
+        timings = r["timings"]
+        values = dict(
+            b_id=row.id, b_seen=row.status, b_attempt=row.attempt, b_hash=row.dispatch_hash,
+            status=status, reason=reason, traceback=r["traceback"][-100_000:],
+            t_stage_in=timings.get("stage_in"), t_run=timings.get("run"),
+            t_stage_out=timings.get("stage_out"), outputs=json.dumps(r["outputs"]),
+            has_result=r["has_result"], failures=failures, ended_at=ended_at,
+        )  # fmt: skip
+        if c.execute(_END, values).rowcount != 1:
+            return None  # changed since it was read (cancelled meanwhile)
+        # The phases it passed without reporting, if still ahead of where the job was.
+        current = row.status
+        for phase, at in r["phases"]:
+            if current in _FORWARD.get(phase, ()):
+                events.append(dict(job_id=row.id, status=phase, at=min(at, now), detail=""))
+                current = phase
+        events.append(dict(job_id=row.id, status=status, at=now, detail=detail))
+        return dict(
+            id=row.id, owner=row.owner, queue=row.queue, name=row.name, jobtype=row.jobtype,
+            submitted_at=row.submitted_at, status=status, reason=reason, ended_at=ended_at,
+        )  # fmt: skip
+
+    def requeue_or_fail(
+        self, job_id: str, attempt: int, reason: str, max_requeues: int
+    ) -> str | None:
+        """Take a job back from a runner that stopped heart-beating."""
+        now = time.time()
+        with self.engine.begin() as c:
+            guard = [jobs.c.status.in_(d.ACTIVE_STATUSES), jobs.c.attempt == attempt]
+            if self._move(
+                c,
+                job_id,
+                [*guard, jobs.c.requeues < max_requeues],
+                d.PENDING,
+                detail=f"requeued: {reason}",
+                requeues=jobs.c.requeues + 1,
+                lease_until=None,
+            ):
+                return d.PENDING
+            full = f"{reason} ({max_requeues} times; giving up)"
+            if self._move(
+                c, job_id, guard, d.FAILED, detail=full, reason=full, ended_at=now, lease_until=None
+            ):
+                return d.FAILED
+        return None
+
+    def fail_pending(self, job_id: str, attempt: int, reason: str) -> bool:
+        """Fail a job whose dispatch could not run at all (e.g. no worker has its queue)."""
+        with self.engine.begin() as c:
+            return self._move(
+                c,
+                job_id,
+                [jobs.c.status.in_((d.PENDING, *d.ACTIVE_STATUSES)), jobs.c.attempt == attempt],
+                d.FAILED,
+                detail=reason[:200],
+                reason=reason,
+                ended_at=time.time(),
+                lease_until=None,
+            )
+
+    def extend_leases(self, seconds: float) -> int:
+        """Give every running job a fresh lease, so runners can reconnect after a restart."""
+        with self.engine.begin() as c:
+            res = c.execute(
+                jobs.update()
+                .where(jobs.c.status.in_(d.ACTIVE_STATUSES))
+                .values(lease_until=time.time() + seconds)
+            )
+            return res.rowcount
