@@ -166,3 +166,43 @@ def test_a_batch_of_large_inline_results_arrives_whole(konn):
     jobs = konn.submit_many([(nearly_a_mebibyte, (i,)) for i in range(40)], walltime=5)
     results = konn.gather(jobs, timeout=300)
     assert [r == bytes([i]) * 900_000 for i, r in enumerate(results)] == [True] * 40
+
+
+def mark(directory, i):
+    import os
+
+    open(os.path.join(directory, str(i)), "w").close()
+    return i
+
+
+def test_a_job_cancelled_while_waiting_in_a_batch_never_starts(konn, tmp_path):
+    from dask_kotta.errors import ConflictError
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    # Short jobs grow the slots' batches; the long one's slot holds the jobs claimed after it
+    # in the same batch until it ends. Those are cancelled while they wait.
+    items = [(inc, (i,)) for i in range(60)] + [(time.sleep, (3,))]
+    items += [(mark, (str(marks), i)) for i in range(60)]
+    jobs = konn.submit_many(items, walltime=5)
+    long = jobs[60]
+    deadline = time.monotonic() + 60
+    while long.status(konn) != "processing" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    cancelled = set()
+    for i, job in enumerate(jobs[61:]):
+        try:
+            konn.cancel_job(job.job_id)
+            cancelled.add(i)
+        except ConflictError:
+            pass  # already ended
+    konn.gather([long], timeout=60)
+    time.sleep(2)  # a waiting job started after all would have made its mark by now
+    records = {j["id"]: j for j in konn.jobs(limit=1000)}
+    start = records[long.job_id]["started_at"]
+    # Claimed in the long job's batch (one transaction, one start stamp), after it.
+    behind = {i for i, job in enumerate(jobs[61:]) if records[job.job_id]["started_at"] == start}
+    assert behind, "no job waited behind the long one: the case was not exercised"
+    assert behind <= cancelled
+    marked = {int(p.name) for p in marks.iterdir()}
+    assert not behind & marked, f"cancelled jobs {sorted(behind & marked)} ran anyway"

@@ -22,8 +22,9 @@ heartbeat, stage inputs, environment, child, outputs, finish), through
 How many jobs one request claims adapts: one while jobs run long (so a batch
 never holds back jobs another slot could run), doubling up to
 ``MAX_CLAIM`` while they end within ``SHORT_S``; the server caps it at the
-slot's share of the pending jobs. A claimed job waiting behind others in the
-batch renews its lease before it starts, and is skipped if it lost it.
+slot's share of the pending jobs. Claimed jobs waiting behind others in the
+batch have their leases renewed every ``FLUSH_S`` while they wait, and one
+that was cancelled (or requeued) meanwhile is skipped, never started.
 
 All the slot's jobs share one HTTP connection pool. A slot ends when the
 server refuses its secret (a new server process: that one starts its own
@@ -333,12 +334,19 @@ class Slot:
             finally:
                 api.close()
 
-    def next(self, want: int = 1, wait: float = NEXT_WAIT_S) -> list[dict[str, Any]]:
-        """Report kept ends and claim up to ``want`` jobs, waiting up to ``wait`` s for one."""
+    def next(
+        self, want: int = 1, wait: float = NEXT_WAIT_S, waiting: list[dict[str, Any]] = ()
+    ) -> tuple[list[dict[str, Any]], set[str]]:
+        """Report kept ends and claim up to ``want`` jobs, waiting up to ``wait`` s for one.
+
+        Also renews the leases of ``waiting`` (claims not started yet). Returns the
+        claimed jobs and the ids of the ``waiting`` claims the slot no longer holds.
+        """
         deadline = time.monotonic() + SLOT_PATIENCE_S
         delay = 0.2
         with self._lock:
             reports, self._reports, self._kept_bytes = self._reports, [], 0
+        held = [{k: c[k] for k in ("id", "attempt", "token")} for c in waiting]
         sent = False
         try:
             while True:
@@ -349,7 +357,7 @@ class Slot:
                         f"{self.server_url}/api/v1/runner/next",
                         params={"queue": self.queue, "wait": wait, "worker": self.worker,
                                 "max": want},
-                        json={"done": reports} if reports else None,
+                        json={"done": reports, "waiting": held} if reports or held else None,
                         timeout=(d.CONNECT_TIMEOUT_S, wait + 30),
                     )  # fmt: skip
                 except (requests.ConnectionError, requests.Timeout):
@@ -358,7 +366,8 @@ class Slot:
                     raise SlotEnded(r.text[:300])
                 if r is not None and r.status_code == 200:
                     sent = True
-                    return r.json()["jobs"]
+                    answer = r.json()
+                    return answer["jobs"], set(answer["lost"])
                 if time.monotonic() > deadline:
                     raise SlotEnded(f"server unreachable for {SLOT_PATIENCE_S:.0f} s")
                 _ended.wait(delay)
@@ -371,18 +380,20 @@ class Slot:
 
 def _run_batch(slot: Slot, server_url: str, claims: list[dict[str, Any]], want: int) -> int:
     """Run a batch of claimed jobs one after another; returns how many to claim next time."""
-    claimed_at = time.monotonic()
-    for claim in claims:
-        api = SlotJobAPI(server_url, claim, slot.adapter, deliver=slot.deliver)
-        if time.monotonic() - claimed_at > claim["lease_s"] / 4:
+    checked, lost = time.monotonic(), set()
+    for i, claim in enumerate(claims):
+        if i and time.monotonic() - checked > FLUSH_S:
+            # The claims still waiting: renew their leases and learn which were cancelled (or
+            # requeued) meanwhile, so none starts after it was taken away; kept ends ride along.
             try:
-                api.heartbeat()  # it waited behind others: renew its lease, or learn it is gone
-            except LostJob:
-                api.close()
-                continue
-            except Exception:  # unreachable: the runner's own calls have more patience
-                pass
+                lost |= slot.next(want=0, wait=0, waiting=claims[i:])[1]
+            except SlotEnded:
+                pass  # each job's own calls have a runner's patience
+            checked = time.monotonic()
+        if claim["id"] in lost:
+            continue
         t = time.monotonic()
+        api = SlotJobAPI(server_url, claim, slot.adapter, deliver=slot.deliver)
         run_claimed(api, claim, heartbeat=TimerHeartbeat)
         want = min(want * 2, MAX_CLAIM) if time.monotonic() - t < SHORT_S else 1
     return want
@@ -396,7 +407,7 @@ def run_slot(server_url: str, queue: str, token: str) -> str:
     try:
         while True:
             try:
-                claims = slot.next(want)
+                claims, _ = slot.next(want)
             except SlotEnded:
                 slot.report_alone()
                 return "slot ended"

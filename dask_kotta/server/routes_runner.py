@@ -74,7 +74,6 @@ def claim_info(s, job: dict[str, Any]) -> dict[str, Any]:
         "memory_bytes": queue.memory_bytes,
         "vcpus": queue.vcpus,
         "heartbeat_s": s.config.heartbeat_s,
-        "lease_s": s.config.lease_s,
         "inputs": spec.get("inputs", []),
         "input_plan": _input_plan(s, job),
         "outputs": spec.get("outputs", []),
@@ -280,8 +279,15 @@ INLINE_MAX = 1024 * 1024
 MAX_CLAIM = 32
 
 
+class Claimed(BaseModel):
+    id: str
+    attempt: int
+    token: str
+
+
 class NextBody(BaseModel):
     done: list[Report] = []
+    waiting: list[Claimed] = []  # claimed and not started yet: renew, or say they are lost
 
 
 async def next_job(
@@ -295,11 +301,13 @@ async def next_job(
     """A slot reports the jobs it ended and claims the next ones of ``queue``.
 
     Records the ends in ``body.done`` (each authorised by its own attempt's
-    dispatch token), then claims up to ``max`` (query) of the oldest pending jobs,
+    dispatch token), renews the leases of ``body.waiting`` (claimed jobs the
+    slot has not started; those it no longer holds come back in ``lost``),
+    then claims up to ``max`` (query) of the oldest pending jobs,
     long-polling up to ``wait`` s when none is pending. A slot gets at most
     its share of the pending jobs (pending / the queue's slots), so a batch
     never leaves other slots idle. Answers ``{"done": [status or null per
-    report], "jobs": [claim, ...]}``; each claim carries its attempt's
+    report], "lost": [job id, ...], "jobs": [claim, ...]}``; each claim carries its attempt's
     dispatch token and, if small, the payload inline. 401 tells a slot of an
     earlier server process to end.
     """
@@ -313,6 +321,8 @@ async def next_job(
         raise HTTPException(404, f"no queue {queue!r}")
     done = body.done if body else []
     statuses = _record(s, [(r.id, r.attempt, hash_token(r.token), r) for r in done]) if done else []
+    waiting = [(w.id, w.attempt, hash_token(w.token)) for w in body.waiting] if body else []
+    lost = s.store.renew(waiting, s.config.lease_s) if waiting else []
     want = min(limit, MAX_CLAIM)
     if want > 1:
         slots = s.engine.slot_count(queue)
@@ -346,7 +356,7 @@ async def next_job(
             if path is not None and path.stat().st_size <= INLINE_MAX:
                 info["payload"] = base64.b64encode(path.read_bytes()).decode()
         out.append(info)
-    return {"done": statuses, "jobs": out}
+    return {"done": statuses, "lost": lost, "jobs": out}
 
 
 # Its path is not under one job's prefix, so it joins the /api/v1 router.

@@ -62,6 +62,14 @@ _END = (
         ended_at=_b("ended_at"), lease_until=None,
     )
 )  # fmt: skip
+_RENEW = (
+    jobs.update()
+    .where(
+        jobs.c.id == _b("b_id"), jobs.c.status.in_(d.ACTIVE_STATUSES),
+        jobs.c.attempt == _b("b_attempt"), jobs.c.dispatch_hash == _b("b_hash"),
+    )
+    .values(lease_until=_b("lease_until"))
+)  # fmt: skip
 _BY_IDS = sa.select(jobs).where(jobs.c.id.in_(_b("b_ids", expanding=True)))
 
 
@@ -196,6 +204,24 @@ class Attempts:
                 )
             ).first()
         return job_row(row)
+
+    def renew(self, attempts: list[tuple[str, int, str]], lease_s: float) -> list[str]:
+        """Heartbeat many ``(job_id, attempt, dispatch_hash)`` at once; returns the lost ids.
+
+        A slot renews the jobs it claimed and has not started yet this way, and
+        learns which of them it must not start (cancelled, or requeued elsewhere).
+        """
+        until = time.time() + lease_s
+        with self.engine.begin() as c:
+            return [
+                job_id
+                for job_id, attempt, h in attempts
+                if c.execute(
+                    _RENEW,
+                    {"b_id": job_id, "b_attempt": attempt, "b_hash": h, "lease_until": until},
+                ).rowcount
+                != 1
+            ]
 
     def heartbeat(self, job_id: str, attempt: int, dispatch_hash: str, lease_s: float) -> bool:
         with self.engine.begin() as c:
