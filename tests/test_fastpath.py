@@ -206,3 +206,35 @@ def test_a_job_cancelled_while_waiting_in_a_batch_never_starts(konn, tmp_path):
     assert behind <= cancelled
     marked = {int(p.name) for p in marks.iterdir()}
     assert not behind & marked, f"cancelled jobs {sorted(behind & marked)} ran anyway"
+
+
+def outlive_the_fork_server(directory):
+    import os
+    import time
+
+    marker = os.path.join(directory, "first-attempt")
+    if os.path.exists(marker):
+        return "ran again"
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getppid()))  # the fork server that forked this job
+    os.rename(marker + ".tmp", marker)
+    time.sleep(60)
+
+
+def test_a_job_whose_fork_server_dies_is_requeued_not_failed(konn, tmp_path):
+    import os
+    import signal
+
+    job = konn.submit_many([(outlive_the_fork_server, (str(tmp_path),))], walltime=5)[0]
+    marker = tmp_path / "first-attempt"
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    template = int(marker.read_text())
+    assert "dask_kotta.runner.forkserver" in psutil.Process(template).cmdline()
+    os.kill(template, signal.SIGKILL)
+    # The job died with it; the runner requeues it (a new template forks the second attempt).
+    assert job.get_results(konn, timeout=120) == "ran again"
+    record = konn.job(job.job_id)
+    assert (record["requeues"], record["failures"], record["attempt"]) == (1, 0, 2)
+    assert "fork server died" in " ".join(e["detail"] for e in konn.events(job.job_id))

@@ -22,7 +22,9 @@ Lifetimes: if the runner's connection closes before the child ends, the
 template kills the child's group; the template exits (killing every group it
 started) when the worker that started it goes away, which it sees as EOF on a
 pipe only the worker holds; a job child gets ``PR_SET_PDEATHSIG`` on the
-template, as a fresh child gets it on its runner.
+template, as a fresh child gets it on its runner. A job that dies with its
+template is requeued (``Outcome.lost``), as one on a lost worker is, and the
+next job starts a new template.
 """
 
 from __future__ import annotations

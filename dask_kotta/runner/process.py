@@ -36,6 +36,8 @@ class Outcome:
     returncode: int | None
     killed: str | None  # why we killed it, or None if it ended by itself
     seconds: float
+    # It died with its fork server, not by anything of its own: worth running again.
+    lost: bool = False
 
 
 class Child(Protocol):
@@ -239,8 +241,8 @@ def monitor(
         # Killed above; collecting the status cannot block for long, but never wait forever.
         returncode = child.wait(30.0)
     # A forked child whose template died was killed, by no limit of ours: say so.
-    killed = killed or getattr(child, "lost", None)
-    return Outcome(returncode, killed, time.monotonic() - start)
+    lost = getattr(child, "lost", None) if killed is None else None
+    return Outcome(returncode, killed or lost, time.monotonic() - start, lost=lost is not None)
 
 
 def _process(pid: int) -> psutil.Process | None:

@@ -281,4 +281,5 @@ def _run(
         timings=timings,
         outputs=outputs,
         has_result=has_result,
+        requeue=outcome.lost,
     )

@@ -187,6 +187,8 @@ class Finish(BaseModel):
     outputs: list[dict[str, Any]] = []
     has_result: bool = False
     retry: bool = True
+    # Lost to the runner's side (its fork server died): requeue, as for a lost worker.
+    requeue: bool = False
     # A slot's runner folds a short job's phases and small files into this one call.
     phases: list[PassedPhase] = []
     files: dict[str, str] = {}  # output name -> base64
@@ -245,15 +247,16 @@ def _record(s, ends: list[tuple[str, int, str, Finish]]) -> list[str | None]:
             outputs=b.outputs,
             has_result=b.has_result,
             retry=b.retry,
+            requeue=b.requeue,
             phases=[(p.status, p.at) for p in b.phases],
-        )  # fmt: skip
+        )
         for i, (job_id, attempt, h, b) in enumerate(ends)
     ]
-    ended = s.store.finish_many(reports, before=write_files)
+    ended = s.store.finish_many(reports, before=write_files, max_requeues=s.config.max_requeues)
     for job in ended:
         if job is None:
             continue
-        if job["status"] == d.PENDING:  # a retry
+        if job["status"] == d.PENDING:  # a retry, or a requeue
             s.engine.dispatch(job["id"], job["queue"])
             s.changed(job["id"])
         else:

@@ -48,6 +48,7 @@ _CLAIM = (
 _ENDING = sa.select(
     jobs.c.id, jobs.c.owner, jobs.c.queue, jobs.c.name, jobs.c.jobtype, jobs.c.submitted_at,
     jobs.c.status, jobs.c.attempt, jobs.c.dispatch_hash, jobs.c.failures, jobs.c.retries,
+    jobs.c.requeues,
 ).where(jobs.c.id.in_(_b("b_ids", expanding=True)))  # fmt: skip
 _END = (
     jobs.update()
@@ -59,7 +60,7 @@ _END = (
         status=_b("status"), reason=_b("reason"), traceback=_b("traceback"),
         t_stage_in=_b("t_stage_in"), t_run=_b("t_run"), t_stage_out=_b("t_stage_out"),
         outputs=_b("outputs"), has_result=_b("has_result"), failures=_b("failures"),
-        ended_at=_b("ended_at"), lease_until=None,
+        requeues=_b("requeues"), ended_at=_b("ended_at"), lease_until=None,
     )
 )  # fmt: skip
 _RENEW = (
@@ -284,11 +285,14 @@ class Attempts:
         self,
         reports: list[dict[str, Any]],
         before: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+        max_requeues: int = d.MAX_REQUEUES,
     ) -> list[dict[str, Any] | None]:
         """:meth:`finish` for many attempts in one transaction (a slot's batch of ends).
 
         Each report holds :meth:`finish`'s arguments by name (``retry_if_failed``
-        as ``retry``). ``before(job, report)`` is called for each attempt that
+        as ``retry``), and may say ``requeue``: the attempt was lost to the runner's
+        side, so the job goes back to pending while it has requeues left
+        (``max_requeues``, as for a lost worker) instead of spending a retry. ``before(job, report)`` is called for each attempt that
         still holds its job, before its end is written (the server stores the
         attempt's inline files there, so a completed job's files exist). Returns,
         per report, the job's ``id``, ``owner``, ``queue``, ``name``, ``jobtype``,
@@ -312,7 +316,7 @@ class Attempts:
                     continue
                 if before is not None:
                     before(dict(row._mapping), r)
-                ended = self._end(c, row, r, now, events)
+                ended = self._end(c, row, r, now, events, max_requeues)
                 if ended is not None:
                     held.pop(row.id)  # the same attempt reported twice in one batch: once
                 out.append(ended)
@@ -322,11 +326,25 @@ class Attempts:
 
     @staticmethod
     def _end(
-        c: sa.Connection, row: sa.Row, r: dict[str, Any], now: float, events: list[dict]
+        c: sa.Connection,
+        row: sa.Row,
+        r: dict[str, Any],
+        now: float,
+        events: list[dict],
+        max_requeues: int,
     ) -> dict[str, Any] | None:
         reason = r["reason"][:4000]
+        requeues = row.requeues
         if r["ok"]:
             status, failures, ended_at, detail = d.COMPLETED, row.failures, now, ""
+        elif r.get("requeue") and row.requeues < max_requeues:
+            # Lost to the runner's side (its fork server died), not the job's own failure: it
+            # spends the requeue budget of a lost worker, not the user's retries.
+            status, failures, ended_at = d.PENDING, row.failures, None
+            requeues, detail = row.requeues + 1, f"requeued: {reason[:200]}"
+        elif r.get("requeue"):
+            reason = f"{reason} ({max_requeues} times; giving up)"
+            status, failures, ended_at, detail = d.FAILED, row.failures, now, reason[:200]
         elif r["retry"] and row.failures < row.retries:
             status, failures, ended_at = d.PENDING, row.failures + 1, None
             detail = f"retrying after: {reason[:200]}"
@@ -338,7 +356,7 @@ class Attempts:
             status=status, reason=reason, traceback=r["traceback"][-100_000:],
             t_stage_in=timings.get("stage_in"), t_run=timings.get("run"),
             t_stage_out=timings.get("stage_out"), outputs=json.dumps(r["outputs"]),
-            has_result=r["has_result"], failures=failures, ended_at=ended_at,
+            has_result=r["has_result"], failures=failures, requeues=requeues, ended_at=ended_at,
         )  # fmt: skip
         if c.execute(_END, values).rowcount != 1:
             return None  # changed since it was read (cancelled meanwhile)
