@@ -330,7 +330,7 @@ async def next_job(
     if want > 1:
         slots = s.engine.slot_count(queue)
         pending = s.store.pending_count(queue, want * slots)
-        want = min(want, -(-pending // slots))  # its share, rounded up
+        want = max(1, min(want, -(-pending // slots)))  # its share, rounded up; 1 to wait on
     deadline = time.monotonic() + min(max(wait, 0.0), d.LONGPOLL_MAX_S)
     claimed: list[tuple[dict, str]] = []
     while want > 0:
