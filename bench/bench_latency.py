@@ -142,7 +142,7 @@ class KottaUp:
                 continue
             if p.pid == root.pid:
                 out["server"] += t.user + t.system
-            elif "forkserver" in cmd:
+            elif "runner.template" in cmd:
                 out["job children"] += t.user + t.system + t.children_user + t.children_system
             else:
                 out["workers"] += t.user + t.system

@@ -74,7 +74,7 @@ def _gone(pid: int) -> bool:
 
 def test_python_job_is_forked_from_the_template(konn):
     info = konn.submit_many([(where_am_i, ())], walltime=5)[0].get_results(konn)
-    assert "dask_kotta.runner.forkserver" in info["parent"]
+    assert "dask_kotta.runner.template" in info["parent"]
     assert info["own_group"]
     assert info["cwd"] == info["workdir"] == info["path0"]
 
@@ -231,7 +231,7 @@ def test_a_job_whose_fork_server_dies_is_requeued_not_failed(konn, tmp_path):
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     template = int(marker.read_text())
-    assert "dask_kotta.runner.forkserver" in psutil.Process(template).cmdline()
+    assert "dask_kotta.runner.template" in psutil.Process(template).cmdline()
     os.kill(template, signal.SIGKILL)
     # The job died with it; the runner requeues it (a new template forks the second attempt).
     assert job.get_results(konn, timeout=120) == "ran again"

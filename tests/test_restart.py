@@ -111,7 +111,7 @@ def test_worker_killed_mid_job_requeues_it(cluster, tmp_path):
     job = victim(str(marks))
     first = wait_for(lambda: list(marks.iterdir()), 60, "the first run")[0]
     parent = psutil.Process(int(first.name.split("-")[1]))
-    if "forkserver" in " ".join(parent.cmdline()):
+    if "runner.template" in " ".join(parent.cmdline()):
         parent = parent.parent()  # forked from the worker's template: kill the worker itself
     assert "dask_worker" in " ".join(parent.parent().cmdline()), "expected a worker under its nanny"
     parent.kill()

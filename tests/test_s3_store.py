@@ -205,7 +205,7 @@ def test_s3_endpoint_down_while_staging_fails_naming_the_url(data_bucket, tmp_pa
 
 
 def test_fast_presigner_matches_botocore_and_the_server_accepts_it(store, s3env):
-    from dask_kotta.store.s3 import Presigner
+    from dask_kotta.store.presign import Presigner
 
     p = Presigner(store.client)
     store.put_bytes("u1/sig/a.txt", b"first")

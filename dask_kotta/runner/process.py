@@ -2,10 +2,11 @@
 
 A child is either started fresh (:func:`run_process`, ``subprocess.Popen``)
 or forked from the warm template process (:func:`run_forked`, see
-``forkserver.py``). Both are watched by the same loop, :func:`monitor`, and
-whatever way a child ends, its whole group (and any descendant that moved to a
-group of its own) is killed and verified gone before we return: a job's
-processes never outlive it (Parsl #2824 is the bug this avoids).
+``forkserver.py`` and ``template.py``). Both are watched by the same loop,
+:func:`monitor`, and whatever way a child ends, its whole group (and any
+descendant that moved to a group of its own) is killed and verified gone
+before we return: a job's processes never outlive it (Parsl #2824 is the bug
+this avoids).
 """
 
 from __future__ import annotations

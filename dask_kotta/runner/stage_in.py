@@ -235,7 +235,7 @@ def s3_client() -> Any:
 
 
 def _presigner(client: Any) -> Any:
-    from ..store.s3 import presigner
+    from ..store.presign import presigner
 
     return presigner(client)
 

@@ -8,23 +8,22 @@ same layout as the local store under its directory.
 
 Workers never get the server's credentials for this bucket: the server hands
 them presigned URLs, one per object they need (inputs to read, outputs to
-write, with a multipart upload for large outputs).
+write, with a multipart upload for large outputs), signed by
+:mod:`dask_kotta.store.presign`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import math
-import re
 import threading
 import time
 from typing import Any, BinaryIO
-from urllib.parse import parse_qs, quote, urlparse
+from urllib.parse import urlparse
 
 from ..errors import ConfigError, NotFoundError, UnsafePathError
 from ..paths import safe_relpath
+from .presign import presigner
 
 #: Objects up to this size are written with one presigned PUT; larger ones in parts.
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
@@ -55,104 +54,6 @@ def s3_client(**kw: Any):
         max_pool_connections=32,
     )
     return boto3.session.Session().client("s3", config=config, **kw)
-
-
-class Presigner:
-    """Presigned GET and PUT URLs from a boto3 client, fast.
-
-    botocore spends ~0.3 ms of CPU per URL (endpoint rules, event hooks): as
-    much as fetching a small object over HTTP takes, and 0.3 s per thousand
-    outputs. For each bucket and method, the first URL comes from botocore and
-    fixes the URL's shape (scheme, host, path prefix: the addressing style);
-    the SigV4 query signature is then computed here for that same URL and
-    must equal botocore's byte for byte, or that bucket keeps using botocore.
-    Keys with characters whose encoding could differ always use botocore.
-    """
-
-    _PLAIN_KEY = re.compile(r"^[A-Za-z0-9/._~-]+$")
-    _OPS = {"GET": "get_object", "PUT": "put_object"}
-
-    def __init__(self, client: Any):
-        self.client = client
-        self.region = client.meta.region_name or "us-east-1"
-        self.shapes: dict[tuple[str, str], tuple[str, str] | None] = {}
-        self.lock = threading.Lock()
-
-    def _botocore(self, method: str, bucket: str, key: str, expires_s: int) -> str:
-        return self.client.generate_presigned_url(
-            self._OPS[method], Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
-        )
-
-    def _sign(
-        self, method: str, origin: str, path: str, amz_date: str, expires_s: int, creds
-    ) -> str:
-        day = amz_date[:8]
-        scope = f"{day}/{self.region}/s3/aws4_request"
-        params = {
-            "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-            "X-Amz-Credential": f"{creds.access_key}/{scope}",
-            "X-Amz-Date": amz_date,
-            "X-Amz-Expires": str(expires_s),
-            "X-Amz-SignedHeaders": "host",
-        }
-        if creds.token:
-            params["X-Amz-Security-Token"] = creds.token
-        query = "&".join(
-            f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params.items())
-        )
-        host = urlparse(origin).netloc
-        canonical = f"{method}\n{path}\n{query}\nhost:{host}\n\nhost\nUNSIGNED-PAYLOAD"
-        digest = hashlib.sha256(canonical.encode()).hexdigest()
-        to_sign = f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{digest}"
-        k = hmac.new(f"AWS4{creds.secret_key}".encode(), day.encode(), hashlib.sha256).digest()
-        for part in (self.region, "s3", "aws4_request"):
-            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-        sig = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
-        return f"{origin}{path}?{query}&X-Amz-Signature={sig}"
-
-    def url(self, method: str, bucket: str, key: str, expires_s: int) -> str:
-        """A presigned ``GET`` or ``PUT`` URL of ``s3://bucket/key``, valid ``expires_s`` seconds."""
-        which = (bucket, method)
-        with self.lock:
-            known = which in self.shapes
-            shape = self.shapes.get(which)
-        if not self._PLAIN_KEY.match(key) or (known and shape is None):
-            return self._botocore(method, bucket, key, expires_s)
-        try:  # botocore's own (private) handle on the credentials, refreshed as they rotate
-            creds = self.client._request_signer._credentials
-            creds = creds.get_frozen_credentials() if creds is not None else None
-        except AttributeError:  # a botocore that keeps them elsewhere: sign the slow way
-            creds = None
-        if creds is None:
-            return self._botocore(method, bucket, key, expires_s)  # raises NoCredentialsError
-        suffix = quote(key, safe="/~")
-        if shape is not None:
-            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-            return self._sign(method, shape[0], shape[1] + suffix, amz_date, expires_s, creds)
-        url = self._botocore(method, bucket, key, expires_s)
-        p = urlparse(url)
-        q = parse_qs(p.query)
-        ok = False
-        if p.path.endswith(suffix) and q.get("X-Amz-Algorithm") == ["AWS4-HMAC-SHA256"]:
-            origin = f"{p.scheme}://{p.netloc}"
-            mine = self._sign(method, origin, p.path, q["X-Amz-Date"][0], expires_s, creds)
-            ok = parse_qs(urlparse(mine).query) == q
-        with self.lock:
-            self.shapes[which] = (origin, p.path[: len(p.path) - len(suffix)]) if ok else None
-        return url
-
-
-_presigners: dict[int, Presigner] = {}
-_presigners_lock = threading.Lock()
-
-
-def presigner(client: Any) -> Presigner:
-    """The :class:`Presigner` of a boto3 client (one per client)."""
-    with _presigners_lock:
-        p = _presigners.get(id(client))
-        if p is None or p.client is not client:
-            p = _presigners[id(client)] = Presigner(client)
-        return p
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:
