@@ -15,7 +15,8 @@ Why not one job per task
 A Kotta job is durable, isolated and accounted for: it is written to the job
 store, claimed under a lease, run in a fresh child process under its walltime
 and memory limit, and its result is uploaded to the object store. That costs
-about 0.1-0.2 s per job however small the task; dask.distributed pays under
+about 10 ms of latency and 5-6 ms of CPU per job on a 2-core machine however
+small the task (``bench/RESULTS-latency.md``); dask.distributed pays under
 1 ms per task. So the unit this scheduler sends is a *fragment*, a piece of the
 graph that runs as one job, and the algorithm is about choosing fragments
 well and moving as few bytes and requests as possible.
