@@ -17,7 +17,8 @@ heartbeat, stage inputs, environment, child, outputs, finish), through
 - the finish itself rides with the slot's next request (or, when the slot
   still has claimed jobs to run, with a flush at most ``FLUSH_S`` later),
   and the server records a batch of them in one transaction;
-- heartbeats are timers on one thread per worker process, not a thread per job.
+- heartbeats are timers on one thread per worker process, not a thread per job
+  (their requests go through a shared pool, so a slow one holds up no other).
 
 How many jobs one request claims adapts: one while jobs run long (so a batch
 never holds back jobs another slot could run), doubling up to
@@ -42,6 +43,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 import requests
@@ -93,8 +95,9 @@ class SlotEnded(Exception):
 class _Timers(threading.Thread):
     """One thread per worker process that runs calls at due times (phases, heartbeats, flushes).
 
-    The calls are short requests to the server; a slow one delays the others
-    by at most its timeout, which the lease has room for.
+    The calls it runs itself are quick checks; those that need the server are
+    handed to a pool (:func:`_background`), so a slow server holds up no other
+    job's heartbeat.
     """
 
     def __init__(self) -> None:
@@ -124,13 +127,34 @@ _timers: _Timers | None = None
 _timers_lock = threading.Lock()
 
 
+_pool: ThreadPoolExecutor | None = None
+
+
 def _later(delay: float, fn: Callable[[], None]) -> None:
+    """Run the quick ``fn`` on the timer thread ``delay`` seconds from now."""
     global _timers
     with _timers_lock:
         if _timers is None or not _timers.is_alive():
             _timers = _Timers()
             _timers.start()
     _timers.add(time.monotonic() + delay, fn)
+
+
+def _background(fn: Callable[[], None]) -> None:
+    """Run ``fn``, which talks to the server, on the worker's pool for timed calls."""
+    global _pool
+    with _timers_lock:
+        if _pool is None:
+            # Threads are made only as calls overlap: one, unless the server is slow.
+            _pool = ThreadPoolExecutor(32, thread_name_prefix="kotta-timed")
+    _pool.submit(_logged, fn)
+
+
+def _logged(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.debug("slot timer call failed", exc_info=True)
 
 
 class TimerHeartbeat:
@@ -142,11 +166,13 @@ class TimerHeartbeat:
         self._stopped = False
 
     def start(self) -> None:
-        _later(self.interval, self._beat)
+        _later(self.interval, self._due)
+
+    def _due(self) -> None:
+        if not self._stopped:
+            _background(self._beat)
 
     def _beat(self) -> None:
-        if self._stopped:
-            return
         try:
             self.api.heartbeat()
         except LostJob as e:
@@ -155,7 +181,7 @@ class TimerHeartbeat:
         except Exception:  # server briefly unreachable: the lease has room for that
             pass
         if not self._stopped:
-            _later(self.interval, self._beat)
+            _later(self.interval, self._due)
 
     def stop(self) -> None:
         self._stopped = True
@@ -204,7 +230,13 @@ class SlotJobAPI(RunnerAPI):
     def phase(self, status: str) -> None:
         with self._lock:
             self._phases.append({"status": status, "at": time.time()})
-        _later(PHASE_DEFER_S, self.send_phases)
+        _later(PHASE_DEFER_S, self._phases_due)
+
+    def _phases_due(self) -> None:
+        with self._lock:
+            if self._finished:
+                return  # the usual case: they ride with the finish
+        _background(self.send_phases)
 
     def send_phases(self) -> None:
         """Report the phases not reported yet, unless the job has finished meanwhile."""
@@ -303,7 +335,7 @@ class Slot:
         if full:  # many inline files: send them now rather than in one huge request
             self.flush()
         elif schedule:
-            _later(FLUSH_S, self.flush)
+            _later(FLUSH_S, lambda: _background(self.flush))
 
     def flush(self) -> None:
         """Report the ends kept so far now, without claiming."""
