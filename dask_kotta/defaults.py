@@ -44,6 +44,8 @@ RUNNER_PATIENCE_S = 180.0
 
 #: Largest payload (pickled function+arguments, or script) accepted, in bytes.
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
+#: The most jobs one slot request claims (see ``runner/slots.py``).
+MAX_CLAIM = 32
 #: Child-process poll interval for walltime/memory/cancel checks, in seconds.
 MONITOR_S = 0.05
 

@@ -22,7 +22,7 @@ heartbeat, stage inputs, environment, child, outputs, finish), through
 
 How many jobs one request claims adapts: one while jobs run long (so a batch
 never holds back jobs another slot could run), doubling up to
-``MAX_CLAIM`` while they end within ``SHORT_S``; the server caps it at the
+``defaults.MAX_CLAIM`` while they end within ``SHORT_S``; the server caps it at the
 slot's share of the pending jobs. Claimed jobs waiting behind others in the
 batch have their leases renewed every ``FLUSH_S`` while they wait, and one
 that was cancelled (or requeued) meanwhile is skipped, never started.
@@ -65,8 +65,7 @@ NEXT_WAIT_S = 2.0
 #: of its queue's resource, which a server on another address (or a restarted one) needs for
 #: its own slots. A job already running keeps its runner's own, longer patience.
 SLOT_PATIENCE_S = 5.0
-#: The most jobs a slot claims at once, and the run time under which a job counts as short.
-MAX_CLAIM = 32
+#: A job that ran for less than this, in seconds, lets the slot claim twice as many next time.
 SHORT_S = 0.1
 #: An ended job's report waits at most this long for the slot's next request, in seconds.
 #: Only a slot with more claimed jobs to run keeps one waiting (a backlog): a lone job's end
@@ -427,7 +426,7 @@ def _run_batch(slot: Slot, server_url: str, claims: list[dict[str, Any]], want: 
         t = time.monotonic()
         api = SlotJobAPI(server_url, claim, slot.adapter, deliver=slot.deliver)
         run_claimed(api, claim, heartbeat=TimerHeartbeat)
-        want = min(want * 2, MAX_CLAIM) if time.monotonic() - t < SHORT_S else 1
+        want = min(want * 2, d.MAX_CLAIM) if time.monotonic() - t < SHORT_S else 1
     return want
 
 

@@ -278,8 +278,6 @@ async def finish(request: Request, a: Auth, body: Finish) -> dict:
 
 #: Payloads and files up to this size ride inside the claim and the finish.
 INLINE_MAX = 1024 * 1024
-#: The most jobs one slot request claims (the slot asks for fewer while its jobs run long).
-MAX_CLAIM = 32
 
 
 class Claimed(BaseModel):
@@ -326,7 +324,7 @@ async def next_job(
     statuses = _record(s, [(r.id, r.attempt, hash_token(r.token), r) for r in done]) if done else []
     waiting = [(w.id, w.attempt, hash_token(w.token)) for w in body.waiting] if body else []
     lost = s.store.renew(waiting, s.config.lease_s) if waiting else []
-    want = min(limit, MAX_CLAIM)
+    want = min(limit, d.MAX_CLAIM)
     if want > 1:
         slots = s.engine.slot_count(queue)
         pending = s.store.pending_count(queue, want * slots)
