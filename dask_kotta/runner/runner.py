@@ -31,6 +31,17 @@ from .stage_out import stage_outputs
 from .staging import StagingError
 
 
+def beat(api: RunnerAPI) -> str | None:
+    """Renew the lease once; returns why the job was taken away (cancel, requeue), if it was."""
+    try:
+        api.heartbeat()
+    except LostJob as e:
+        return f"job taken away: {e}"
+    except Exception:  # server briefly unreachable: the lease has room for that
+        pass
+    return None
+
+
 class Heartbeat(threading.Thread):
     """Renews the lease; notices when the job was taken away (cancel, requeue)."""
 
@@ -41,14 +52,8 @@ class Heartbeat(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            try:
-                self.api.heartbeat()
-            except LostJob as e:
-                self.lost = f"job taken away: {e}"
-                return
-            except Exception:  # server briefly unreachable: the lease has room for that
-                continue
+        while self.lost is None and not self._stop_event.wait(self.interval):
+            self.lost = beat(self.api)
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -51,8 +51,8 @@ from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
 from . import forkserver
-from .api import LostJob, RunnerAPI
-from .runner import run_claimed
+from .api import RunnerAPI
+from .runner import beat, run_claimed
 
 log = logging.getLogger("dask_kotta.runner")
 
@@ -172,14 +172,8 @@ class TimerHeartbeat:
             _background(self._beat)
 
     def _beat(self) -> None:
-        try:
-            self.api.heartbeat()
-        except LostJob as e:
-            self.lost = f"job taken away: {e}"
-            return
-        except Exception:  # server briefly unreachable: the lease has room for that
-            pass
-        if not self._stopped:
+        self.lost = beat(self.api)
+        if self.lost is None and not self._stopped:
             _later(self.interval, self._due)
 
     def stop(self) -> None:
@@ -301,6 +295,11 @@ class SlotJobAPI(RunnerAPI):
         return "reported"
 
 
+def _inline_bytes(report: dict[str, Any]) -> int:
+    """The size of a report's inline files and result (base64)."""
+    return sum(map(len, report.get("files", {}).values())) + len(report.get("result") or "")
+
+
 class Slot:
     """One slot's connection to the server, and the job ends it has yet to report."""
 
@@ -316,7 +315,6 @@ class Slot:
         self.worker = socket.gethostname()
         self._lock = threading.Lock()  # the reports: the timer thread flushes them too
         self._reports: list[dict[str, Any]] = []
-        self._kept_bytes = 0  # inline files and results (base64) in the kept reports
         self._flush_due = False
 
     def close(self) -> None:
@@ -324,11 +322,9 @@ class Slot:
 
     def deliver(self, report: dict[str, Any]) -> None:
         """Keep an ended job's report for the next request (see ``FLUSH_S``)."""
-        size = sum(map(len, report.get("files", {}).values())) + len(report.get("result") or "")
         with self._lock:
             self._reports.append(report)
-            self._kept_bytes += size
-            full = self._kept_bytes > FLUSH_BYTES
+            full = sum(map(_inline_bytes, self._reports)) > FLUSH_BYTES
             schedule = not self._flush_due and not full
             self._flush_due = self._flush_due or schedule
         if full:  # many inline files: send them now rather than in one huge request
@@ -350,7 +346,7 @@ class Slot:
     def report_alone(self) -> None:
         """Each kept end through its own job's ``/finish`` (the slot's server is gone)."""
         with self._lock:
-            reports, self._reports, self._kept_bytes = self._reports, [], 0
+            reports, self._reports = self._reports, []
         # One runner's patience for all of them, not one each: a server gone for good must
         # not hold up the worker's close by a multiple of it.
         deadline = time.monotonic() + d.RUNNER_PATIENCE_S
@@ -376,7 +372,7 @@ class Slot:
         deadline = time.monotonic() + SLOT_PATIENCE_S
         delay = 0.2
         with self._lock:
-            reports, self._reports, self._kept_bytes = self._reports, [], 0
+            reports, self._reports = self._reports, []
         held = [{k: c[k] for k in ("id", "attempt", "token")} for c in waiting]
         sent = False
         try:

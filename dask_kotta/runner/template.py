@@ -46,14 +46,12 @@ def open_logs(stdout_path: str, stderr_path: str) -> tuple[int, int]:
     return out, err
 
 
-#: The template's environment, which it never changes: what a job's is diffed against.
-_ENVIRON: dict[str, str] = {}
-#: ``sys.stdout`` and ``sys.stderr`` of every job child, made once (see ``serve``).
-_STDIO: tuple[Any, Any] | None = None
-
-
-def _prepare(request: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]], Any]:
+def _prepare(
+    request: dict[str, Any], base: dict[str, str]
+) -> tuple[list[str], list[tuple[str, str]], Any]:
     """In the template, before the fork: the environment variables a child unsets and sets.
+
+    ``base`` is the template's own environment, which a child starts from.
 
     Done here because in the child every page touched is a copy-on-write fault
     (~4 us each), and walking the whole environment touches dozens. Also takes
@@ -71,7 +69,6 @@ def _prepare(request: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]],
         del env["KOTTA_CLIENT_VERSIONS"]
     else:
         client = None  # left in the environment for child.main to read (and fail on) as before
-    base = _ENVIRON or os.environ  # the latter outside a template (a test forking by hand)
     unset = [key for key in base if key not in env]
     put = [(key, value) for key, value in env.items() if base.get(key) != value]
     return unset, put, client
@@ -80,9 +77,14 @@ def _prepare(request: dict[str, Any]) -> tuple[list[str], list[tuple[str, str]],
 def _child(
     request: dict[str, Any],
     close_fds: list[int],
-    prepared: tuple[list[str], list[tuple[str, str]], Any] | None = None,
+    prepared: tuple[list[str], list[tuple[str, str]], Any],
+    stdio: tuple[Any, Any],
 ) -> None:
-    """In the forked child: become the job's process, run it, never return."""
+    """In the forked child: become the job's process, run it, never return.
+
+    ``prepared`` is what :func:`_prepare` made of the request; ``stdio`` the
+    unbuffered streams over descriptors 1 and 2 that the template made once.
+    """
     code = 1
     try:
         os.setsid()  # its own session and group: the runner kills the group, nothing else
@@ -101,9 +103,9 @@ def _child(
         for fd in {null, out, err}:
             os.close(fd)
         # Unbuffered like PYTHONUNBUFFERED=1 in a fresh child: a killed job keeps what it printed.
-        sys.stdout, sys.stderr = _STDIO or _stdio()
+        sys.stdout, sys.stderr = stdio
         os.chdir(request["cwd"])
-        unset, put, client = prepared or _prepare(request)
+        unset, put, client = prepared
         environ = os.environ
         for key in unset:
             del environ[key]
@@ -192,11 +194,11 @@ def serve(path: str, keepalive_fd: int) -> None:
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.close(null)
-    global _STDIO
-    _ENVIRON.update(os.environ)
+    # The environment every child starts from; the template never changes it.
+    base = dict(os.environ)
     # Made once here, used by every child once it has put its logs on descriptors 1 and 2:
     # the template never writes through them, so each child inherits them as new.
-    _STDIO = _stdio()
+    stdio = _stdio()
     try:
         while True:
             for key, _ in sel.select():
@@ -239,7 +241,7 @@ def serve(path: str, keepalive_fd: int) -> None:
                     line = pending.pop(conn).partition(b"\n")[0]
                     try:
                         request = json.loads(line)
-                        prepared = _prepare(request)
+                        prepared = _prepare(request, base)
                     except Exception as e:
                         _send(conn, {"error": f"bad request: {type(e).__name__}: {e}"})
                         drop(conn)
@@ -248,7 +250,7 @@ def serve(path: str, keepalive_fd: int) -> None:
                     sys.stderr.flush()
                     pid = os.fork()
                     if pid == 0:
-                        _child(request, close_fds, prepared)
+                        _child(request, close_fds, prepared, stdio)
                     owner[pid] = conn
                     by_conn[conn] = pid
                     _send(conn, {"pid": pid})

@@ -195,12 +195,16 @@ class Finish(BaseModel):
     result: str | None = None  # base64 of the pickled result
 
 
-class Report(Finish):
-    """A finish that rides with a slot's next request; its own dispatch token authorises it."""
+class Claimed(BaseModel):
+    """An attempt a slot holds, named with its own dispatch token."""
 
     id: str
     attempt: int
     token: str
+
+
+class Report(Finish, Claimed):
+    """A finish that rides with a slot's next request; its own dispatch token authorises it."""
 
 
 def _decoded(body: Finish) -> tuple[dict[str, bytes], bytes | None]:
@@ -278,12 +282,6 @@ async def finish(request: Request, a: Auth, body: Finish) -> dict:
 
 #: Payloads and files up to this size ride inside the claim and the finish.
 INLINE_MAX = 1024 * 1024
-
-
-class Claimed(BaseModel):
-    id: str
-    attempt: int
-    token: str
 
 
 class NextBody(BaseModel):
