@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,37 @@ def pg_server(tmp_path_factory):
     server = PostgresServer(tmp_path_factory.mktemp("pg")).start()
     yield server
     server.stop()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--order",
+        default="file",
+        help="run tests in 'file' order (default), 'reverse', or 'random' / 'random:SEED', "
+        "to show that no test depends on another having run first",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    order = config.getoption("--order")
+    if order == "file":
+        return
+    # Modules stay whole (as pytest-randomly keeps them), so module-scoped services start once.
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    groups = list(modules.values())
+    if order == "reverse":
+        groups.reverse()
+        for g in groups:
+            g.reverse()
+    elif order.startswith("random"):
+        seed = int(order.partition(":")[2] or random.randrange(10**6))
+        print(f"--order=random:{seed}")
+        rng = random.Random(seed)
+        rng.shuffle(groups)
+        for g in groups:
+            rng.shuffle(g)
+    else:
+        raise pytest.UsageError(f"--order must be file, reverse or random[:SEED], not {order!r}")
+    items[:] = [item for g in groups for item in g]

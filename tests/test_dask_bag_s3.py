@@ -101,6 +101,32 @@ def test_word_count_over_200_objects(s3konn, get_object_calls):
     assert run.jobs < 20  # partitions were batched into jobs
 
 
+def _by_value_state() -> dict[str, bytes]:
+    """Every global of dask-kotta's modules that cloudpickle sends by value, pickled."""
+    state = {}
+    for mod in cloudpickle.list_registry_pickle_by_value():
+        if not mod.startswith("dask_kotta"):
+            continue
+        for name, value in vars(sys.modules[mod]).items():
+            if not name.startswith("__"):
+                state[f"{mod}.{name}"] = cloudpickle.dumps(value)
+    return state
+
+
+def test_a_bag_run_in_process_first_still_runs_on_kotta(s3konn):
+    # Issue 10: a sync run cached a live boto3 client in a module pickled by value,
+    # and every later Kotta bag failed to pickle (SSLContext).
+    before = _by_value_state()
+    assert "dask_kotta.dask.staged.basename" in before  # the module is registered
+    lines = kb.read_text(f"s3://{BUCKET}/docs/doc-01*.txt", files_per_partition=3)
+    words = lines.str.split().flatten()
+    local = words.frequencies().compute(scheduler="sync")
+    assert sum(n for _, n in local) > 0
+    # Using the module in this process changed nothing that travels with its tasks.
+    assert _by_value_state() == before
+    assert sorted(words.frequencies().compute(scheduler=KottaScheduler(s3konn))) == sorted(local)
+
+
 def test_same_as_sync_and_the_rest_of_the_bag_api(s3konn):
     lines = kb.read_text(f"s3://{BUCKET}/docs/doc-0*.txt", files_per_partition=7)
     words = lines.str.split().flatten()

@@ -59,40 +59,47 @@ def _staged(url: str) -> Path | None:
     return path if path.is_file() else None
 
 
-_CLIENT: dict[int, Any] = {}
+class Fetcher:
+    """Downloads objects for one partition task, sharing one S3 client among its files.
 
+    The client is made on first need and dies with the task. It must not be
+    cached at module level: this module is pickled by value, so its globals
+    travel inside every task, and a live client (sockets, an ``SSLContext``)
+    cannot be pickled.
+    """
 
-def _fetch(url: str, dest: Path) -> None:
-    p = urlparse(url)
-    if p.scheme == "s3":
-        # One client per process: making one costs more than a small download.
-        client = _CLIENT.get(os.getpid())
-        if client is None:
-            client = _CLIENT[os.getpid()] = s3_client()
-        client.download_file(p.netloc, p.path.lstrip("/"), str(dest))
-        return
-    import requests
+    def __init__(self) -> None:
+        self._s3: Any = None
 
-    with requests.get(url, stream=True, timeout=(10, 300)) as r:
-        r.raise_for_status()
-        with open(dest, "wb") as f:
-            for chunk in r.iter_content(1024 * 1024):
-                f.write(chunk)
+    def fetch(self, url: str, dest: Path) -> None:
+        p = urlparse(url)
+        if p.scheme == "s3":
+            if self._s3 is None:
+                self._s3 = s3_client()
+            self._s3.download_file(p.netloc, p.path.lstrip("/"), str(dest))
+            return
+        import requests
 
+        with requests.get(url, stream=True, timeout=(10, 300)) as r:
+            r.raise_for_status()
+            with open(dest, "wb") as f:
+                for chunk in r.iter_content(1024 * 1024):
+                    f.write(chunk)
 
-def local_path(url: str) -> str:
-    """A local file holding ``url``: the staged one, or a download into a temp cache."""
-    staged = _staged(url)
-    if staged is not None:
-        return str(staged)
-    cache = Path(tempfile.gettempdir()) / "dask-kotta-bag" / hashlib.sha1(url.encode()).hexdigest()
-    cache.mkdir(parents=True, exist_ok=True)
-    dest = cache / basename(url)
-    if not dest.is_file():
-        tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
-        _fetch(url, tmp)
-        os.replace(tmp, dest)
-    return str(dest)
+    def local_path(self, url: str) -> str:
+        """A local file holding ``url``: the staged one, or a download into a temp cache."""
+        staged = _staged(url)
+        if staged is not None:
+            return str(staged)
+        cache = Path(tempfile.gettempdir()) / "dask-kotta-bag"
+        cache = cache / hashlib.sha1(url.encode()).hexdigest()
+        cache.mkdir(parents=True, exist_ok=True)
+        dest = cache / basename(url)
+        if not dest.is_file():
+            tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
+            self.fetch(url, tmp)
+            os.replace(tmp, dest)
+        return str(dest)
 
 
 def _split(text: str, delimiter: str) -> Iterator[str]:
@@ -120,12 +127,13 @@ class ReadTextPartition:
 
     def __call__(self) -> list:
         out: list = []
+        fetcher = Fetcher()
         for url in self.__kotta_inputs__:
             comp = self.compression
             if comp == "infer":
                 comp = COMPRESSION_BY_SUFFIX.get(os.path.splitext(url)[1])
             opener = OPENERS[comp] if comp else open
-            with opener(local_path(url), "rb") as raw:
+            with opener(fetcher.local_path(url), "rb") as raw:
                 # As dask.bag.read_text: universal newlines, unless a delimiter is given.
                 newline = "" if self.linedelimiter else None
                 text = io.TextIOWrapper(
@@ -152,7 +160,8 @@ class StagePartition:
         self.__kotta_inputs__ = tuple(urls)
 
     def __call__(self) -> list[tuple[str, str]]:
-        return [(url, local_path(url)) for url in self.__kotta_inputs__]
+        fetcher = Fetcher()
+        return [(url, fetcher.local_path(url)) for url in self.__kotta_inputs__]
 
     def __repr__(self) -> str:
         return f"StagePartition({len(self.__kotta_inputs__)} files)"

@@ -10,6 +10,9 @@ import requests
 
 from .. import defaults as d
 
+#: A request that never got its whole answer: the server went away (a restart) mid-response.
+BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+
 
 class LostJob(Exception):
     """This attempt no longer holds the job (cancelled, requeued, or finished elsewhere)."""
@@ -59,7 +62,7 @@ class RunnerAPI:
                 if hasattr(body, "seek"):
                     body.seek(0)
                 r = self.session.request(method, self.base + path, **kw)
-            except (requests.ConnectionError, requests.Timeout):
+            except BROKEN:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
@@ -84,16 +87,30 @@ class RunnerAPI:
     def phase(self, status: str) -> None:
         self._call("POST", "/phase", json={"status": status})
 
+    def _download(self, path: str, dest: BinaryIO) -> None:
+        """GET ``path`` into ``dest`` (seekable), from the start again if the body breaks off."""
+        deadline = time.monotonic() + self.patience_s
+        while True:
+            r = self._call("GET", path, stream=True)
+            try:
+                dest.seek(0)
+                dest.truncate()
+                for chunk in r.iter_content(1024 * 1024):
+                    dest.write(chunk)
+                return
+            except BROKEN:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+            finally:
+                r.close()
+
     def download_payload(self, dest: BinaryIO) -> None:
-        r = self._call("GET", "/payload", stream=True)
-        for chunk in r.iter_content(1024 * 1024):
-            dest.write(chunk)
+        self._download("/payload", dest)
 
     def download_dep(self, dep_id: str, dest: BinaryIO) -> None:
         """The result of job ``dep_id``, one of this job's ``deps`` (refused otherwise)."""
-        r = self._call("GET", f"/deps/{dep_id}/result", stream=True)
-        for chunk in r.iter_content(1024 * 1024):
-            dest.write(chunk)
+        self._download(f"/deps/{dep_id}/result", dest)
 
     def upload(self, name: str, f: BinaryIO) -> int:
         return self._call("PUT", f"/files/{name}", data=f).json()["size"]

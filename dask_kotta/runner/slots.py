@@ -51,7 +51,7 @@ from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
 from . import forkserver
-from .api import RunnerAPI
+from .api import BROKEN, RunnerAPI
 from .runner import beat, run_claimed
 
 log = logging.getLogger("dask_kotta.runner")
@@ -387,7 +387,7 @@ class Slot:
                         json={"done": reports, "waiting": held} if reports or held else None,
                         timeout=(d.CONNECT_TIMEOUT_S, wait + 30),
                     )  # fmt: skip
-                except (requests.ConnectionError, requests.Timeout):
+                except BROKEN:
                     r = None
                 if r is not None and r.status_code in (401, 404):
                     raise SlotEnded(r.text[:300])
