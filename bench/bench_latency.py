@@ -101,15 +101,16 @@ def fill_store(data_dir: Path, auth_file: Path, url: str, n: int) -> list[str]:
 class KottaUp:
     """``dask-kotta up`` as a subprocess in its own process group."""
 
-    def __init__(self, base: Path, port: int, env_dir: Path):
+    def __init__(self, base: Path, port: int, env_dir: Path, extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None):  # fmt: skip
         self.base, self.port = base, port
         self.url = f"http://127.0.0.1:{port}"
         self.log = open(base / "service.log", "ab")
-        env = {**os.environ, "KOTTA_ENV_DIR": str(env_dir)}
+        env = {**os.environ, "KOTTA_ENV_DIR": str(env_dir), **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dask_kotta.cli", "up", "--port", str(port),
              "--data-dir", str(base / "data"), "--auth-file", str(base / "auth.file"),
-             "--user", "bench", "--workers", "2", "--slots", "4"],
+             "--user", "bench", "--workers", "2", "--slots", "4", *extra],
             cwd=base, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 120

@@ -50,6 +50,13 @@ def main() -> None:
 
 def _server_options(f):
     f = click.option(
+        "--allow-uncontained",
+        is_flag=True,
+        help="Run jobs uncontained on workers that cannot contain them (no user namespaces, "
+        "not Linux). Jobs of one user can then read each other user's data: for trusted "
+        "users only.",
+    )(f)
+    f = click.option(
         "--max-payload",
         default="256MiB",
         show_default=True,
@@ -87,7 +94,10 @@ def _server_options(f):
     return f
 
 
-def _config(data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload):
+def _config(
+    data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload,
+    allow_uncontained=False,
+):  # fmt: skip
     from dask.utils import parse_bytes
 
     from .server.service import ServerConfig
@@ -104,7 +114,29 @@ def _config(data_dir, port, host, database, store, queues_file, scheduler, publi
     return ServerConfig(
         data_dir=Path(data_dir), scheduler=scheduler or "", public_url=url, database=database,
         store=store, queues_file=queues_file, max_payload_bytes=limit,
+        allow_uncontained=allow_uncontained,
     )  # fmt: skip
+
+
+def _containment(config, user: str, local: bool) -> str:
+    """One line on how jobs are contained; decides the single-user mode of `up`."""
+    if not local:
+        return "required on every worker" + (
+            " (or jobs run uncontained: --allow-uncontained)" if config.allow_uncontained else ""
+        )
+    from .runner.isolation import available
+
+    why = available()
+    if why is None:
+        return "every job in its own namespaces, mount view and identity"
+    if config.allow_uncontained:
+        return f"NONE: {why}; --allow-uncontained: every user's jobs run uncontained"
+    config.single_user, config.uncontained = user, why
+    config.allow_uncontained = True  # for that one user's jobs
+    return (
+        f"NONE: {why}. Serving only user {user!r}; other users are refused "
+        "(--allow-uncontained serves them uncontained)"
+    )
 
 
 @main.command()
@@ -147,6 +179,7 @@ def up(
     store,
     queues_file,
     max_payload,
+    allow_uncontained,
     auth_file,
     user,
     scheduler,
@@ -171,8 +204,9 @@ def up(
     _setup_logging()
     check_port(host, port)
     config = _config(
-        data_dir, port, host, database, store, queues_file, scheduler, None, max_payload
-    )
+        data_dir, port, host, database, store, queues_file, scheduler, None, max_payload,
+        allow_uncontained,
+    )  # fmt: skip
     queues = load_queues(queues_file)
     check_store(config)
     jobstore = JobStore(config.database_url)
@@ -191,6 +225,7 @@ def up(
         f"credentials   {Path(auth_file).resolve()}  ({'new token for' if made else 'kept, user'} {user!r})"
     )
     click.echo(f"dask          {config.scheduler}")
+    click.echo(f"containment   {_containment(config, user, local=not scheduler)}")
     click.echo("Ctrl-C stops everything; jobs and outputs are kept for the next start.")
     try:
         serve(create_app(config), host, port)
@@ -208,7 +243,10 @@ def up(
 @click.option(
     "--public-url", help="URL workers use to reach this server. Default: http://HOST:PORT."
 )
-def server(port, host, data_dir, database, store, queues_file, max_payload, scheduler, public_url):
+def server(
+    port, host, data_dir, database, store, queues_file, max_payload, allow_uncontained,
+    scheduler, public_url,
+):  # fmt: skip
     """Run the API server against an existing dask scheduler (scale-out)."""
     from .server.app import create_app
     from .server.launch import check_port, check_store, serve
@@ -216,8 +254,9 @@ def server(port, host, data_dir, database, store, queues_file, max_payload, sche
     _setup_logging()
     check_port(host, port)
     config = _config(
-        data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload
-    )
+        data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload,
+        allow_uncontained,
+    )  # fmt: skip
     check_store(config)
     click.echo(
         f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"

@@ -6,6 +6,7 @@
     ├── ConfigError            bad credentials, bad queue config, bad flags
     ├── SerializationError     a function or argument cannot be pickled (client side)
     ├── UnsafePathError        a path that would escape its job's directory or prefix
+    ├── ContainmentError       a worker cannot contain a job that must be contained
     ├── APIError               the server answered 4xx/5xx; ``.status`` is the HTTP status
     │   ├── AuthenticationError    401: unknown or malformed token
     │   ├── NotFoundError          404: no such job (or not yours)
@@ -42,6 +43,10 @@ class SerializationError(KottaError):
 
 class UnsafePathError(KottaError, ValueError):
     """A path would escape the directory or prefix it belongs to."""
+
+
+class ContainmentError(KottaError):
+    """A job must run contained and this worker cannot contain it; the message says why."""
 
 
 class APIError(KottaError):

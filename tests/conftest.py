@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+import uuid
 from pathlib import Path
 
 import pytest
 from kotta_testing import Service
 
-# Test and Prod as documented, plus a Tiny queue whose 300 MiB memory limit a test can hit cheaply.
+# Test and Prod as documented, a Tiny queue whose 300 MiB memory limit and 40-process limit a
+# test can hit cheaply, and an Offline queue (network: false).
 QUEUES = Path(__file__).with_name("queues.json")
 
 
@@ -16,7 +18,9 @@ QUEUES = Path(__file__).with_name("queues.json")
 def service(tmp_path_factory):
     """`dask-kotta up` on a free port with a temp data dir, 2 workers."""
     extra = ["--queues", str(QUEUES), "--max-payload", "32MiB"]
-    svc = Service(tmp_path_factory.mktemp("service"), extra=extra).start()
+    # A secret of the workers' environment that no job may see (test_containment).
+    env = {"SERVICE_SECRET_CANARY": f"canary-{uuid.uuid4().hex}"}
+    svc = Service(tmp_path_factory.mktemp("service"), extra=extra, env=env).start()
     yield svc
     svc.stop()
 

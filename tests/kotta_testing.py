@@ -111,10 +111,40 @@ class Service:
         self.auth_file = self.base / "auth.file"
         self.scheduler = scheduler
         self.workers, self.slots = workers, slots
-        self.extra = extra or []
+        self.extra = self._with_shared_mount(extra or [])
         self.env = env or {}
         self.proc: Proc | None = None
         self._old: list[Proc] = []  # earlier runs; a kill -9 leaves their children until stop()
+
+    def _with_shared_mount(self, extra: list[str]) -> list[str]:
+        """``extra`` with a queue config whose queues all mount ``self.shared`` read-write.
+
+        Jobs are contained: a directory of the test's is in their view only if a
+        queue mounts it. Tests hand jobs paths under ``self.shared`` to leave marks in.
+        """
+        self.shared = self.base / "shared"
+        self.shared.mkdir(exist_ok=True)
+        self.shared.chmod(0o1777)  # a contained job runs as a uid of its own
+        extra = list(extra)
+        if "--queues" in extra:
+            i = extra.index("--queues")
+            queues = json.loads(Path(extra[i + 1]).read_text())
+            del extra[i : i + 2]
+        else:
+            from dask_kotta.server.queues import default_queues
+
+            queues = {
+                name: {k: v for k, v in q.to_json().items() if k in ("vcpus", "memory_bytes",
+                                                                     "max_walltime_min")}
+                for name, q in default_queues().items()
+            }  # fmt: skip
+            for q in queues.values():
+                q["memory"] = q.pop("memory_bytes")
+        for q in queues.values():
+            q["mounts"] = [*q.get("mounts", []), f"{self.shared}:rw"]
+        path = self.base / "queues.json"
+        path.write_text(json.dumps(queues))
+        return ["--queues", str(path), *extra]
 
     def args(self) -> list[str]:
         common = ["--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra]
@@ -199,6 +229,7 @@ class DaskCluster:
         self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.n_workers, self.queues = workers, queues
+        self.env: dict[str, str] = {}  # added to the workers' environment
         self.procs: list[Proc] = []
 
     def start(self) -> DaskCluster:
@@ -221,7 +252,7 @@ class DaskCluster:
             ]
             for q in self.queues:
                 args += ["--queue", q]
-            self.procs.append(Proc(args, self.base / f"worker{i}.log", self.base).start())
+            self.procs.append(Proc(args, self.base / f"worker{i}.log", self.base, self.env).start())
         from distributed import Client
 
         with Client(self.address, timeout=60) as c:
@@ -237,6 +268,38 @@ def _connectable(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def job_process(workdir: str, timeout: float = 30):
+    """The host's view of a running contained job: its PID 1, found by its working directory.
+
+    Inside its PID namespace a job sees itself as PID 1 and no parent; from the
+    host (the test runs as root) it is the process whose cwd is its working
+    directory and whose parent (the sandbox's waiter) is elsewhere.
+    """
+    import psutil
+
+    def find():
+        for p in psutil.process_iter():
+            try:
+                if p.cwd() == workdir and p.parent().cwd() != workdir:
+                    return p
+            except (psutil.Error, AttributeError):
+                continue
+        return None
+
+    return wait_for(find, timeout, f"the process of the job in {workdir}")
+
+
+def processes_with_arg(marker: str) -> list:
+    """Live processes on the host with ``marker`` in their command line."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if p.info["status"] != psutil.STATUS_ZOMBIE and marker in " ".join(p.info["cmdline"] or ()):
+            found.append(p)
+    return found
 
 
 def read_json(path: Path) -> dict:

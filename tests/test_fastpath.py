@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 
 import cloudpickle
-import psutil
 import pytest
+from kotta_testing import job_process, processes_with_arg, wait_for
 
 from dask_kotta.errors import JobFailedError
 from kotta import KottaJob
@@ -21,29 +22,33 @@ from kotta import KottaJob
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def where_am_i():
+def where_am_i(shared):
     import os
     import sys
+    import time
 
-    parent = open(f"/proc/{os.getppid()}/cmdline").read().replace("\0", " ")
+    # Tell the test where this job runs, then wait while the test looks at it from the host.
+    mark = os.path.join(shared, os.environ["KOTTA_JOB_ID"])
+    with open(mark + ".tmp", "w") as f:
+        f.write(os.environ["KOTTA_WORKDIR"])
+    os.rename(mark + ".tmp", mark)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(mark + ".go") and time.monotonic() < deadline:
+        time.sleep(0.02)
     return {
-        "parent": parent,
-        "own_group": os.getpgid(0) == os.getpid(),
+        "pid": os.getpid(),
         "cwd": os.getcwd(),
         "workdir": os.environ.get("KOTTA_WORKDIR"),
         "path0": sys.path[0],
     }
 
 
-def spawn_and_hang():
+def spawn_and_hang(marker):
     import subprocess
-    import sys
     import time
 
-    same = subprocess.Popen(["sleep", "300"])
-    escaped = subprocess.Popen(["sleep", "301"], start_new_session=True)
-    print(same.pid, escaped.pid, flush=True)
-    sys.stdout.flush()
+    subprocess.Popen(["sleep", f"300.{marker}"])
+    subprocess.Popen(["sleep", f"301.{marker}"], start_new_session=True)
     time.sleep(300)
 
 
@@ -60,34 +65,31 @@ def inc(x):
     return x + 1
 
 
-def _gone(pid: int) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.05)
-    return False
+def test_python_job_is_forked_from_the_template(konn, service):
+    import os
 
-
-def test_python_job_is_forked_from_the_template(konn):
-    info = konn.submit_many([(where_am_i, ())], walltime=5)[0].get_results(konn)
-    assert "dask_kotta.runner.template" in info["parent"]
-    assert info["own_group"]
+    job = konn.submit_many([(where_am_i, (str(service.shared),))], walltime=5)[0]
+    mark = service.shared / job.job_id
+    wait_for(mark.exists, 60, "the job to start")
+    pid1 = job_process(mark.read_text())
+    waiter = pid1.parent()
+    assert "dask_kotta.runner.template" in " ".join(waiter.parent().cmdline())
+    # The waiter leads the job's process group and session: the runner kills that group.
+    assert os.getpgid(waiter.pid) == waiter.pid == os.getsid(waiter.pid)
+    assert os.getpgid(pid1.pid) == waiter.pid
+    (service.shared / f"{job.job_id}.go").touch()
+    info = job.get_results(konn)
+    assert info["pid"] == 1  # its own PID namespace
     assert info["cwd"] == info["workdir"] == info["path0"]
 
 
 def test_walltime_kills_a_forked_jobs_whole_tree(konn):
-    job = konn.submit_many([(spawn_and_hang, ())], walltime=0.05)[0]  # 3 s
+    marker = str(uuid.uuid4().int)[:12]
+    job = konn.submit_many([(spawn_and_hang, (marker,))], walltime=0.05)[0]  # 3 s
+    wait_for(lambda: len(processes_with_arg(marker)) == 2, 60, "the job's two sleeps")
     with pytest.raises(JobFailedError, match="walltime exceeded"):
         job.get_results(konn, timeout=120)
-    stdout = next(o for o in job.outputs if o.file == "STDOUT.txt").read()
-    pids = [int(p) for p in stdout.split()]
-    assert len(pids) == 2
-    for pid in pids:
-        assert _gone(pid), f"process {pid} outlived its job's walltime"
+    assert processes_with_arg(marker) == [], "a process outlived its job's walltime"
 
 
 def test_memory_limit_kills_a_forked_job(konn):
@@ -175,11 +177,12 @@ def mark(directory, i):
     return i
 
 
-def test_a_job_cancelled_while_waiting_in_a_batch_never_starts(konn, tmp_path):
+def test_a_job_cancelled_while_waiting_in_a_batch_never_starts(konn, service):
     from dask_kotta.errors import ConflictError
 
-    marks = tmp_path / "marks"
+    marks = service.shared / f"marks-{uuid.uuid4().hex}"
     marks.mkdir()
+    marks.chmod(0o777)
     # Short jobs grow the slots' batches; the long one's slot holds the jobs claimed after it
     # in the same batch until it ends. Those are cancelled while they wait.
     items = [(inc, (i,)) for i in range(60)] + [(time.sleep, (3,))]
@@ -216,23 +219,24 @@ def outlive_the_fork_server(directory):
     if os.path.exists(marker):
         return "ran again"
     with open(marker + ".tmp", "w") as f:
-        f.write(str(os.getppid()))  # the fork server that forked this job
+        f.write(os.environ["KOTTA_WORKDIR"])
     os.rename(marker + ".tmp", marker)
     time.sleep(60)
 
 
-def test_a_job_whose_fork_server_dies_is_requeued_not_failed(konn, tmp_path):
+def test_a_job_whose_fork_server_dies_is_requeued_not_failed(konn, service):
     import os
     import signal
 
-    job = konn.submit_many([(outlive_the_fork_server, (str(tmp_path),))], walltime=5)[0]
-    marker = tmp_path / "first-attempt"
-    deadline = time.monotonic() + 60
-    while not marker.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    template = int(marker.read_text())
-    assert "dask_kotta.runner.template" in psutil.Process(template).cmdline()
-    os.kill(template, signal.SIGKILL)
+    directory = service.shared / f"outlive-{uuid.uuid4().hex}"
+    directory.mkdir()
+    directory.chmod(0o777)
+    job = konn.submit_many([(outlive_the_fork_server, (str(directory),))], walltime=5)[0]
+    marker = directory / "first-attempt"
+    wait_for(marker.exists, 60, "the first attempt")
+    template = job_process(marker.read_text()).parent().parent()  # PID 1 <- waiter <- template
+    assert "dask_kotta.runner.template" in template.cmdline()
+    os.kill(template.pid, signal.SIGKILL)
     # The job died with it; the runner requeues it (a new template forks the second attempt).
     assert job.get_results(konn, timeout=120) == "ran again"
     record = konn.job(job.job_id)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import collections
 import time
 
-import psutil
 import pytest
-from kotta_testing import DaskCluster, Service, wait_for
+from kotta_testing import DaskCluster, Service, job_process, wait_for
 
 from kotta import KottaJob
 from kotta.kotta_functions import *  # noqa: F403
@@ -25,8 +24,7 @@ def test_kill9_server_with_jobs_in_flight(cluster, tmp_path, dispatch):
     """Both dispatch modes: slots (the default) and one dask task per job attempt."""
     env = {"DASK_KOTTA_DISPATCH": dispatch}
     svc = Service(tmp_path / "svc", scheduler=cluster.address, env=env).start()
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = svc.shared  # jobs are contained: this directory is mounted into their view
     konn = svc.konn()
 
     @kottajob(konn, "Test", 2, block=False)
@@ -37,7 +35,7 @@ def test_kill9_server_with_jobs_in_flight(cluster, tmp_path, dispatch):
 
         time.sleep(1.5)
         # One file per execution: more than one for an index means it ran twice.
-        pathlib.Path(marks, f"{i}-{os.getpid()}-{time.time_ns()}").touch()
+        pathlib.Path(marks, f"{i}-{os.urandom(8).hex()}-{time.time_ns()}").touch()
         return i * i
 
     jobs = [work(i, str(marks)) for i in range(20)]
@@ -93,8 +91,7 @@ def test_worker_killed_mid_job_requeues_it(cluster, tmp_path):
     """A runner that dies with its worker loses the lease; the job runs again elsewhere."""
     svc = Service(tmp_path / "svc", scheduler=cluster.address).start()
     konn = svc.konn()
-    marks = tmp_path / "marks"
-    marks.mkdir()
+    marks = svc.shared
 
     @kottajob(konn, "Test", 2, block=False)
     def victim(marks):
@@ -103,14 +100,16 @@ def test_worker_killed_mid_job_requeues_it(cluster, tmp_path):
         import time
 
         n = len(list(pathlib.Path(marks).iterdir()))
-        pathlib.Path(marks, f"run{n}-{os.getppid()}").touch()
+        pathlib.Path(marks, f"run{n}").write_text(os.environ["KOTTA_WORKDIR"])
         if n == 0:
             time.sleep(120)  # the first run is killed with its worker
         return n
 
     job = victim(str(marks))
     first = wait_for(lambda: list(marks.iterdir()), 60, "the first run")[0]
-    parent = psutil.Process(int(first.name.split("-")[1]))
+    wait_for(first.read_text, 10, "the first run's mark")
+    # PID 1 of the job <- its sandbox's waiter <- the worker's template (or the runner itself)
+    parent = job_process(first.read_text()).parent().parent()
     if "runner.template" in " ".join(parent.cmdline()):
         parent = parent.parent()  # forked from the worker's template: kill the worker itself
     assert "dask_worker" in " ".join(parent.parent().cmdline()), "expected a worker under its nanny"

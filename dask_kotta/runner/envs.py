@@ -34,6 +34,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import threading
 import time
@@ -165,6 +166,21 @@ def _tail(log: Path, lines: int = 12, chars: int = 1500) -> str:
     return "\n".join(kept[-lines:])[-chars:]
 
 
+def _share(path: Path) -> None:
+    """Make a built environment readable (and its programs runnable) by every uid.
+
+    A build under a strict umask (0077, as a service's data wants) would
+    otherwise leave it to the worker's uid alone, and a contained job runs as another.
+    """
+    for root, _dirs, files in os.walk(path):
+        os.chmod(root, os.stat(root).st_mode | 0o755)
+        for name in files:
+            p = os.path.join(root, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(p, st.st_mode | (0o755 if st.st_mode & 0o100 else 0o644))
+
+
 class EnvCache:
     """The environments of one machine; see the module docstring."""
 
@@ -183,6 +199,9 @@ class EnvCache:
         )
         self.builder = builder or os.environ.get(BUILDER_VAR) or "uv"
         (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            # Contained jobs run as uids of their own: they must reach (not change) the envs.
+            self.root.chmod(0o755)
 
     def ready(self, key: str) -> bool:
         return (self.root / key / MARKER).is_file()
@@ -299,6 +318,7 @@ class EnvCache:
         if problem is None:
             try:
                 self._install_child(path)
+                _share(path)
                 meta = {"key": key, "requirements": lines, "builder": builder,
                         "python": sys.version.split()[0], "built_at": time.time(),
                         "seconds": round(time.monotonic() - start, 3), "size": _dir_size(path)}  # fmt: skip

@@ -56,6 +56,15 @@ ENABLE_VAR = "KOTTA_FORKSERVER"
 _START_TIMEOUT_S = 30.0
 
 
+def template_env() -> dict[str, str]:
+    """The template's environment: the jobs' allow-list, and how this Python finds its modules."""
+    from .isolation import passed_env
+
+    env = passed_env()
+    env.update({k: os.environ[k] for k in ("PYTHONPATH", "PYTHONHOME") if k in os.environ})
+    return env
+
+
 class ForkedChild:
     """A job child forked by the template; ``wait`` reads its exit code off the connection."""
 
@@ -63,6 +72,7 @@ class ForkedChild:
         self.sock, self.pid, self._buf = sock, pid, buf
         self.returncode: int | None = None
         self.lost: str | None = None  # why the child ended without us, if it did
+        self.ended_contained = False
 
     def wait(self, timeout: float | None) -> int | None:
         """The exit code once the template reaped the child, else None after ``timeout`` s."""
@@ -82,7 +92,11 @@ class ForkedChild:
                 return self.returncode
             self._buf += data
         line, _, self._buf = self._buf.partition(b"\n")
-        self.returncode = int(json.loads(line)["exit"])
+        msg = json.loads(line)
+        # "done": a sandbox's waiter saw the job end (all of it: its PID namespace is empty)
+        # and said so before its own exit; "exit": the template reaped the child.
+        self.ended_contained = "done" in msg
+        self.returncode = int(msg["done"] if self.ended_contained else msg["exit"])
         return self.returncode
 
     def close(self) -> None:
@@ -98,7 +112,9 @@ class ForkedChild:
 class ForkServer:
     """One template process, owned by the worker process that started it."""
 
-    def __init__(self) -> None:
+    def __init__(self, view: dict[str, Any] | None = None) -> None:
+        """Start a template; with ``view`` (``isolation.base_spec()``) it prepares the base of
+        every job's sandbox once, so each contained job costs a few mounts, not dozens."""
         self.dir = Path(tempfile.mkdtemp(prefix="kotta-fs-"))
         self.path = str(self.dir / "sock")
         read_end, self._keepalive = os.pipe()
@@ -112,6 +128,7 @@ class ForkServer:
                         "dask_kotta.runner.template",
                         self.path,
                         str(read_end),
+                        *([json.dumps(view)] if view else []),
                     ],
                     pass_fds=(read_end,),
                     cwd=self.dir,
@@ -119,6 +136,9 @@ class ForkServer:
                     stdout=subprocess.PIPE,
                     stderr=errlog,
                     start_new_session=True,
+                    # Every job is a fork of it: nothing of the worker's environment (its
+                    # credentials) may be in its memory, /proc/PID/environ included.
+                    env=template_env(),
                 )
         finally:
             os.close(read_end)
@@ -144,17 +164,20 @@ class ForkServer:
         try:
             sock.connect(self.path)
             sock.sendall(json.dumps(request).encode() + b"\n")
-            buf = b""
-            while b"\n" not in buf:
-                data = sock.recv(4096)
-                if not data:
-                    raise OSError("the fork server closed the connection")
-                buf += data
-            line, _, buf = buf.partition(b"\n")
-            reply = json.loads(line)
-            if "pid" not in reply:
-                raise OSError(f"the fork server refused: {reply.get('error')}")
-            return ForkedChild(sock, int(reply["pid"]), buf)
+            buf, early = b"", b""
+            while True:
+                while b"\n" not in buf:
+                    data = sock.recv(4096)
+                    if not data:
+                        raise OSError("the fork server closed the connection")
+                    buf += data
+                line, _, buf = buf.partition(b"\n")
+                reply = json.loads(line)
+                if "pid" in reply:
+                    return ForkedChild(sock, int(reply["pid"]), early + buf)
+                if "done" not in reply:
+                    raise OSError(f"the fork server refused: {reply.get('error')}")
+                early += line + b"\n"  # a sandboxed job that ended before the template said so
         except BaseException:
             sock.close()
             raise
@@ -192,7 +215,10 @@ def get() -> ForkServer | None:
         if time.monotonic() < _broken_until:
             return None
         try:
-            _server = ForkServer()
+            from . import isolation
+
+            view = isolation.base_spec() if isolation.available() is None else None
+            _server = ForkServer(view)
         except (OSError, RuntimeError) as e:
             # Jobs still run, in fresh interpreters; try again in a minute.
             log.warning("fork server unavailable, using fresh interpreters: %s", e)
@@ -202,14 +228,24 @@ def get() -> ForkServer | None:
 
 
 def spawn(
-    private: str, cwd: str, stdout_path: str, stderr_path: str, env: dict[str, str]
+    private: str,
+    cwd: str,
+    stdout_path: str,
+    stderr_path: str,
+    env: dict[str, str],
+    argv: list[str] | None = None,
+    sandbox: dict[str, Any] | None = None,
 ) -> ForkedChild | None:
-    """Fork a python job's child from the template; None if no template is available."""
+    """Fork a job's child from the template; None if no template is available.
+
+    The child runs the python job in ``private``, or execs ``argv`` when given;
+    inside the sandbox ``sandbox`` describes, when given (see ``sandbox.py``).
+    """
     server = get()
     if server is None:
         return None
     request = {"private": private, "cwd": cwd, "stdout": stdout_path, "stderr": stderr_path,
-               "env": env}  # fmt: skip
+               "env": env, "argv": argv, "sandbox": sandbox}  # fmt: skip
     try:
         return server.spawn(request)
     except OSError as e:

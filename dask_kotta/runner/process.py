@@ -175,16 +175,20 @@ def run_forked(
     walltime_s: float,
     memory_bytes: int | None,
     stop_reason: Callable[[], str | None] = lambda: None,
+    argv: list[str] | None = None,
+    sandbox: dict | None = None,
 ) -> Outcome | None:
-    """Run a python job's child forked from the warm template; None if no template is available.
+    """Run a job's child forked from the warm template; None if no template is available.
 
-    The caller falls back to :func:`run_process` on None, so a broken fork
-    server slows jobs down but never fails them.
+    The child runs the python job in ``private``, or execs ``argv``, in the
+    sandbox ``sandbox`` describes if given. The caller falls back to
+    :func:`run_process` on None, so a broken fork server slows jobs down but
+    never fails them.
     """
     from . import forkserver
 
     start = time.monotonic()
-    child = forkserver.spawn(private, cwd, stdout_path, stderr_path, env)
+    child = forkserver.spawn(private, cwd, stdout_path, stderr_path, env, argv, sandbox)
     if child is None:
         return None
     with child:
@@ -237,7 +241,10 @@ def monitor(
             ps = _process(child.pid)
         if ps is not None:
             known = list({p.pid: p for p in [ps, *known, *_tree(ps)]}.values())
-    kill_group(pgid, known)
+    if killed or not getattr(child, "ended_contained", False):
+        # A sandbox's waiter that reported the end saw its PID namespace empty: nothing
+        # of the job is left, and the waiter itself is only tearing the namespaces down.
+        kill_group(pgid, known)
     if returncode is None:
         # Killed above; collecting the status cannot block for long, but never wait forever.
         returncode = child.wait(30.0)

@@ -12,18 +12,19 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import sys
 import tempfile
 import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .. import defaults as d
-from ..errors import UnsafePathError
+from ..errors import ContainmentError, UnsafePathError
 from ..paths import resolve_inside
-from . import envs
+from . import envs, isolation
 from .api import LostJob, RunnerAPI
 from .process import run_forked, run_process
 from .stage_in import stage_inputs
@@ -72,16 +73,6 @@ def _work_root() -> Path:
     return Path(root)
 
 
-def _child_env(job: dict[str, Any], workdir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "KOTTA_"))}
-    env["KOTTA_JOB_ID"] = job["id"]
-    env["KOTTA_WORKDIR"] = str(workdir)
-    env["PYTHONUNBUFFERED"] = "1"
-    if job["jobtype"] == "python":
-        env["KOTTA_CLIENT_VERSIONS"] = json.dumps(job.get("client") or {})
-    return env
-
-
 def _command(job: dict[str, Any], workdir: Path, private: Path) -> list[str]:
     if job["jobtype"] == "python":
         return [sys.executable, "-m", "dask_kotta.runner.child", str(private)]
@@ -98,6 +89,19 @@ def _command(job: dict[str, Any], workdir: Path, private: Path) -> list[str]:
     )
 
 
+def _contained(job: dict[str, Any]) -> bool:
+    """Whether ``job`` runs in a sandbox here; raises if it must and cannot."""
+    why = isolation.available()
+    if why is None:
+        return True
+    if job.get("contain", "required") == "required":
+        raise ContainmentError(
+            f"this worker cannot contain jobs ({why}); the operator must make containment "
+            "work here, or start the server with --allow-uncontained"
+        )
+    return False
+
+
 def _run_child(
     job: dict,
     heartbeat: Heartbeat,
@@ -110,7 +114,10 @@ def _run_child(
     stderr = resolve_inside(workdir, job["stderr"], "output_file_stderr")
     for p in (stdout, stderr):
         p.parent.mkdir(parents=True, exist_ok=True)
-    env = _child_env(job, workdir)
+    python = job["jobtype"] == "python"
+    env = isolation.job_env(job, workdir)
+    if python:
+        env["KOTTA_CLIENT_VERSIONS"] = json.dumps(job.get("client") or {})
     limits = dict(
         walltime_s=job["walltime_s"],
         memory_bytes=job["memory_bytes"],
@@ -118,17 +125,30 @@ def _run_child(
     )
     if pyenv is not None:
         env = pyenv.child_env(env)
-        if job["jobtype"] == "python":
+        if python:
             command = pyenv.child_command(private)
-    elif job["jobtype"] == "python":
-        # The fast path: a fork of the warm template instead of a fresh interpreter.
-        outcome = run_forked(str(private), str(workdir), str(stdout), str(stderr), env, **limits)
-        if outcome is not None:
-            return outcome
-    return run_process(
-        command, cwd=str(workdir), stdout_path=str(stdout), stderr_path=str(stderr), env=env,
-        **limits,
-    )  # fmt: skip
+    files = (str(workdir), str(stdout), str(stderr), env)
+    with contextlib.ExitStack() as held:
+        box = None
+        if _contained(job):
+            box = held.enter_context(isolation.Box(job, workdir, private))
+            box.hand_over()
+        if python and pyenv is None:
+            # The fast path: a fork of the warm template instead of a fresh interpreter.
+            outcome = run_forked(str(private), *files, **limits, sandbox=box and box.spec())
+        elif box is not None:
+            # Forked from the template too (single-threaded: safe to unshare), then exec'd.
+            outcome = run_forked(str(private), *files, **limits, argv=command, sandbox=box.spec())
+        else:
+            outcome = None
+        if outcome is None:
+            if box is not None:
+                command = box.launcher(command)
+            outcome = run_process(
+                command, cwd=str(workdir), stdout_path=str(stdout), stderr_path=str(stderr),
+                env=env, **limits,
+            )  # fmt: skip
+    return outcome
 
 
 def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
@@ -173,6 +193,33 @@ def run_claimed(api: RunnerAPI, job: dict[str, Any], heartbeat: type = Heartbeat
         heartbeat.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         api.close()
+
+
+def job_file(path: Path) -> BinaryIO | None:
+    """``path``, written by the job, opened for reading if it is a plain file of its own.
+
+    The job has ended (its processes are gone), but what it left is untrusted: a
+    symlink, FIFO or hard link where its result should be is treated as no result,
+    never followed (a symlink could name the service's own files).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+def read_job_file(path: Path) -> str:
+    """The text of a file the job wrote (see :func:`job_file`); OSError if there is none."""
+    f = job_file(path)
+    if f is None:
+        raise FileNotFoundError(path)
+    with f:
+        return f.read().decode()
 
 
 def _stage_deps(api: RunnerAPI, deps: list[str], private: Path) -> None:
@@ -242,9 +289,13 @@ def _run(
     command = _command(job, workdir, private)
     try:
         outcome = _run_child(job, heartbeat, workdir, private, command, pyenv)
-    except OSError as e:
+    except (OSError, ContainmentError) as e:
         timings["run"] = 0.0
-        reason = f"cannot start {command[0]!r}: {e.strerror or e}"
+        reason = (
+            str(e)
+            if isinstance(e, ContainmentError)
+            else (f"cannot start {command[0]!r}: {e.strerror or e}")
+        )
         api.finish(ok=False, reason=reason, timings=timings, outputs=[], has_result=False)
         return "failed"
     timings["run"] = outcome.seconds
@@ -259,7 +310,7 @@ def _run(
         reason = outcome.killed
     elif job["jobtype"] == "python":
         try:
-            result = json.loads((private / "outcome.json").read_text())
+            result = json.loads(read_job_file(private / "outcome.json"))
         except (OSError, ValueError):
             result = {
                 "ok": False,
@@ -269,8 +320,9 @@ def _run(
         if not result["ok"]:
             reason = f"{result.get('type')}: {result.get('message')}".strip(": ")
             tb = result.get("traceback", "")
-        if (private / "result.pkl").is_file():
-            with open(private / "result.pkl", "rb") as f:
+        result_file = job_file(private / "result.pkl")
+        if result_file is not None:
+            with result_file as f:
                 api.upload_result(f)
             has_result = True
     elif outcome.returncode != 0:

@@ -201,6 +201,10 @@ def stage_outputs(api: Any, job: dict[str, Any], workdir: Path) -> tuple[list[di
             what = "is a directory, not a file" if isdir else "was not produced"
             problems[name] = f"declared output {name!r} {what}"
             continue
+        if st.st_nlink > 1:
+            # Its other name may be outside the job's directory: never upload through it.
+            problems[name] = f"declared output {name!r} is a hard link; write a file of its own"
+            continue
         files.append((name, path, st.st_size))
     plans = api.upload_plans([{"name": n, "size": s} for n, _, s in files]) if files else []
     modes = {(plan or {}).get("mode", "server") for plan in plans}

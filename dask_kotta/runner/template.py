@@ -79,11 +79,15 @@ def _child(
     close_fds: list[int],
     prepared: tuple[list[str], list[tuple[str, str]], Any],
     stdio: tuple[Any, Any],
+    prepared_view: bool,
+    report_fd: int,
 ) -> None:
     """In the forked child: become the job's process, run it, never return.
 
     ``prepared`` is what :func:`_prepare` made of the request; ``stdio`` the
-    unbuffered streams over descriptors 1 and 2 that the template made once.
+    unbuffered streams over descriptors 1 and 2 that the template made once;
+    ``prepared_view`` whether the template prepared the base of the sandboxes;
+    ``report_fd`` the runner's connection, kept open for the sandbox's waiter only.
     """
     code = 1
     try:
@@ -104,6 +108,16 @@ def _child(
             os.close(fd)
         # Unbuffered like PYTHONUNBUFFERED=1 in a fresh child: a killed job keeps what it printed.
         sys.stdout, sys.stderr = stdio
+        if request.get("sandbox"):
+            from . import sandbox
+
+            # Returns in the job's PID 1; this process becomes its waiter, and reports the
+            # job's end on the runner's connection itself (see sandbox._wait).
+            if prepared_view:
+                sandbox.enter(request["sandbox"], report_fd)
+            else:
+                sandbox.contain(request["sandbox"])
+        os.close(report_fd)  # the job never holds the runner's connection
         os.chdir(request["cwd"])
         unset, put, client = prepared
         environ = os.environ
@@ -111,6 +125,14 @@ def _child(
             del environ[key]
         for key, value in put:
             environ[key] = value
+        if request.get("argv"):
+            argv = request["argv"]
+            try:
+                os.execvpe(argv[0], argv, dict(environ))
+            except OSError as e:
+                os.write(2, f"kotta: cannot start {argv[0]!r}: {e.strerror}\n".encode())
+                code = 127
+                return
         # As `python -m ...` in the job's directory: its own modules import first.
         sys.path[0] = request["cwd"]
         from . import child
@@ -145,15 +167,21 @@ def _send(conn: socket.socket, msg: dict) -> None:
         conn.sendall(json.dumps(msg).encode() + b"\n")
 
 
-def serve(path: str, keepalive_fd: int) -> None:
-    """The template's loop: fork on request, reap, report; exit when the worker goes."""
+def serve(path: str, keepalive_fd: int, view: dict[str, Any] | None = None) -> None:
+    """The template's loop: fork on request, reap, report; exit when the worker goes.
+
+    With ``view``, first prepare the base of every job's sandbox (``sandbox.prepare``).
+    """
     # Warm: everything a job child needs before it runs user code (and nothing more: a
     # smaller template forks faster).
     import gc
 
     import cloudpickle  # noqa: F401
 
-    from . import child  # noqa: F401
+    from . import child, sandbox  # noqa: F401
+
+    if view is not None:
+        sandbox.prepare(view)
 
     gc.freeze()  # a child's collections then leave the template's objects (and pages) alone
 
@@ -246,11 +274,11 @@ def serve(path: str, keepalive_fd: int) -> None:
                         _send(conn, {"error": f"bad request: {type(e).__name__}: {e}"})
                         drop(conn)
                         continue
-                    close_fds = fds()
+                    close_fds = [fd for fd in fds() if fd != conn.fileno()]
                     sys.stderr.flush()
                     pid = os.fork()
                     if pid == 0:
-                        _child(request, close_fds, prepared, stdio)
+                        _child(request, close_fds, prepared, stdio, view is not None, conn.fileno())
                     owner[pid] = conn
                     by_conn[conn] = pid
                     _send(conn, {"pid": pid})
@@ -262,4 +290,4 @@ def serve(path: str, keepalive_fd: int) -> None:
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], int(sys.argv[2]))
+    serve(sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)

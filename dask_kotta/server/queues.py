@@ -7,6 +7,16 @@ A JSON file can replace them::
 
     {"Test": {"vcpus": 2, "memory": "4GB", "max_walltime_min": 1440},
      "Prod": {"vcpus": 32, "memory": "256GB", "max_walltime_min": 10080}}
+
+and say how a contained job on each queue runs (all optional)::
+
+    {"Secure": {"memory": "8GB", "network": false, "max_processes": 256,
+                "env": {"HDF5_USE_FILE_LOCKING": "FALSE"},
+                "mounts": ["/data/reference", "/scratch:rw"]}}
+
+``network: false`` gives each job an empty network namespace; ``max_processes``
+bounds the processes of one job (default 2048); ``env`` is added to each job's
+environment; ``mounts`` are host paths each job sees (read-only unless ``:rw``).
 """
 
 from __future__ import annotations
@@ -32,11 +42,35 @@ class Queue:
     vcpus: int
     memory_bytes: int
     max_walltime_min: float
+    network: bool = True
+    max_processes: int | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    mounts: tuple[tuple[str, bool], ...] = ()  # (host path, writable)
 
     def to_json(self) -> dict:
         out = asdict(self)
         out["memory"] = format_bytes(self.memory_bytes)
+        out["env"] = dict(self.env)
+        out["mounts"] = [f"{p}:rw" if w else p for p, w in self.mounts]
         return out
+
+    def sandbox(self) -> dict:
+        """What a runner needs to contain a job of this queue (see ``runner/isolation.py``)."""
+        return {
+            "network": self.network,
+            "max_processes": self.max_processes,
+            "env": dict(self.env),
+            "mounts": [{"path": p, "writable": w} for p, w in self.mounts],
+        }
+
+
+def _mount(item: object) -> tuple[str, bool]:
+    if not isinstance(item, str):
+        raise ValueError(f"a mount is a string 'PATH' or 'PATH:rw', not {item!r}")
+    path, _, mode = item.partition(":")
+    if not os.path.isabs(path) or mode not in ("", "ro", "rw"):
+        raise ValueError(f"mount {item!r} must be an absolute path, then ':ro' or ':rw'")
+    return os.path.normpath(path), mode == "rw"
 
 
 def default_queues() -> dict[str, Queue]:
@@ -46,6 +80,12 @@ def default_queues() -> dict[str, Queue]:
         "Test": Queue("Test", min(2, cpus), min(4 * GiB, total // 4), 24 * 60),
         "Prod": Queue("Prod", cpus, max(total // 2, min(4 * GiB, total // 4)), 7 * 24 * 60),
     }
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{what} must be true or false, not {value!r}")
+    return value
 
 
 def load_queues(path: str | os.PathLike | None) -> dict[str, Queue]:
@@ -63,6 +103,10 @@ def load_queues(path: str | os.PathLike | None) -> dict[str, Queue]:
                 if isinstance(q.get("memory"), str)
                 else int(q["memory"]),
                 max_walltime_min=float(q.get("max_walltime_min", 24 * 60)),
+                network=_flag(q.get("network", True), "network"),
+                max_processes=int(q["max_processes"]) if q.get("max_processes") else None,
+                env=tuple((str(k), str(v)) for k, v in (q.get("env") or {}).items()),
+                mounts=tuple(_mount(m) for m in q.get("mounts") or ()),
             )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"cannot read queue config {path}: {e}") from e

@@ -34,10 +34,18 @@ def current_user(request: Request) -> dict:
     token = bearer(request.headers.get("authorization"))
     if token is None:
         raise HTTPException(401, "missing or malformed 'Authorization: Bearer <token>' header")
-    user = svc(request).user_for_token_hash(hash_token(token))
+    s = svc(request)
+    user = s.user_for_token_hash(hash_token(token))
     if user is None:
         raise HTTPException(
             401, "unknown token: make a new credentials file with 'dask-kotta token NAME'"
+        )
+    if s.config.single_user is not None and user["name"] != s.config.single_user:
+        raise HTTPException(
+            403,
+            f"jobs on this service are not contained ({s.config.uncontained}), so it serves "
+            "only the user who started it; the operator can make containment work, or start "
+            "it with --allow-uncontained to run every user's jobs uncontained",
         )
     return user
 

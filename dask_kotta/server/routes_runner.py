@@ -87,6 +87,8 @@ def claim_info(s, job: dict[str, Any]) -> dict[str, Any]:
         "has_payload": bool(spec.get("has_payload")),
         "deps": spec.get("deps") or [],
         "retries_left": job["retries"] - job["failures"],
+        "contain": "optional" if s.config.allow_uncontained else "required",
+        **queue.sandbox(),
     }
 
 

@@ -33,6 +33,11 @@ class ServerConfig:
     lease_s: float = d.LEASE_S
     heartbeat_s: float = d.HEARTBEAT_S
     max_requeues: int = d.MAX_REQUEUES
+    #: Run jobs uncontained on workers that cannot contain them (``--allow-uncontained``).
+    allow_uncontained: bool = False
+    #: The only user served, when jobs here cannot be contained (``uncontained`` says why).
+    single_user: str | None = None
+    uncontained: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -1,0 +1,260 @@
+"""The runner's side of containment: the job's environment, identity, view, and the check after.
+
+``sandbox.py`` enters a sandbox; this module decides what goes in it:
+
+- :func:`job_env`: the job's environment, from an allow-list (never the worker's secrets);
+- :func:`available`: whether this worker can contain jobs at all (probed once);
+- :class:`Box`: for one job, a uid leased from a host-wide pool (when the
+  worker is root), the working directory handed to it, the read-only binds
+  its Python needs, and, once the job has ended, the check that none of its
+  processes is left before the uid goes to another job.
+
+Settings (environment variables of the worker):
+
+``KOTTA_SANDBOX``        ``auto`` (default: contain when the platform can) or ``off``
+``KOTTA_SANDBOX_UIDS``   ``FIRST:COUNT`` of the uids leased to jobs (default 900000:4096)
+``KOTTA_SANDBOX_RO``     more host paths every job sees read-only (``:``-separated)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ContainmentError
+
+MODE_VAR = "KOTTA_SANDBOX"
+UIDS_VAR = "KOTTA_SANDBOX_UIDS"
+RO_VAR = "KOTTA_SANDBOX_RO"
+DEFAULT_UIDS = (900_000, 4096)
+#: Variables of the worker a job may see: locale, time zone, and numeric-library tuning.
+PASS_ENV = frozenset({"LANG", "LANGUAGE", "TZ", "PATH"})
+PASS_ENV_PREFIXES = ("LC_", "OMP_", "OPENBLAS_", "MKL_")
+#: Processes one job may have at once unless its queue says otherwise.
+DEFAULT_NPROC = 2048
+
+
+def passed_env() -> dict[str, str]:
+    """The worker's variables that jobs (and the warm template) may see."""
+    env = {k: v for k, v in os.environ.items() if k in PASS_ENV or k.startswith(PASS_ENV_PREFIXES)}
+    # `python` in a script is the worker's interpreter, found before anything else on PATH.
+    bindir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bindir, env.get("PATH") or "/usr/local/bin:/usr/bin:/bin"])
+    return env
+
+
+def job_env(job: dict[str, Any], workdir: Path) -> dict[str, str]:
+    """A job's environment: the allow-list, the job's own ``KOTTA_*``, and its queue's additions."""
+    env = passed_env()
+    env.update(
+        HOME=str(workdir),
+        TMPDIR="/tmp",
+        KOTTA_JOB_ID=job["id"],
+        KOTTA_WORKDIR=str(workdir),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update({str(k): str(v) for k, v in (job.get("env") or {}).items()})
+    return env
+
+
+def enabled() -> bool:
+    return os.environ.get(MODE_VAR, "auto").lower() not in ("off", "0", "false", "no")
+
+
+@functools.cache
+def available() -> str | None:
+    """None if this worker can contain jobs, else why not; probed once per process."""
+    if not enabled():
+        return f"containment is switched off on this worker ({MODE_VAR}=off)"
+    if not sys.platform.startswith("linux"):
+        return f"containment needs Linux namespaces; this worker runs on {sys.platform}"
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "dask_kotta.runner.sandbox", "--probe", str(view_root()),
+             str(_private_dir("probe"))],
+            capture_output=True, text=True, timeout=30, env=passed_env(),
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"the containment probe did not run: {e}"
+    if r.returncode == 0:
+        return None
+    return (r.stdout.strip() or r.stderr.strip()[-300:] or f"exit {r.returncode}").splitlines()[-1]
+
+
+def _private_dir(name: str) -> Path:
+    """A directory only the worker's uid can enter, shared by the worker processes of a host."""
+    base = Path("/run") if os.getuid() == 0 and os.access("/run", os.W_OK) else None
+    path = (base or Path(tempfile.gettempdir())) / f"dask-kotta-{os.getuid()}" / name
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    return path
+
+
+@functools.cache
+def view_root() -> Path:
+    """The empty directory each job's view is mounted on (in the job's own mount namespace)."""
+    return _private_dir("root")
+
+
+@functools.cache
+def ro_paths() -> tuple[str, ...]:
+    """Host paths every job sees read-only: the system, and what this worker's Python needs."""
+    paths = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"]
+    paths += [sys.base_prefix, sys.prefix, sys.exec_prefix]
+    # An editable install keeps dask_kotta outside site-packages; its package (only) is needed.
+    import dask_kotta
+
+    paths.append(os.path.dirname(dask_kotta.__file__))
+    resolv = "/etc/resolv.conf"
+    if os.path.islink(resolv):  # e.g. systemd-resolved's stub under /run
+        paths.append(os.path.dirname(os.path.realpath(resolv)))
+    from .envs import cache
+
+    paths.append(str(cache().root))
+    paths += [p for p in os.environ.get(RO_VAR, "").split(":") if p]
+    out: list[str] = []
+    for p in paths:
+        p = os.path.abspath(p)
+        if p not in out and os.path.lexists(p):
+            out.append(p)
+    return tuple(out)
+
+
+def base_spec() -> dict[str, Any]:
+    """The part of every job's view that is the same for all (``sandbox.prepare``)."""
+    return {"root": str(view_root()), "ro": list(ro_paths()), "userns": os.getuid() != 0}
+
+
+def _uid_range() -> range:
+    raw = os.environ.get(UIDS_VAR)
+    first, count = DEFAULT_UIDS
+    if raw:
+        try:
+            a, _, b = raw.partition(":")
+            first, count = int(a), int(b or count)
+        except ValueError:
+            raise ValueError(f"{UIDS_VAR} must be FIRST:COUNT, not {raw!r}") from None
+    return range(first, first + count)
+
+
+def processes_of(uid: int) -> list[int]:
+    """Pids of the processes whose real uid is ``uid`` (zombies included)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid:
+                    pids.append(int(name))
+            except OSError:
+                pass
+    return pids
+
+
+def kill_uid(uid: int, timeout: float = 5.0) -> bool:
+    """SIGKILL every process of ``uid`` until none is left; True once none is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in processes_of(uid) if not _zombie(p)]
+        if not left:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+class Box:
+    """One job's containment, from lease to check; a context manager."""
+
+    def __init__(self, job: dict[str, Any], workdir: Path, private: Path):
+        self.job, self.workdir, self.private = job, workdir, private
+        self.uid: int | None = None
+        self._lock_fd: int | None = None
+        self.leftovers = 0
+
+    def __enter__(self) -> Box:
+        if os.getuid() == 0:
+            self._lease_uid()
+        return self
+
+    def _lease_uid(self) -> None:
+        locks = _private_dir("uids")
+        for uid in _uid_range():
+            fd = os.open(locks / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            # Free, but a runner that died may have left a process of it: never share a uid.
+            if processes_of(uid) and not kill_uid(uid):
+                os.close(fd)
+                continue
+            self.uid, self._lock_fd = uid, fd
+            return
+        raise ContainmentError(
+            f"no free job uid in {UIDS_VAR} ({_uid_range()}): every one is in use on this host"
+        )
+
+    def hand_over(self) -> None:
+        """Give the working directory (staged inputs, payload, logs) to the job's uid."""
+        if self.uid is None:
+            return
+        (self.private / "tmp").mkdir(exist_ok=True)
+        for root, dirs, files in os.walk(self.workdir):
+            os.chown(root, self.uid, self.uid)
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), self.uid, self.uid, follow_symlinks=False)
+
+    def spec(self) -> dict[str, Any]:
+        """What ``sandbox.enter`` (or ``contain``) needs, as JSON-able data."""
+        tmp = self.private / "tmp"
+        tmp.mkdir(exist_ok=True)
+        return {
+            **base_spec(),
+            "workdir": str(self.workdir),
+            "work_root": str(self.workdir.parent),
+            "tmp": str(tmp),
+            "mounts": [[m["path"], bool(m.get("writable"))] for m in self.job.get("mounts") or ()],
+            "uid": self.uid,
+            "network": bool(self.job.get("network", True)),
+            # RLIMIT_NPROC counts per uid: it bounds a job only where the job has a uid of its own.
+            "nproc": (self.job.get("max_processes") or DEFAULT_NPROC) if self.uid else None,
+            "shm": str(min(self.job.get("memory_bytes") or 2**30, 2**30)),
+        }
+
+    def launcher(self, command: list[str]) -> list[str]:
+        """``command`` run through a fresh interpreter that contains it (no warm template)."""
+        spec = json.dumps(self.spec())
+        return [sys.executable, "-m", "dask_kotta.runner.sandbox", spec, "--", *command]
+
+    def __exit__(self, *exc) -> None:
+        if self.uid is None:
+            return
+        # Checked, not assumed: a process of the job's uid still alive here is killed, and
+        # the uid goes back to the pool only once none is left.
+        left = [p for p in processes_of(self.uid) if not _zombie(p)]
+        self.leftovers = len(left)
+        if not left or kill_uid(self.uid):
+            os.close(self._lock_fd)
+        # else: keep the lock (and the uid out of the pool) for this worker process's life.

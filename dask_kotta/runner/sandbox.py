@@ -1,0 +1,355 @@
+"""Containing one job: namespaces, its own mount view, its own identity (Linux).
+
+A contained job's processes see::
+
+    /                 an empty, read-only tmpfs, and in it only:
+    /usr /bin /lib* /etc, the Python installations, the env cache   read-only binds
+    <workdir>         the job's working directory, the only writable bind
+    /tmp              <workdir>/.kotta/tmp (private, on disk, gone with the job)
+    /dev              null zero full random urandom tty, and a private /dev/shm
+    /proc             of its own PID namespace: its own processes only
+
+and run under their own identity: a uid of their own (``uid``, leased per job
+by the runner from a pool, as HTCondor's slot users) when the worker runs as
+root, else an unprivileged user namespace owned by the worker's uid. They
+have no capabilities and ``no_new_privs``; a queue with ``network: false``
+also gets an empty network namespace (only ``lo``). Other jobs' directories,
+the worker's scratch space and home, the service's data directory, the
+cluster's certificates and the runner's state are simply not in the view.
+
+How. The warm template runs :func:`prepare` once: a mount namespace of its
+own (and, for a worker that is not root, a user namespace) holding, on an
+empty directory, the read-only base of every view. Each job child it forks
+then runs :func:`enter` (a fresh interpreter with no template runs
+:func:`contain`, both at once: ``python -m dask_kotta.runner.sandbox SPEC -- ARGV``)::
+
+    template child ── unshare(mount, pid, ipc [, net]) ── fork ──► PID 1 of the job
+      └ the waiter: waits for PID 1, reports        adds the job's own mounts, pivot_root,
+        its end, exits the same way                 drops privileges, returns to run the job
+
+PID 1 is the job's first process. When it exits, for any reason, the kernel
+kills every other process of its namespace (daemons and double forks
+included) before the waiter's ``waitpid`` returns; when the waiter dies, PID 1
+gets ``SIGKILL`` (``PR_SET_PDEATHSIG``). The runner kills the waiter's process
+group on walltime, memory or cancel, then checks that no process of the
+job's uid is left before it gives the uid to another job.
+
+Standard library only: the warm template imports this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import struct
+import sys
+from typing import Any
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+# statvfs f_flag bits of the flags a bind mount inherits and may not drop (in a user namespace)
+_LOCKED = {os.ST_RDONLY: MS_RDONLY, os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV,
+           os.ST_NOEXEC: MS_NOEXEC}  # fmt: skip
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+_CAP_V3 = 0x20080522
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+try:
+    _libc: Any = ctypes.CDLL(None, use_errno=True)
+    _libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
+except (OSError, AttributeError):  # not Linux
+    _libc = None
+
+
+class SandboxError(OSError):
+    """A step of entering the sandbox failed; the message names the step."""
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise SandboxError(err, f"{what}: {os.strerror(err)}")
+
+
+def _b(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str = "") -> None:
+    rc = _libc.mount(_b(src), _b(dst), _b(fstype), flags, _b(data) if data else None)
+    _check(rc, f"mount {src or fstype or ''} on {dst}")
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _mkpoint(dst: str, like: str) -> None:
+    """A mount point at ``dst`` of the kind ``like`` is (directory or file)."""
+    os.makedirs(os.path.dirname(dst), mode=0o755, exist_ok=True)
+    if os.path.isdir(like):
+        os.makedirs(dst, mode=0o755, exist_ok=True)
+    elif not os.path.exists(dst):
+        os.close(os.open(dst, os.O_WRONLY | os.O_CREAT, 0o644))
+
+
+def _bind(root: str, src: str, dst: str, writable: bool) -> None:
+    """Bind ``src`` at ``root + dst``; read-only unless ``writable``. A symlink stays a symlink."""
+    target = root + dst
+    if os.path.islink(src) and not writable:
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        if not os.path.lexists(target):
+            os.symlink(os.readlink(src), target)
+        return
+    _mkpoint(target, src)
+    _mount(src, target, None, MS_BIND | MS_REC)
+    flags = MS_NOSUID | MS_NODEV
+    if not writable:
+        flags |= MS_RDONLY
+    # A remount may not drop a flag the source mount has (EPERM in a user namespace).
+    have = os.statvfs(src).f_flag
+    flags |= sum(ms for st, ms in _LOCKED.items() if have & st)
+    _mount(None, target, None, MS_REMOUNT | MS_BIND | flags)
+
+
+def prepare(spec: dict[str, Any]) -> None:
+    """Once per template: a mount namespace of its own holding the base of every job's view.
+
+    Mounts, on ``spec["root"]``, a tmpfs with the read-only binds ``spec["ro"]``
+    and a ``/dev``; does not move into it (the template still reaches the jobs'
+    directories on the host). With ``spec["userns"]`` (a worker that is not
+    root) it first makes an unprivileged user namespace in which it may mount.
+    Call in a single-threaded process; every job forked after it then only
+    pays for :func:`enter`.
+    """
+    if _libc is None or _SYS_PIVOT_ROOT is None:
+        raise SandboxError(0, f"containment needs Linux on x86_64 or aarch64, not {sys.platform}")
+    if spec.get("userns"):
+        outer_uid, outer_gid = os.getuid(), os.getgid()
+        _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare a user namespace")
+        # Only our own ids are mapped: inside, jobs are who the worker is, without its rights.
+        _write("/proc/self/setgroups", "deny")
+        _write("/proc/self/uid_map", f"{outer_uid} {outer_uid} 1")
+        _write("/proc/self/gid_map", f"{outer_gid} {outer_gid} 1")
+    else:
+        _check(_libc.unshare(CLONE_NEWNS), "unshare a mount namespace")
+    old = os.umask(0o022)
+    root = spec["root"]
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing of ours propagates to the host
+    _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=4m")
+    for path in sorted((p for p in spec["ro"] if os.path.lexists(p)), key=lambda p: p.count("/")):
+        _bind(root, path, path, writable=False)
+    dev = root + "/dev"
+    os.makedirs(dev, mode=0o755, exist_ok=True)
+    _mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=0755,size=64k")
+    for name in _DEVICES:
+        if os.path.exists(f"/dev/{name}"):
+            _mkpoint(f"{dev}/{name}", f"/dev/{name}")
+            _mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        os.symlink(target, f"{dev}/{name}")
+    os.mkdir(f"{dev}/shm", 0o1777)
+    os.mkdir(root + "/proc", 0o555)
+    os.mkdir(root + "/tmp", 0o1777)
+    os.umask(old)
+
+
+def _view(spec: dict[str, Any]) -> None:
+    """In the job's PID 1, in its own mount namespace: add what is the job's own, move in.
+
+    On the base (see :func:`prepare`): its ``/tmp``, its working directory (on
+    a tmpfs over the directory that holds every job's, so no other job's name
+    shows), the queue's ``mounts``, its own ``/dev/shm`` and ``/proc``; then
+    the root goes read-only and becomes ``/``.
+    """
+    root, workdir = spec["root"], spec["workdir"]
+    _bind(root, spec["tmp"], "/tmp", writable=True)
+    parent = root + spec["work_root"]
+    os.makedirs(parent, mode=0o755, exist_ok=True)
+    _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
+    _bind(root, workdir, workdir, writable=True)
+    for path, writable in sorted(spec.get("mounts") or (), key=lambda m: m[0].count("/")):
+        _bind(root, path, path, writable=writable)
+    _mount("tmpfs", root + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV,
+           f"mode=1777,size={spec['shm']}")  # fmt: skip
+    _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # Read-only for this job's view only: a bind remount changes this mount, not the tmpfs.
+    _mount(None, root, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    # pivot_root(".", "."), then detach the old root stacked under the new one (as runc does).
+    os.chdir(root)
+    _check(_libc.syscall(_SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "detach the old root")
+    os.chdir("/")
+
+
+def _loopback_up() -> None:
+    """Bring ``lo`` up in a new network namespace (``ip link set lo up``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, ifreq))[1]  # SIOCGIFFLAGS
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))  # SIOCSIFFLAGS, UP
+
+
+def _drop(uid: int | None) -> None:
+    """Become the job's identity, with no capabilities and no way to gain any."""
+    if uid is not None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)  # from root to non-root: every capability goes
+    else:
+        # In our own user namespace we hold every capability of it: give them all up.
+        header = (ctypes.c_uint32 * 2)(_CAP_V3, 0)
+        data = (ctypes.c_uint32 * 6)()
+        _check(_libc.capset(header, data), "capset")
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+
+
+def _wait(pid: int, report_fd: int | None) -> None:
+    """The waiter's whole life: wait for the job's PID 1, then end the same way it did.
+
+    Once PID 1 is reaped, every process of the job is gone (the kernel empties a
+    PID namespace before its first process can be reaped). The end goes to
+    ``report_fd`` then, before this process exits: tearing down the namespaces
+    (on its way out) takes milliseconds the job's caller need not wait for.
+    """
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except ChildProcessError:
+            os._exit(1)
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
+    if report_fd is not None:
+        with contextlib.suppress(OSError):
+            os.write(report_fd, json.dumps({"done": code}).encode() + b"\n")
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code & 0xFF)
+
+
+def enter(spec: dict[str, Any], report_fd: int | None = None) -> None:
+    """Enter the job's sandbox, from a process that has run :func:`prepare`.
+
+    Call in a single-threaded process. Returns only in the job's PID 1 (which
+    must close ``report_fd``); the calling process becomes its waiter, writes
+    ``{"done": CODE}`` to ``report_fd`` when the job has ended, and never
+    returns. Raises ``SandboxError`` (before any fork) if a namespace cannot be made.
+    """
+    flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC
+    if not spec.get("network", True):
+        flags |= CLONE_NEWNET
+    _check(_libc.unshare(flags), "unshare")
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    pid = os.fork()
+    if pid:
+        _wait(pid, report_fd)
+    try:
+        _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        os.umask(0o022)
+        _view(spec)
+        if not spec.get("network", True):
+            _loopback_up()
+        if spec.get("nproc"):
+            # Counted per uid: a bound on this job's processes where it has a uid of its own.
+            resource.setrlimit(resource.RLIMIT_NPROC, (spec["nproc"], spec["nproc"]))
+        _drop(spec.get("uid"))
+    except BaseException as e:
+        # PID 1 of a namespace nobody else uses: say why on the job's STDERR, end it.
+        with contextlib.suppress(Exception):
+            os.write(2, f"kotta: cannot enter the job's sandbox: {e}\n".encode())
+        os._exit(126)
+
+
+def contain(spec: dict[str, Any]) -> None:
+    """:func:`prepare` then :func:`enter`: a sandbox from a fresh process (no warm template)."""
+    prepare(spec)
+    enter(spec)
+
+
+def probe(root: str, scratch: str) -> str | None:
+    """None if jobs can be contained here, else why not (one line).
+
+    Enters a sandbox like a job's (mount view on ``root``, working directory
+    ``scratch``) in a child process and looks around from inside.
+    """
+    if _libc is None or _SYS_PIVOT_ROOT is None or not hasattr(os, "fork"):
+        return f"containment needs Linux on x86_64 or aarch64 (this is {sys.platform})"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.dup2(w, 2)  # contain() reports a failed step on descriptor 2
+        try:
+            work = os.path.join(scratch, "work")
+            os.makedirs(work, exist_ok=True)
+            spec = {"root": root, "workdir": work, "work_root": scratch, "tmp": scratch,
+                    "ro": ["/usr"], "userns": os.getuid() != 0,
+                    "uid": 65534 if os.getuid() == 0 else None, "network": False, "shm": "64k"}  # fmt: skip
+            contain(spec)
+            os._exit(0 if os.listdir("/") and os.getpid() == 1 else 3)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                os.write(w, f"{e}\n".encode()[:500])
+            os._exit(2)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        why = f.read().decode(errors="replace").strip()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    return why or f"a test sandbox exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def launch(argv: list[str]) -> None:
+    """``python -m dask_kotta.runner.sandbox SPEC_JSON -- ARGV...``: contain, then exec ARGV.
+
+    The fresh-interpreter path, when no warm template is available.
+    """
+    spec = json.loads(argv[0])
+    command = argv[argv.index("--") + 1 :]
+    contain(spec)
+    os.chdir(spec["workdir"])
+    try:
+        os.execvpe(command[0], command, dict(os.environ))
+    except OSError as e:
+        os.write(2, f"kotta: cannot start {command[0]!r}: {e.strerror}\n".encode())
+        os._exit(127)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--probe"]:
+        why = probe(sys.argv[2], sys.argv[3])
+        print(why or "ok")
+        sys.exit(1 if why else 0)
+    launch(sys.argv[1:])

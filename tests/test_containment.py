@@ -1,0 +1,320 @@
+"""A user's job reaches nothing but its own files: issue 11's attacks, tried as a second user.
+
+Each test runs, on the session's real service, the job an attacker with a
+normal account (``mallory``) would send, and checks from the host that it got
+nothing: another job's files, the worker's variables, the service's
+database, the dask control plane, a process left behind, more processes than
+its queue allows, the network on a ``network: false`` queue. CI runs as root
+on Linux with namespaces, so none of these may skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import uuid
+
+import cloudpickle
+import pytest
+from kotta_testing import processes_with_arg, wait_for
+
+from dask_kotta.errors import JobFailedError
+from kotta import KottaJob
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux sandboxes")
+
+
+@pytest.fixture(scope="module")
+def mallory(service, other_user):
+    return service.konn(other_user)
+
+
+def _run(konn, fn, *args, queue="Test", walltime=2):
+    return konn.submit_many([(fn, args)], queue=queue, walltime=walltime)[0].get_results(
+        konn, timeout=180
+    )
+
+
+def _try(fn, *args):
+    """What ``fn(*args)`` gave, or the name of the error it raised."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        return type(e).__name__
+
+
+# -- 1. another job's files ----------------------------------------------------------------
+
+
+def hold_secret(shared, key):
+    import os
+    import time
+
+    with open("secret.txt", "w") as f:
+        f.write(f"the secret of {key}")
+    mark = os.path.join(shared, key)
+    with open(mark + ".tmp", "w") as f:
+        f.write(os.environ["KOTTA_WORKDIR"])
+    os.rename(mark + ".tmp", mark)
+    deadline = time.monotonic() + 90
+    while not os.path.exists(mark + ".go") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return "held"
+
+
+def snoop(victim_dir):
+    import os
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    here = os.environ["KOTTA_WORKDIR"]
+    walk, d = {}, os.path.dirname(here)
+    while True:  # every directory above this job's own, as a job would walk up to its siblings
+        walk[d] = _try(lambda d=d: sorted(os.listdir(d)))
+        if d == "/":
+            break
+        d = os.path.dirname(d)
+    return {
+        "secret": _try(read, os.path.join(victim_dir, "secret.txt")),
+        "payload": _try(read, os.path.join(victim_dir, ".kotta", "payload.pkl")),
+        "listing": _try(os.listdir, victim_dir),
+        "here": here,
+        "walk": walk,
+        "procs": sorted(p for p in os.listdir("/proc") if p.isdigit()),
+        "uid": os.getuid(),
+    }
+
+
+def test_a_job_cannot_reach_another_users_running_job(konn, mallory, service):
+    key = uuid.uuid4().hex
+    victim = konn.submit_many([(hold_secret, (str(service.shared), key))], walltime=2)[0]
+    mark = service.shared / key
+    wait_for(mark.exists, 90, "the victim job to start")
+    victim_dir = mark.read_text()
+    assert os.path.exists(os.path.join(victim_dir, "secret.txt"))  # it is there, on the host
+    try:
+        seen = _run(mallory, snoop, victim_dir)
+    finally:
+        (service.shared / f"{key}.go").touch()
+    assert victim.get_results(konn, timeout=120) == "held"
+    assert seen["secret"] == seen["payload"] == seen["listing"] == "FileNotFoundError", seen
+    # Walking up from its own directory, a job finds only the way down to it.
+    parent = os.path.dirname(seen["here"])
+    assert seen["walk"][parent] == [os.path.basename(seen["here"])], seen["walk"]
+    assert os.path.basename(victim_dir) not in str(seen["walk"])
+    assert seen["procs"] == ["1"], "a job sees only its own processes"
+    assert seen["uid"] != 0
+
+
+# -- 2. the worker's variables ----------------------------------------------------------
+
+
+def environment():
+    import os
+
+    out = {"environ": dict(os.environ)}
+    for pid in [p for p in os.listdir("/proc") if p.isdigit()] + ["self"]:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                out[pid] = f.read().decode(errors="replace")
+        except OSError as e:
+            out[pid] = type(e).__name__
+    return out
+
+
+def test_a_job_sees_none_of_the_workers_variables(mallory, service):
+    canary = service.env["SERVICE_SECRET_CANARY"]
+    seen = _run(mallory, environment)
+    assert canary not in repr(seen)
+    allowed = re.compile(r"^(KOTTA_(JOB_ID|WORKDIR)|PATH|HOME|TMPDIR|LANG|LANGUAGE|TZ|PYTHONUNBUFFERED"
+                         r"|LC_\w+|OMP_\w+|OPENBLAS_\w+|MKL_\w+)$")  # fmt: skip
+    assert [k for k in seen["environ"] if not allowed.match(k)] == []
+    assert seen["environ"]["HOME"] == seen["environ"]["KOTTA_WORKDIR"]
+
+
+# -- 3. the service's data ---------------------------------------------------------------
+
+
+def touch_service_data(data_dir):
+    import os
+    import sqlite3
+
+    db = os.path.join(data_dir, "jobs.sqlite")
+
+    def write():
+        c = sqlite3.connect(db)
+        c.execute("insert into tokens values ('x', 'y', 0)")
+        c.commit()
+
+    return {
+        "list": _try(os.listdir, data_dir),
+        "read": _try(lambda: open(db, "rb").read(16)),
+        "write": _try(write),
+        "objects": _try(os.listdir, os.path.join(data_dir, "objects")),
+    }
+
+
+def test_a_job_cannot_open_the_service_database_or_objects(mallory, service):
+    seen = _run(mallory, touch_service_data, str(service.data_dir.resolve()))
+    assert seen["list"] == seen["read"] == seen["objects"] == "FileNotFoundError", seen
+    assert seen["write"] == "OperationalError", seen  # sqlite3: unable to open database file
+
+
+# -- 4. the dask control plane -----------------------------------------------------------
+
+
+def drive_the_scheduler(address):
+    from distributed import Client
+
+    try:
+        with Client(address, timeout=5) as c:
+            return c.run_on_scheduler(lambda: "ran code in the scheduler")
+    except Exception as e:
+        return type(e).__name__
+
+
+def test_a_job_cannot_drive_the_dask_cluster(mallory, service):
+    address = re.search(r"^dask\s+(\S+)", service.log(), re.M).group(1)
+    assert _run(mallory, drive_the_scheduler, address, walltime=2) != "ran code in the scheduler"
+
+
+# -- 5. a process left behind ----------------------------------------------------------
+
+
+def leave_a_daemon(marker):
+    import subprocess
+
+    # A double fork into a session of its own: reparented, out of the job's process group.
+    subprocess.Popen(["sh", "-c", f"setsid sleep 300.{marker} </dev/null >/dev/null 2>&1 &"])
+    import time
+
+    time.sleep(0.5)
+    return "left"
+
+
+def test_nothing_a_job_starts_outlives_it(mallory):
+    marker = str(uuid.uuid4().int)[:12]
+    assert _run(mallory, leave_a_daemon, marker) == "left"
+    wait_for(lambda: processes_with_arg(marker) == [], 10, "the daemon to be gone")
+
+
+# -- limits: processes, network ---------------------------------------------------------
+
+
+def fork_bomb(marker):
+    import subprocess
+
+    procs = []
+    try:
+        while True:
+            procs.append(subprocess.Popen(["sleep", f"600.{marker}"]))
+    except OSError as e:
+        return len(procs), type(e).__name__
+
+
+def test_a_fork_bomb_hits_its_queues_process_limit_and_dies_with_its_job(mallory):
+    marker = str(uuid.uuid4().int)[:12]
+    started, error = _run(mallory, fork_bomb, marker, queue="Tiny")  # max_processes: 40
+    assert error == "BlockingIOError" and 20 < started < 40
+    wait_for(lambda: processes_with_arg(marker) == [], 10, "the bomb's processes to be gone")
+    assert _run(mallory, sum, [1, 2, 3], queue="Tiny") == 6  # the worker is fine
+
+
+def reach_out(port):
+    import socket
+
+    def connect():
+        with socket.create_connection(("127.0.0.1", port), timeout=3):
+            return "connected"
+
+    return {"server": _try(connect), "interfaces": [n for _, n in socket.if_nameindex()]}
+
+
+def test_a_network_false_queue_has_no_network(konn, service):
+    assert _run(konn, reach_out, service.port)["server"] == "connected"
+    offline = _run(konn, reach_out, service.port, queue="Offline")
+    assert offline == {"server": "ConnectionRefusedError", "interfaces": ["lo"]}
+
+
+# -- the job's view and outputs ----------------------------------------------------------
+
+
+def write_outside():
+    import os
+
+    def write(path):
+        with open(path, "w") as f:
+            f.write("x")
+        return "wrote"
+
+    return {
+        p: _try(write, p)
+        for p in ("/etc/kotta-test", "/usr/kotta-test", "/kotta-test", os.__file__ + ".x")
+    }
+
+
+def test_only_the_working_directory_and_tmp_are_writable(mallory):
+    seen = _run(mallory, write_outside)
+    assert set(seen.values()) <= {"OSError", "PermissionError"}, seen
+
+
+def test_an_output_that_links_outside_its_directory_is_not_uploaded(mallory, service):
+    db = service.data_dir.resolve() / "jobs.sqlite"
+    job = KottaJob(script=f"ln -s {db} leak.txt; ln {db} hard.txt || true",
+                   outputs="leak.txt, hard.txt", walltime=1)  # fmt: skip
+    job.submit(mallory)
+    with pytest.raises(JobFailedError, match="leak.txt"):
+        job.get_results(mallory, timeout=120)
+    assert {o.file for o in job.outputs} == {"STDOUT.txt", "STDERR.txt"}
+
+
+# -- where jobs cannot be contained --------------------------------------------------------
+
+
+def test_up_without_containment_serves_only_its_first_user(tmp_path):
+    from kotta_testing import Service
+
+    from dask_kotta.errors import APIError
+
+    # KOTTA_SANDBOX=off stands for a platform without namespaces: `up` and its workers see it.
+    svc = Service(tmp_path / "svc", workers=1, env={"KOTTA_SANDBOX": "off"}).start()
+    try:
+        assert "containment   NONE" in svc.log()
+        owner = svc.konn()
+        assert _run(owner, sum, [1, 2]) == 3  # uncontained, for the user who started it
+        stranger = svc.token("stranger", tmp_path / "stranger.auth")
+        with pytest.raises(APIError, match="not contained") as err:
+            svc.konn(stranger).jobs()
+        assert err.value.status == 403
+    finally:
+        svc.stop()
+    # The operator's explicit flag serves every user, uncontained.
+    svc = Service(tmp_path / "svc2", workers=1, env={"KOTTA_SANDBOX": "off"},
+                  extra=["--allow-uncontained"]).start()  # fmt: skip
+    try:
+        assert "--allow-uncontained: every user's jobs run uncontained" in svc.log()
+        stranger = svc.konn(svc.token("stranger", tmp_path / "stranger2.auth"))
+        assert _run(stranger, sum, [1, 2]) == 3
+    finally:
+        svc.stop()
+
+
+def test_a_worker_that_cannot_contain_fails_a_job_that_must_be(tmp_path):
+    from kotta_testing import DaskCluster, Service
+
+    cluster = DaskCluster(tmp_path / "cluster", workers=1, queues=("Test=1",))
+    cluster.env = {"KOTTA_SANDBOX": "off"}
+    cluster.start()
+    svc = Service(tmp_path / "svc", scheduler=cluster.address).start()
+    try:
+        job = svc.konn().submit_many([(sum, ([1, 2],))], walltime=1)[0]
+        with pytest.raises(JobFailedError, match="cannot contain jobs.*--allow-uncontained"):
+            job.get_results(svc.konn(), timeout=120)
+    finally:
+        svc.stop()
+        cluster.stop()
