@@ -318,3 +318,58 @@ def test_a_worker_that_cannot_contain_fails_a_job_that_must_be(tmp_path):
     finally:
         svc.stop()
         cluster.stop()
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0
+    or not os.path.exists("/usr/bin/python3")
+    or not os.path.exists("/usr/bin/setpriv"),
+    reason="needs root (to become another user), Debian's python3 and setpriv",
+)
+def test_the_sandbox_of_a_worker_that_is_not_root():
+    """A worker that is not root contains jobs in an unprivileged user namespace."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import dask_kotta
+
+    nobody = 65534
+    # Not under pytest's tmp_path: that is root's, 0700, and the worker here is nobody.
+    tmp_path = Path(tempfile.mkdtemp(prefix="kotta-userns-", dir="/tmp"))
+    try:
+        _userns_sandbox(tmp_path, nobody, Path(dask_kotta.__file__).parent.parent)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def _userns_sandbox(tmp_path, nobody, repo):
+    import json
+    import subprocess
+
+    for d in ("root", "work", "work/job", "work/job/.kotta", "work/job/.kotta/tmp"):
+        (tmp_path / d).mkdir()
+        os.chown(tmp_path / d, nobody, nobody)
+    tmp_path.chmod(0o755)
+    (tmp_path / "secret").write_text("the worker's")
+    spec = {"root": str(tmp_path / "root"), "ro": ["/usr", "/bin", "/lib", "/lib64", "/etc"],
+            "userns": True, "uid": None, "workdir": str(tmp_path / "work/job"),
+            "work_root": str(tmp_path / "work"), "tmp": str(tmp_path / "work/job/.kotta/tmp"),
+            "mounts": [], "network": False, "shm": "1m"}  # fmt: skip
+    look = (f"id -u; ls /; ls {tmp_path} 2>&1; grep -E '^CapEff' /proc/self/status; "
+            "echo pid $$; echo hi > out.txt && echo wrote; touch /etc/x 2>&1; true")  # fmt: skip
+    out = subprocess.run(
+        ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+         "/usr/bin/python3", "-m", "dask_kotta.runner.sandbox", json.dumps(spec), "--",
+         "/bin/sh", "-c", look],
+        capture_output=True, text=True, timeout=60, cwd="/",
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)},
+    )  # fmt: skip
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert lines[0] == str(nobody)
+    assert "secret" not in out.stdout  # the directory above the job's shows only the way down
+    assert "pid 1" in lines  # a PID namespace of its own
+    assert "CapEff:\t0000000000000000" in lines
+    assert "wrote" in lines and (tmp_path / "work/job/out.txt").read_text() == "hi\n"
+    assert "Read-only file system" in out.stdout
