@@ -48,7 +48,24 @@ def main() -> None:
 # -- service commands ---------------------------------------------------------------------
 
 
+def _load_policy(ctx, param, value):
+    # Checked before anything starts; the server reads the file itself (ServerConfig.policy_file).
+    from .server.policy import load_policy
+
+    load_policy(value)
+    ctx.meta["dask_kotta.policy"] = value
+    return value
+
+
 def _server_options(f):
+    f = click.option(
+        "--policy",
+        envvar="DASK_KOTTA_POLICY",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=_load_policy,
+        help="JSON policy file: networks inputs may reach, users' S3 grants (README).",
+    )(f)
     f = click.option(
         "--max-payload",
         default="256MiB",
@@ -104,6 +121,7 @@ def _config(data_dir, port, host, database, store, queues_file, scheduler, publi
     return ServerConfig(
         data_dir=Path(data_dir), scheduler=scheduler or "", public_url=url, database=database,
         store=store, queues_file=queues_file, max_payload_bytes=limit,
+        policy_file=click.get_current_context().meta.get("dask_kotta.policy"),
     )  # fmt: skip
 
 
