@@ -11,9 +11,12 @@ import os
 import time
 
 import pytest
+import requests
 from s3server import HTTPFiles
 
 from dask_kotta.runner import stage_in, staging
+from dask_kotta.runner.guard import Guard, guarded_session
+from dask_kotta.runner.guard import networks as guard_networks
 from dask_kotta.runner.stage_in import fetch_http, stage_inputs
 from dask_kotta.runner.staging import StagingError, http_session
 
@@ -253,3 +256,87 @@ def test_a_refusal_from_the_server_fails_the_input(tmp_path):
     item = {"url": "s3://b/k.txt", "name": "k.txt", "error": "input 's3://b/k.txt': not granted"}
     with pytest.raises(StagingError, match="not granted"):
         stage_inputs([item], tmp_path)
+
+
+# -- the connection goes to the checked address; Host, SNI and the certificate keep the name --
+
+
+def _pinned(host: str, ip: str) -> Guard:
+    """A guard that has checked ``host`` (a name no resolver knows) as resolving to ``ip``."""
+    import ipaddress
+
+    g = Guard()
+    g.addresses[host] = [ipaddress.ip_address(ip)]
+    return g
+
+
+def test_a_connection_goes_to_the_checked_address_not_to_a_new_lookup(files, tmp_path):
+    # kotta.invalid never resolves: the fetch works only because the socket goes to the pin.
+    port = files.server.server_address[1]
+    url = f"http://kotta.invalid:{port}/files/small.txt"
+    g = _pinned("kotta.invalid", "127.0.0.1")
+    with guarded_session(g) as s:
+        n = fetch_http(url, tmp_path / "small.txt", s, guard=(g, guard_networks(["127.0.0.1/32"])))
+    assert n == 14
+    # Unchecked, the same session connects nowhere.
+    with guarded_session(Guard()) as s, pytest.raises(StagingError, match="was not checked"):
+        fetch_http(url, tmp_path / "x", s)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """HTTPS on 127.0.0.1 with a self-signed certificate for the name kotta.invalid."""
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"),
+         "-subj", "/CN=kotta.invalid", "-addext", "subjectAltName=DNS:kotta.invalid"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            seen.append((self.headers.get("Host"), self.request.server_hostname))
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"tls\n")
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "cert.pem", d / "key.pem")
+
+    def sni(sock, name, _ctx):
+        sock.server_hostname = name
+
+    ctx.sni_callback = sni
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server, d / "cert.pem", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_tls_to_a_pinned_address_verifies_the_name(tls_server):
+    server, ca, seen = tls_server
+    port = server.server_address[1]
+    g = _pinned("kotta.invalid", "127.0.0.1")
+    g.check(f"https://kotta.invalid:{port}/x", "x", guard_networks(["127.0.0.1/32"]))
+    with guarded_session(g) as s:
+        r = s.get(f"https://kotta.invalid:{port}/x", verify=str(ca), timeout=10)
+        assert r.content == b"tls\n"
+    assert seen[-1] == (f"kotta.invalid:{port}", "kotta.invalid")  # Host header and SNI
+    # The same address under another name fails the certificate check.
+    g = _pinned("other.invalid", "127.0.0.1")
+    g.check(f"https://other.invalid:{port}/x", "x", guard_networks(["127.0.0.1/32"]))
+    with guarded_session(g) as s, pytest.raises(requests.exceptions.SSLError):
+        s.get(f"https://other.invalid:{port}/x", verify=str(ca), timeout=10)

@@ -88,6 +88,8 @@ class Service:
         self.notifier.notify(job["id"])
 
     async def start(self) -> None:
+        if self.policy.s3_grants:
+            self.grant_presigner()  # making a boto3 client takes ~0.1 s: not in a submit
         await self.engine.start()
         # Runners could not heartbeat while we were down: give them one lease to reconnect.
         renewed = self.store.extend_leases(self.config.lease_s)
