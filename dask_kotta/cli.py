@@ -48,6 +48,15 @@ def main() -> None:
 # -- service commands ---------------------------------------------------------------------
 
 
+def _load_policy(ctx, param, value):
+    # Checked before anything starts; the server reads the file itself (ServerConfig.policy_file).
+    from .server.policy import load_policy
+
+    load_policy(value)
+    ctx.meta["dask_kotta.policy"] = value
+    return value
+
+
 def _server_options(f):
     f = click.option(
         "--allow-uncontained",
@@ -55,6 +64,14 @@ def _server_options(f):
         help="Run jobs uncontained on workers that cannot contain them (no user namespaces, "
         "not Linux). Jobs of one user can then read each other user's data: for trusted "
         "users only.",
+    )(f)
+    f = click.option(
+        "--policy",
+        envvar="DASK_KOTTA_POLICY",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=_load_policy,
+        help="JSON policy file: networks inputs may reach, users' S3 grants (README).",
     )(f)
     f = click.option(
         "--max-payload",
@@ -115,6 +132,7 @@ def _config(
         data_dir=Path(data_dir), scheduler=scheduler or "", public_url=url, database=database,
         store=store, queues_file=queues_file, max_payload_bytes=limit,
         allow_uncontained=allow_uncontained,
+        policy_file=click.get_current_context().meta.get("dask_kotta.policy"),
     )  # fmt: skip
 
 

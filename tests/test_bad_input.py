@@ -110,6 +110,10 @@ def test_script_job_without_script_or_executable(konn, service):
         ("not a url", "unsupported scheme"),
         ("http://host/a/x.txt, https://other/b/x.txt", "would both be staged as 'x.txt'"),
         ("https://host/", "names no file"),
+        # Without a policy, nothing on the service's own network (issue 11).
+        ("http://127.0.0.1:1/x.csv", "its host 127.0.0.1 is a loopback address"),
+        ("http://[fe80::1]/x.csv", "link-local"),
+        ("https://u:pw@host.example/x.csv", "carries user-info"),
     ],
 )
 def test_bad_inputs(konn, inputs, match):

@@ -1,7 +1,8 @@
 """dask_kotta.bag over a real S3 server (SeaweedFS): partitions staged on workers, not the client.
 
-This module starts its own `dask-kotta up` with the S3 server's environment,
-so the LocalCluster's workers (and the runner's boto3) reach SeaweedFS.
+This module starts its own `dask-kotta up` with the S3 server's environment
+and a policy granting its user the bucket: the server presigns each object
+for the runner, which holds no S3 credentials of its own for it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import cloudpickle
 import dask
 import pandas as pd
 import pytest
-from kotta_testing import Service
+from kotta_testing import Service, policy_args
 from s3server import apply_env
 
 import dask_kotta.bag as kb
@@ -61,7 +62,9 @@ def s3env(s3_server):
 
 @pytest.fixture(scope="module")
 def s3konn(s3env, tmp_path_factory):
-    svc = Service(tmp_path_factory.mktemp("bag-service"), env=s3env.env).start()
+    base = tmp_path_factory.mktemp("bag-service")
+    grants = policy_args(base, s3_grants={"tester": [f"s3://{BUCKET}/"]})
+    svc = Service(base, env=s3env.env, extra=grants).start()
     yield svc.konn()
     svc.stop()
 

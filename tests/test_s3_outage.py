@@ -6,7 +6,7 @@ This module runs its own SeaweedFS, since it stops and restarts it.
 from __future__ import annotations
 
 import pytest
-from kotta_testing import Service
+from kotta_testing import Service, policy_args
 from s3server import S3Server
 
 from kotta import KottaJob
@@ -29,7 +29,9 @@ def svc(weed, tmp_path_factory):
         "DASK_KOTTA_STAGING_TIMEOUT_S": "3",
         "DASK_KOTTA_STORE": "s3://kotta-outage/p",
     }
-    s = Service(tmp_path_factory.mktemp("outage"), env=env)
+    base = tmp_path_factory.mktemp("outage")
+    grants = policy_args(base, s3_grants={"tester": ["s3://outage-data/in/"]})
+    s = Service(base, env=env, extra=grants)
     yield s.start()
     s.stop()
 

@@ -1,8 +1,11 @@
 """Real S3 and HTTP staging through the whole service, on both object stores.
 
 Two services share this module: one on an S3 store (SeaweedFS) and one on the
-local store; both have the S3 server in their environment (for ``s3://``
-inputs) and a 3 s staging read timeout. The documented client API tests
+local store; both have the S3 server in their environment (the server presigns
+granted ``s3://`` inputs with it) and a 3 s staging read timeout. Their policy
+grants the first user the data bucket and lets inputs reach 127.0.0.2 only,
+where the test web server listens (the server itself, on 127.0.0.1, stays out
+of reach). The documented client API tests
 (test_client_api.py) run here again on the S3 store.
 """
 
@@ -17,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from kotta_testing import DaskCluster, Service
+from kotta_testing import DaskCluster, Service, policy_args
 from s3server import HTTPFiles
 
 # The documented client API, again, on the S3 store (``konn`` below is the S3 service's).
@@ -35,9 +38,14 @@ DATA = "kotta-svc-data"  # a bucket of "user data" outside the service's store
 MiB = 1024 * 1024
 
 
+def _policy(base: Path) -> list[str]:
+    grants = {"tester": [f"s3://{DATA}/", "s3://kotta-no-such-bucket/"]}
+    return policy_args(base, allow_input_networks=["127.0.0.2/32"], s3_grants=grants)
+
+
 def _start(base: Path, s3_server, store: list[str]) -> Service:
     env = {**s3_server.env, "DASK_KOTTA_STAGING_TIMEOUT_S": "3"}
-    return Service(base, extra=[*EXTRA, *store], env=env).start()
+    return Service(base, extra=[*EXTRA, *_policy(base), *store], env=env).start()
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +108,7 @@ def web(tmp_path_factory):
     root = tmp_path_factory.mktemp("web")
     (root / "small.txt").write_bytes(b"from the web\n")
     (root / "big.bin").write_bytes(os.urandom(20 * MiB + 3))
-    server = HTTPFiles(root).start()
+    server = HTTPFiles(root, host="127.0.0.2").start()
     yield server
     server.stop()
 
@@ -245,7 +253,7 @@ def test_http_inputs_follow_redirects_and_come_in_parts(k, web):
     assert outputs(job)["STDOUT.txt"].read() == f"from the web\n{md5(big)}\n"
 
 
-def test_s3_inputs_with_the_workers_credentials(k, data):
+def test_granted_s3_inputs_are_presigned_by_the_server(k, data):
     job = run(k, inputs=f"s3://{DATA}/in/small.csv", script="#!/bin/bash\ncat small.csv")
     assert job.status(k) == "completed", job.reason
     assert outputs(job)["STDOUT.txt"].read() == "x,y\n1,2\n"
@@ -402,9 +410,10 @@ def bare_cluster(s3_server, tmp_path_factory):
     finally:
         os.environ.update(saved)
     env = {**s3_server.env, "DASK_KOTTA_STAGING_TIMEOUT_S": "3"}
+    base = tmp_path_factory.mktemp("bare-server")
     svc = Service(
-        tmp_path_factory.mktemp("bare-server"), scheduler=cluster.address,
-        extra=[*EXTRA, "--store", f"s3://{BUCKET}/bare"], env=env,
+        base, scheduler=cluster.address,
+        extra=[*EXTRA, *_policy(base), "--store", f"s3://{BUCKET}/bare"], env=env,
     ).start()  # fmt: skip
     yield svc
     svc.stop()
@@ -419,7 +428,7 @@ def test_workers_need_no_store_credentials(bare_cluster, data, tmp_path):
     job = run(konn, inputs=url, outputs="o.txt", script="#!/bin/bash\ncp in.txt o.txt")
     assert job.status(konn) == "completed", job.reason
     assert outputs(job)["o.txt"].read() == "presigned all the way\n"
-    # Data outside the store needs the workers' own credentials, which these have not.
+    # Granted data outside the store: the server presigns it; the workers need no credentials.
     job = run(konn, inputs=f"s3://{DATA}/in/small.csv", script="#!/bin/bash\ncat small.csv")
-    assert job.status(konn) == "failed" and f"s3://{DATA}/in/small.csv" in job.reason
-    assert "credentials" in job.reason, job.reason
+    assert job.status(konn) == "completed", job.reason
+    assert outputs(job)["STDOUT.txt"].read() == "x,y\n1,2\n"

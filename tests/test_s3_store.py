@@ -13,7 +13,7 @@ from s3server import apply_env
 
 from dask_kotta.errors import ConfigError, NotFoundError, UnsafePathError
 from dask_kotta.runner import stage_in
-from dask_kotta.runner.stage_in import fetch_s3, stage_inputs
+from dask_kotta.runner.stage_in import stage_inputs
 from dask_kotta.runner.stage_out import send_file
 from dask_kotta.runner.staging import StagingError, http_session
 from dask_kotta.store.objects import LocalObjectStore, open_store
@@ -26,9 +26,7 @@ pytestmark = pytest.mark.timeout(180)
 def s3env(s3_server):
     """boto3's standard chain in this process points at the test server."""
     old = apply_env(s3_server.env)
-    stage_in._s3 = None  # the runner's cached client must see this endpoint
     yield s3_server
-    stage_in._s3 = None
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
@@ -168,39 +166,64 @@ def test_endpoint_down_is_a_clear_error_naming_it(s3env, monkeypatch):
     assert time.monotonic() - t0 < 30
 
 
-# -- the runner's s3:// inputs, with the worker's own credentials ---------------------------
+# -- the runner's s3:// inputs: presigned by the server, never signed by the worker ------------
 
 
-def test_fetch_s3_small_empty_and_large_in_parts(data_bucket, tmp_path):
-    assert fetch_s3("s3://kotta-data/small/a.csv", tmp_path / "a.csv") == 8
-    assert (tmp_path / "a.csv").read_bytes() == b"a,b\n1,2\n"
-    assert fetch_s3("s3://kotta-data/empty.bin", tmp_path / "e.bin") == 0
+def granted(url: str, client=None) -> dict:
+    """A granted s3:// input as the server's plan hands it over: a presigned GET URL."""
+    from dask_kotta.store.presign import presigner
+    from dask_kotta.store.s3 import parse_s3_url, s3_client
+
+    client = client or s3_client()
+    bucket, key = parse_s3_url(url)
+    return {
+        "url": url, "name": stage_in.basename(url),
+        "fetch": presigner(client).url("GET", bucket, key, 600),
+        "s3": {"bucket": bucket, "key": key, "endpoint": client.meta.endpoint_url},
+    }  # fmt: skip
+
+
+def test_granted_s3_small_empty_and_large_in_parts(data_bucket, tmp_path):
     big = os.urandom(2 * stage_in.PART_SIZE + 777)
     data_bucket.put_object(Bucket="kotta-data", Key="big/b.bin", Body=big)
-    assert fetch_s3("s3://kotta-data/big/b.bin", tmp_path / "b.bin") == len(big)
+    urls = ["s3://kotta-data/small/a.csv", "s3://kotta-data/empty.bin", "s3://kotta-data/big/b.bin"]
+    sizes = stage_inputs([granted(u) for u in urls], tmp_path)
+    assert sizes == {"a.csv": 8, "empty.bin": 0, "b.bin": len(big)}
+    assert (tmp_path / "a.csv").read_bytes() == b"a,b\n1,2\n"
     assert (tmp_path / "b.bin").read_bytes() == big
+
+
+def test_the_runner_signs_nothing_itself(data_bucket, tmp_path):
+    # A bare s3:// URL (no presigned URL from the server) is refused, credentials or not.
+    with pytest.raises(StagingError) as e:
+        stage_inputs(["s3://kotta-data/small/a.csv"], tmp_path)
+    assert "s3://kotta-data/small/a.csv" in str(e.value) and "presigned" in str(e.value)
+    assert not (tmp_path / "a.csv").exists()
 
 
 def test_missing_bucket_or_key_fails_naming_the_url(data_bucket, tmp_path):
     with pytest.raises(StagingError) as e:
-        stage_inputs(["s3://kotta-no-such-bucket/x.csv"], tmp_path)
+        stage_inputs([granted("s3://kotta-no-such-bucket/x.csv")], tmp_path)
     assert "s3://kotta-no-such-bucket/x.csv" in str(e.value) and "does not exist" in str(e.value)
     with pytest.raises(StagingError) as e:
-        stage_inputs(["s3://kotta-data/small/nope.csv"], tmp_path)
+        stage_inputs([granted("s3://kotta-data/small/nope.csv")], tmp_path)
     assert "s3://kotta-data/small/nope.csv" in str(e.value) and "no key 'small/nope.csv'" in str(
         e.value
     )
+    assert "Signature" not in str(e.value)
 
 
 def test_s3_endpoint_down_while_staging_fails_naming_the_url(data_bucket, tmp_path, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setattr(stage_in, "_s3", None)
+    from dask_kotta.store.s3 import s3_client
+
+    dead = s3_client(endpoint_url=f"http://127.0.0.1:{free_port()}")
     t0 = time.monotonic()
     with pytest.raises(StagingError) as e:
-        stage_inputs(["s3://kotta-data/small/a.csv"], tmp_path)
+        stage_inputs([granted("s3://kotta-data/small/a.csv", dead)], tmp_path)
     assert "s3://kotta-data/small/a.csv" in str(e.value) and "cannot reach the S3 endpoint" in str(
         e.value
     )
+    assert "Signature" not in str(e.value)
     assert time.monotonic() - t0 < 60
 
 

@@ -9,7 +9,9 @@ credentials chain, e.g. ``AWS_ENDPOINT_URL_S3``). Each partition's task
 carries its URLs in its function (``__kotta_inputs__``), which survives every
 graph optimisation, and ``KottaScheduler`` puts them in the ``inputs=`` of
 the job that runs it: the runner downloads them into the job's working
-directory before the task starts, and the task reads them from there.
+directory before the task starts (by URLs the server presigned, so the user
+needs an S3 grant for the bucket in the server's policy), and the task reads
+them from there.
 
 Under any other scheduler (``'sync'``, threads, distributed) the same task
 finds no staged file and downloads the object itself, so results agree.
@@ -168,7 +170,9 @@ def read_text(
     ``include_path=True`` gives ``(line, url)`` pairs. ``collection=False``
     gives one ``Delayed`` per partition instead of a bag. ``storage_options``
     (``key``, ``secret``, ``endpoint_url``, ``client_kwargs``) only affect the
-    client's listing: workers use their own standard AWS configuration.
+    client's listing: on Kotta the server presigns each object for the
+    worker, so the user needs an S3 grant for the bucket in the server's
+    policy (README, "What inputs may name").
     ``blocksize`` is not supported: objects are staged whole.
     """
     if blocksize is not None:

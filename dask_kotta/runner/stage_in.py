@@ -5,28 +5,39 @@ whole in memory). An object larger than one part is fetched as parallel byte
 ranges, each written at its offset. ``http(s)://`` follows redirects, has
 connect and read timeouts, and retries transient failures (connection
 errors, timeouts, 5xx) a few times; a 4xx or a last 5xx fails the job with a
-reason naming the URL and the status. ``s3://`` URLs outside the service's
-store go through boto3 with the worker's own standard configuration chain;
-inputs inside the service's store arrive as a presigned URL (S3 store) or a
-runner-API URL fetched with the attempt's dispatch token (local store), so a
-worker never needs the store's credentials.
+reason naming the URL and the status.
 
-Every failure raises ``StagingError`` naming the URL.
+What the runner fetches comes from the server's input plan:
+
+- inputs inside the service's store arrive as a presigned URL (S3 store) or
+  a runner-API URL fetched with the attempt's dispatch token (local store);
+- ``s3://`` inputs outside it arrive as a URL the server presigned because
+  the operator granted them to the job's owner. The runner never signs
+  anything: workers hold no credentials for users' data;
+- any other ``http(s)`` URL is the user's: it is fetched through
+  :mod:`.guard`, which refuses loopback, link-local, private (and similar)
+  addresses unless the plan's ``allow_network`` (the server's policy, never
+  the job's) allows them, at every redirect, and connects only to the
+  addresses it checked.
+
+Every failure raises ``StagingError`` naming the URL, without its user-info
+or query (a presigned URL's signature never reaches a reason or a log).
 """
 
 from __future__ import annotations
 
 import posixpath
 import re
-import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import requests
 
+from ..netcheck import IPNetwork, shown_url
 from ..paths import resolve_inside
+from .guard import MAX_REDIRECTS, Guard, guarded_session, networks
 from .staging import (
     _TRANSIENT_STATUS,
     CHUNK,
@@ -72,7 +83,7 @@ class S3Target:
         if status == 403:
             return (
                 f"input {shown}: access denied ({code or 'HTTP 403'}): "
-                "the workers' S3 credentials cannot read it"
+                "the S3 credentials the server presigned it with cannot read it"
             )
         return f"input {shown}: S3 error {code or r.reason} (HTTP {status})"
 
@@ -84,15 +95,19 @@ def _http_get(
     headers: dict[str, str],
     rng: tuple[int, int] | None,
     s3: S3Target | None = None,
+    guard: tuple[Guard, list[IPNetwork]] | None = None,
 ) -> requests.Response:
     h = dict(headers)
     if rng is not None:
         h["Range"] = f"bytes={rng[0]}-{rng[1]}"
     try:
-        r = session.get(
-            url, headers=h, stream=True, allow_redirects=True,
-            timeout=(CONNECT_TIMEOUT_S, read_timeout_s()),
-        )  # fmt: skip
+        if guard is None:  # the service's own URL, from the server's plan
+            r = session.get(
+                url, headers=h, stream=True, allow_redirects=True,
+                timeout=(CONNECT_TIMEOUT_S, read_timeout_s()),
+            )  # fmt: skip
+        else:
+            r = _guarded_get(session, url, shown, h, guard)
     except requests.Timeout as e:
         raise _Transient(f"input {shown}: timed out ({type(e).__name__}: {_scrub(e)})") from None
     except requests.ConnectionError as e:
@@ -112,6 +127,30 @@ def _http_get(
         r.close()
         raise StagingError(why if s3 else f"{why} from {_where(r.url)}")
     return r
+
+
+def _guarded_get(
+    session: requests.Session,
+    url: str,
+    shown: str,
+    headers: dict[str, str],
+    guard: tuple[Guard, list[IPNetwork]],
+) -> requests.Response:
+    """GET a user's URL, checking its host and every redirect's before connecting to it."""
+    g, allowed = guard
+    hop = url
+    for _ in range(MAX_REDIRECTS + 1):
+        g.check(hop, shown, allowed)
+        r = session.get(
+            hop, headers=headers, stream=True, allow_redirects=False,
+            timeout=(CONNECT_TIMEOUT_S, read_timeout_s()),
+        )  # fmt: skip
+        target = session.get_redirect_target(r)
+        if target is None:
+            return r
+        r.close()
+        hop = urljoin(hop, target)
+    raise StagingError(f"input {shown}: more than {MAX_REDIRECTS} redirects")
 
 
 def _copy_http(r: requests.Response, f: BinaryIO, shown: str) -> int:
@@ -150,8 +189,14 @@ def fetch_http(
     headers: dict[str, str] | None = None,
     parts: ThreadPoolExecutor | None = None,
     s3: S3Target | None = None,
+    guard: tuple[Guard, list[IPNetwork]] | None = None,
 ) -> int:
     """Download ``url`` to ``dest``; returns its size.
+
+    ``guard`` (a :class:`Guard` and the allowed networks, with a session from
+    :func:`guarded_session`) makes it a user's URL: its host and every
+    redirect's are checked before a connection is made. Without it, ``url``
+    is taken to be the service's own (from the server's plan).
 
     The first request asks for the first part as a byte range: a small object
     arrives whole in it, and for a larger one the answer says the total size,
@@ -159,7 +204,9 @@ def fetch_http(
     led to). A server that ignores ranges sends the whole object at once.
     """
     try:
-        return _fetch_http(url, dest, session, shown or url, headers or {}, parts, s3)
+        return _fetch_http(
+            url, dest, session, shown or shown_url(url), headers or {}, parts, s3, guard
+        )
     except _Transient as e:  # out of tries
         raise StagingError(str(e)) from None
 
@@ -172,12 +219,13 @@ def _fetch_http(
     headers: dict[str, str],
     parts: ThreadPoolExecutor | None,
     s3: S3Target | None,
+    guard: tuple[Guard, list[IPNetwork]] | None,
 ) -> int:
     def first() -> tuple[int, int | None, str]:
-        r = _http_get(session, url, shown, headers, (0, PART_SIZE - 1), s3)
+        r = _http_get(session, url, shown, headers, (0, PART_SIZE - 1), s3, guard)
         if r.status_code == 416:  # an empty object has no byte 0
             r.close()
-            r = _http_get(session, url, shown, headers, None, s3)
+            r = _http_get(session, url, shown, headers, None, s3, guard)
         total = _total_of(r.headers.get("Content-Range")) if r.status_code == 206 else None
         final = r.url
         with open(dest, "wb") as f:
@@ -197,7 +245,7 @@ def _fetch_http(
         end = min(start + PART_SIZE, total) - 1
 
         def attempt() -> None:
-            r = _http_get(session, final, shown, part_headers, (start, end), s3)
+            r = _http_get(session, final, shown, part_headers, (start, end), s3, guard)
             if r.status_code != 206:
                 r.close()
                 raise StagingError(
@@ -217,64 +265,6 @@ def _fetch_http(
     return total
 
 
-# -- S3 ---------------------------------------------------------------------------------------
-
-_s3_lock = threading.Lock()
-_s3: Any = None
-
-
-def s3_client() -> Any:
-    """One boto3 client per process (they are thread-safe; making one costs ~100 ms)."""
-    global _s3
-    with _s3_lock:
-        if _s3 is None:
-            from ..store.s3 import s3_client as make
-
-            _s3 = make()
-        return _s3
-
-
-def _presigner(client: Any) -> Any:
-    from ..store.presign import presigner
-
-    return presigner(client)
-
-
-def fetch_s3(
-    url: str,
-    dest: Path,
-    session: requests.Session | None = None,
-    *,
-    parts: ThreadPoolExecutor | None = None,
-    client: Any = None,
-) -> int:
-    """Download an ``s3://`` object with the worker's own credentials; returns its size.
-
-    The worker signs a GET URL itself (no request) and fetches it like any
-    HTTP input: ranged parts in parallel, over plain requests, which costs
-    a third of the CPU of a botocore call per object (small objects by the
-    thousand are bound by that CPU, large ones by the parts' parallelism).
-    """
-    import botocore.exceptions as bx
-
-    from ..store.s3 import parse_s3_url
-
-    bucket, key = parse_s3_url(url)
-    client = client or s3_client()
-    endpoint = client.meta.endpoint_url
-    try:
-        signed = _presigner(client).url("GET", bucket, key, 6 * 3600)
-    except bx.NoCredentialsError:
-        raise StagingError(f"input {url}: the worker has no AWS credentials to read it") from None
-    except (bx.BotoCoreError, ValueError) as e:
-        raise StagingError(f"input {url}: cannot sign a request for it: {e}") from None
-    target = S3Target(bucket, key, endpoint)
-    if session is not None:
-        return fetch_http(signed, dest, session, shown=url, parts=parts, s3=target)
-    with http_session() as own:
-        return fetch_http(signed, dest, own, shown=url, parts=parts, s3=target)
-
-
 # -- the job's whole list ---------------------------------------------------------------------
 
 
@@ -285,18 +275,25 @@ def stage_inputs(
 ) -> dict[str, int]:
     """Download every input into ``workdir``, several at once; returns sizes by file name.
 
-    ``inputs`` are URLs, or the server's plan for them: ``{"url", "name",
-    "fetch", "auth"}`` where ``fetch`` (if given) is the URL to download from
-    instead (presigned, or the runner API with ``auth == "dispatch"``).
-    The first failure (in input order) is raised; the others are abandoned.
+    ``inputs`` are the server's plan for them: ``{"url", "name", "fetch",
+    "auth", "s3", "allow_networks", "error"}``. ``fetch`` (if given) is the
+    service's URL to download from instead (presigned, or the runner API with
+    ``auth == "dispatch"``; ``s3`` words an S3 endpoint's failures); without
+    it, ``url`` is the user's and is fetched through a :class:`Guard` that
+    lets it reach only global addresses and ``allow_networks``. ``error``: the
+    server refused the input at claim. Bare URLs are users' URLs, allowed no
+    network. The first failure (in input order) is raised; the others are
+    abandoned.
     """
     plan = [{"url": i, "name": basename(i)} if isinstance(i, str) else i for i in inputs]
     if not plan:
         return {}
     dests = [resolve_inside(workdir, item["name"], "input name") for item in plan]
     sizes: dict[str, int] = {}
+    guard = Guard()
     with (
         http_session() as session,
+        guarded_session(guard) as users,
         ThreadPoolExecutor(FILE_WORKERS, thread_name_prefix="kotta-in") as files,
         ThreadPoolExecutor(PART_WORKERS, thread_name_prefix="kotta-in-part") as parts,
     ):
@@ -304,21 +301,35 @@ def stage_inputs(
         def one(i: int) -> int:
             item, dest = plan[i], dests[i]
             url = item["url"]
-            fetch = item.get("fetch") or url
-            scheme = urlparse(fetch).scheme
-            try:
-                if scheme in ("http", "https"):
-                    headers = dispatch_headers if item.get("auth") == "dispatch" else None
-                    return fetch_http(
-                        fetch, dest, session, shown=url, headers=headers or {}, parts=parts
-                    )
+            shown = shown_url(url)
+            if item.get("error"):
+                raise StagingError(item["error"])
+            fetch = item.get("fetch")
+            scheme = urlparse(fetch or url).scheme
+            if scheme not in ("http", "https"):
                 if scheme == "s3":
-                    return fetch_s3(fetch, dest, session, parts=parts)
+                    raise StagingError(
+                        f"input {shown}: s3:// inputs outside the service's store are fetched "
+                        "only by a URL the server presigned for a granted bucket; workers hold "
+                        "no S3 credentials"
+                    )
+                raise StagingError(
+                    f"input {shown}: unsupported scheme {scheme!r}; use http://, https:// or s3://"
+                )
+            try:
+                if fetch:  # the service's own URL
+                    headers = dispatch_headers if item.get("auth") == "dispatch" else None
+                    s3 = S3Target(**item["s3"]) if item.get("s3") else None
+                    return fetch_http(
+                        fetch, dest, session, shown=shown, headers=headers or {}, parts=parts,
+                        s3=s3,
+                    )  # fmt: skip
+                allowed = networks(item.get("allow_networks"))
+                return fetch_http(
+                    url, dest, users, shown=shown, parts=parts, guard=(guard, allowed)
+                )
             except _Transient as e:
                 raise StagingError(str(e)) from None
-            raise StagingError(
-                f"input {url}: unsupported scheme {scheme!r}; use http://, https:// or s3://"
-            )
 
         futures: list[Future] = [files.submit(one, i) for i in range(len(plan))]
         wait(futures, return_when="FIRST_EXCEPTION")

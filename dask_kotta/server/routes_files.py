@@ -11,6 +11,13 @@
   (S3) or a runner-API URL that serves that one input of that one job to the
   holder of the attempt's dispatch token (local store). A worker thus never
   needs the store's credentials, nor sees any other object.
+- Any other ``s3://`` input is refused (403) unless the operator's policy
+  grants the user that bucket or prefix (``s3_grants``); the server then
+  presigns a GET for it at claim, with its own S3 credentials, and the runner
+  downloads that URL. Workers hold no credentials for users' data.
+- ``http(s)`` inputs that are not the service's own go into the plan as they
+  are, with the networks the operator allows them to reach: the runner checks
+  every address (and every redirect) against those, whatever the job says.
 - Outputs: the runner asks for an upload plan per file (presigned PUT or
   multipart URLs on S3; "through the server" on a local store), for its own
   job's declared outputs and STDOUT/STDERR only.
@@ -29,6 +36,8 @@ from pydantic import BaseModel, Field
 from ..errors import APIError, InvalidRequestError, UnsafePathError
 from ..paths import safe_relpath
 from ..store.objects import job_prefix, user_prefix
+from ..store.s3 import GET_EXPIRES_S, parse_s3_url
+from .policy import key_is_plain
 from .routes_jobs import User, _serve, svc
 from .routes_runner import Auth, _held, _spool
 from .service import Service
@@ -96,26 +105,92 @@ def store_key(s: Service, user_id: int, url: str, hosts: set[str]) -> str | None
     return None
 
 
-def own_inputs(s: Service, user_id: int, urls: list[str], request: Request) -> dict[str, str]:
-    """Store keys of the inputs that point into the service's store, by input index (as text)."""
+class NoSigner(APIError):
+    """The server cannot presign a granted input (no S3 credentials)."""
+
+    status = 503
+
+
+def check_grant(s: Service, user_name: str, url: str, sign: bool = True) -> tuple[str, str]:
+    """``(bucket, key)`` of an ``s3://`` input outside the store that ``user_name`` was granted.
+
+    Raises ``Forbidden`` when no grant covers it, ``InvalidRequestError`` for
+    a key with ``.``/``..`` parts, and ``NoSigner`` when the server could not
+    presign it (checked at submit by signing once: it costs no request).
+    """
+    bucket, key = parse_s3_url(url)
+    if not key_is_plain(key):
+        raise InvalidRequestError(
+            f"input {url!r}: s3:// keys may not contain '.' or '..' parts (S3 servers and "
+            "HTTP clients differ on whether they normalise them)"
+        )
+    if s.policy.grant_for(user_name, bucket, key) is None:
+        raise Forbidden(
+            f"input {url!r} is outside the service's store and no S3 grant covers it for user "
+            f"{user_name!r}: workers hold no credentials for users' data, so the server presigns "
+            'only what the operator granted ("s3_grants" in the server\'s policy file, --policy)'
+        )
+    if sign:
+        presign_grant(s, url, bucket, key, 60)
+    return bucket, key
+
+
+def presign_grant(s: Service, url: str, bucket: str, key: str, expires_s: int) -> str:
+    import botocore.exceptions as bx
+
+    try:
+        return s.grant_presigner().url("GET", bucket, key, expires_s)
+    except bx.NoCredentialsError:
+        raise NoSigner(
+            f"input {url!r} is granted, but the server has no S3 credentials to presign it "
+            "(boto3's standard chain: AWS_ACCESS_KEY_ID..., AWS_PROFILE, an instance role)"
+        ) from None
+    except (bx.BotoCoreError, ValueError) as e:
+        raise NoSigner(f"input {url!r}: the server cannot presign it: {e}") from None
+
+
+def place_inputs(
+    s: Service, user: dict, urls: list[str], request: Request
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Where each input comes from: store keys, and granted ``s3://`` inputs (to the user's name),
+    both by input index (as text). Other ``s3://`` inputs are refused (403)."""
     hosts = _hosts(s, request)
-    keys = {}
+    keys, granted = {}, {}
     for i, url in enumerate(urls):
-        key = store_key(s, user_id, url, hosts)
+        key = store_key(s, user["id"], url, hosts)
         if key is not None:
             keys[str(i)] = key
-    return keys
+        elif urlparse(url).scheme == "s3":
+            check_grant(s, user["name"], url)
+            granted[str(i)] = user["name"]
+    return keys, granted
 
 
 def input_plan(s: Service, job: dict[str, Any]) -> list[dict[str, Any]]:
     """For the runner: each input's name, and where to fetch it if not from the URL itself."""
     spec = job["spec"]
     keys = spec.get("input_keys") or {}
+    granted = spec.get("granted_inputs") or {}
     base = s.config.public_url.rstrip("/")
+    networks = s.policy.networks()
     plan = []
     for i, url in enumerate(spec.get("inputs", [])):
         item: dict[str, Any] = {"url": url, "name": input_basename(url)}
         key = keys.get(str(i))
+        scheme = urlparse(url).scheme
+        if key is None and scheme == "s3":
+            # Granted at submit; granted again now, by the policy in force, before signing.
+            try:
+                if str(i) not in granted:
+                    raise Forbidden(f"input {url!r} is outside the service's store, not granted")
+                bucket, k = check_grant(s, granted[str(i)], url, sign=False)
+                item["fetch"] = presign_grant(s, url, bucket, k, GET_EXPIRES_S)
+                endpoint = getattr(s.grant_presigner().client.meta, "endpoint_url", "")
+                item["s3"] = {"bucket": bucket, "key": k, "endpoint": endpoint}
+            except APIError as e:
+                item["error"] = str(e)
+        elif key is None and networks and scheme in ("http", "https"):
+            item["allow_networks"] = networks
         # Checked at submit; checked again because the plan hands out access.
         if key is not None and key.split("/", 1)[0] == user_prefix(job["owner"]):
             signed = s.objects.presigned_get(key)

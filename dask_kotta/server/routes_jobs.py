@@ -20,7 +20,7 @@ from ..paths import safe_relpath
 from ..store.objects import job_prefix
 from .auth import bearer, hash_token
 from .service import Service
-from .validate import check_spec
+from .validate import check_spec, input_host_refusals
 from .views import job_view
 
 router = APIRouter(prefix="/api/v1")
@@ -127,16 +127,32 @@ async def submit(request: Request, user: User) -> dict:
     for i, (raw, payload) in enumerate(items):
         try:
             spec = check_spec(raw, s.queues, payload is not None)
-            input_keys = _own_inputs(s, user["id"], spec["inputs"], request)
-        except APIError as e:  # 400, or 403 for an input in another user's part of the store
+            # 403 for an input in another user's part of the store or in an ungranted bucket
+            input_keys, granted = _place_inputs(s, user, spec["inputs"], request)
+        except APIError as e:
             prefix = f"job {i}: " if len(items) > 1 else ""
             raise HTTPException(
                 e.status, prefix + str(e).removesuffix(f" (HTTP {e.status})")
             ) from None
         if input_keys:
             spec["input_keys"] = input_keys
+        if granted:
+            spec["granted_inputs"] = granted
         spec["has_payload"] = payload is not None
         specs.append(spec)
+    # http(s) inputs other than the service's own must not lead into the service's network.
+    refused = await input_host_refusals(
+        (
+            (i, url)
+            for i, spec in enumerate(specs)
+            for j, url in enumerate(spec["inputs"])
+            if str(j) not in spec.get("input_keys", {})
+        ),
+        list(s.policy.allow_input_networks),
+    )
+    if refused is not None:
+        i, why = refused
+        raise HTTPException(400, (f"job {i}: " if len(items) > 1 else "") + why)
     payloads = [payload for _, payload in items]
 
     def write_payloads(rows: list[tuple[dict, bool]]) -> None:
@@ -154,10 +170,10 @@ async def submit(request: Request, user: User) -> dict:
     return {"jobs": [_view(request, j) for j in jobs], "created": [c for _, c in rows]}
 
 
-def _own_inputs(s: Service, user_id: int, urls: list[str], request: Request) -> dict[str, str]:
-    from .routes_files import own_inputs  # routes_files builds on this module
+def _place_inputs(s: Service, user: dict, urls: list[str], request: Request):
+    from .routes_files import place_inputs  # routes_files builds on this module
 
-    return own_inputs(s, user_id, urls, request)
+    return place_inputs(s, user, urls, request)
 
 
 @router.get("/jobs", summary="Your jobs, newest first")

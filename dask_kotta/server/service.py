@@ -14,6 +14,7 @@ from ..store.jobs import JobStore
 from ..store.objects import ObjectStore, open_store
 from .engine import Engine
 from .notify import Notifier
+from .policy import Policy, load_policy
 from .queues import Queue, load_queues
 
 log = logging.getLogger("dask_kotta.server")
@@ -38,6 +39,7 @@ class ServerConfig:
     #: The only user served, when jobs here cannot be contained (``uncontained`` says why).
     single_user: str | None = None
     uncontained: str = ""
+    policy_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,6 +53,8 @@ class Service:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.queues: dict[str, Queue] = load_queues(config.queues_file)
+        self.policy: Policy = load_policy(config.policy_file)
+        self._grant_client: Any = None
         self.store = JobStore(config.database_url)
         self.objects: ObjectStore = open_store(config.store, config.data_dir)
         self.notifier = Notifier()
@@ -60,6 +64,20 @@ class Service:
         )  # fmt: skip
         self._reaper: asyncio.Task | None = None
         self._user_cache: dict[str, dict] = {}
+
+    def grant_presigner(self):
+        """Signs GETs of users' granted ``s3://`` inputs: the store's S3 client, or one from
+        boto3's standard chain when the store is a local directory."""
+        from ..store.presign import presigner
+
+        if self._grant_client is None:
+            client = getattr(self.objects, "client", None)
+            if client is None:
+                from ..store.s3 import s3_client
+
+                client = s3_client()
+            self._grant_client = client
+        return presigner(self._grant_client)
 
     def changed(self, job_id: str) -> None:
         self.notifier.notify(job_id)
@@ -75,6 +93,8 @@ class Service:
         self.notifier.notify(job["id"])
 
     async def start(self) -> None:
+        if self.policy.s3_grants:
+            self.grant_presigner()  # making a boto3 client takes ~0.1 s: not in a submit
         await self.engine.start()
         # Runners could not heartbeat while we were down: give them one lease to reconnect.
         renewed = self.store.extend_leases(self.config.lease_s)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import posixpath
+import socket
+from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from .. import defaults as d
 from ..errors import InvalidRequestError, UnsafePathError
+from ..netcheck import (
+    HOW_TO_ALLOW,
+    IPNetwork,
+    has_userinfo,
+    is_local_name,
+    literal_ip,
+    refusal,
+    shown_url,
+)
 from ..paths import safe_relpath
 from .queues import Queue
 
@@ -21,7 +34,11 @@ _KEYS = {
 
 def input_basename(url: str) -> str:
     """The file name an input URL is staged under, or an error naming the URL."""
-    parsed = urlparse(url)
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError as e:
+        raise InvalidRequestError(f"input {shown_url(url)!r} is malformed: {e}") from None
     if parsed.scheme not in INPUT_SCHEMES:
         raise InvalidRequestError(
             f"input {url!r}: unsupported scheme {parsed.scheme or '(none)'!r}; use one of "
@@ -38,6 +55,12 @@ def input_basename(url: str) -> str:
 def check_inputs(urls: list[str]) -> list[str]:
     seen: dict[str, str] = {}
     for url in urls:
+        if has_userinfo(url):
+            raise InvalidRequestError(
+                f"input {shown_url(url)!r} is refused: it carries user-info (user:password@) "
+                "before its host, which would travel with the job and reach logs; "
+                "use a presigned URL or upload the file (Kotta.upload_file)"
+            )
         base = input_basename(url)
         if base in seen:
             raise InvalidRequestError(
@@ -125,3 +148,72 @@ def check_spec(raw: Any, queues: dict[str, Queue], has_payload: bool) -> dict[st
         if spec.get(key) is not None and not isinstance(spec[key], str):
             raise InvalidRequestError(f"{key} must be a string")
     return spec
+
+
+# -- where http(s) inputs may lead (SSRF) -------------------------------------------------------
+
+#: How long submit waits for a name to resolve; one that does not resolve by then is checked at fetch.
+RESOLVE_TIMEOUT_S = 2.0
+
+
+async def _resolve(host: str) -> list[Any] | None:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await asyncio.wait_for(
+            loop.getaddrinfo(host, None, type=socket.SOCK_STREAM), RESOLVE_TIMEOUT_S
+        )
+    except (TimeoutError, OSError, UnicodeError, ValueError):
+        return None  # not known now: the runner checks again when it fetches
+    return [ipaddress.ip_address(i[4][0].split("%", 1)[0]) for i in infos]
+
+
+def _host_refusal(host: str, addrs: list[Any], allowed: list[IPNetwork]) -> str | None:
+    for ip in addrs:
+        why = refusal(ip, allowed)
+        if why is not None:
+            return why if str(ip) == host else f"resolves to {ip}, {why}"
+    return None
+
+
+async def input_host_refusals(
+    urls: Iterable[tuple[Any, str]], allowed: list[IPNetwork]
+) -> tuple[Any, str] | None:
+    """The first ``(tag, reason)`` of ``(tag, url)`` pairs whose http(s) host an input may not reach.
+
+    IP literals in every form a resolver takes, ``localhost`` and names that
+    resolve now (at most :data:`RESOLVE_TIMEOUT_S`, all names at once, off the
+    event loop) are checked; a name that does not resolve is let through, and
+    the runner checks it again, with every redirect, when it fetches.
+    """
+    todo: list[tuple[Any, str, str]] = []
+    for tag, url in urls:
+        p = urlsplit(url)
+        if p.scheme not in ("http", "https"):
+            continue
+        host = (p.hostname or "").rstrip(".")
+        todo.append((tag, url, host))
+    names = {h for _, _, h in todo if literal_ip(h) is None and not is_local_name(h)}
+    found = dict(zip(names, await asyncio.gather(*(_resolve(h) for h in names)), strict=True))
+    loopback = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    for tag, url, host in todo:
+        ip = literal_ip(host)
+        if ip is not None:
+            why = refusal(ip, allowed)
+            what = (
+                f"its host {host} is {why}"
+                if str(ip) == host
+                else f"its host {host} is {ip}, {why}"
+            )
+        elif is_local_name(host):
+            why = _host_refusal(host, loopback, allowed)
+            what = f"its host {host} is a loopback name"
+        else:
+            why = _host_refusal(host, found.get(host) or [], allowed)
+            what = f"its host {host} {why}"
+        if why is not None:
+            return tag, (
+                f"input {shown_url(url)!r} is refused: {what}. Inputs may not reach loopback, "
+                "link-local, private, multicast or unspecified addresses (the service's own "
+                f"network); {HOW_TO_ALLOW}"
+            )
+    return None
