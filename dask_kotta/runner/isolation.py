@@ -22,11 +22,13 @@ import contextlib
 import fcntl
 import functools
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,8 @@ PASS_ENV = frozenset({"LANG", "LANGUAGE", "TZ", "PATH"})
 PASS_ENV_PREFIXES = ("LC_", "OMP_", "OPENBLAS_", "MKL_")
 #: Processes one job may have at once unless its queue says otherwise.
 DEFAULT_NPROC = 2048
+_DIRTY, _CLEAN = b"1", b"0"
+log = logging.getLogger("dask_kotta.runner")
 
 
 def passed_env() -> dict[str, str]:
@@ -190,7 +194,6 @@ class Box:
         self.job, self.workdir, self.private = job, workdir, private
         self.uid: int | None = None
         self._lock_fd: int | None = None
-        self.leftovers = 0
 
     def __enter__(self) -> Box:
         if os.getuid() == 0:
@@ -206,10 +209,12 @@ class Box:
             except BlockingIOError:
                 os.close(fd)
                 continue
-            # Free, but a runner that died may have left a process of it: never share a uid.
-            if processes_of(uid) and not kill_uid(uid):
+            # Free. Marked dirty while leased: a runner that died holding it may have left a
+            # process of it (its job's PID 1 dies with its waiter, but check): never share a uid.
+            if os.pread(fd, 1, 0) == _DIRTY and processes_of(uid) and not kill_uid(uid):
                 os.close(fd)
                 continue
+            os.pwrite(fd, _DIRTY, 0)
             self.uid, self._lock_fd = uid, fd
             return
         raise ContainmentError(
@@ -249,12 +254,19 @@ class Box:
         return [sys.executable, "-m", "dask_kotta.runner.sandbox", spec, "--", *command]
 
     def __exit__(self, *exc) -> None:
-        if self.uid is None:
-            return
-        # Checked, not assumed: a process of the job's uid still alive here is killed, and
-        # the uid goes back to the pool only once none is left.
-        left = [p for p in processes_of(self.uid) if not _zombie(p)]
-        self.leftovers = len(left)
-        if not left or kill_uid(self.uid):
-            os.close(self._lock_fd)
-        # else: keep the lock (and the uid out of the pool) for this worker process's life.
+        if self.uid is not None:
+            # Off the job's critical path: its end is reported while its uid is checked.
+            threading.Thread(
+                target=_release, args=(self.uid, self._lock_fd), name="kotta-uid", daemon=True
+            ).start()
+
+
+def _release(uid: int, lock_fd: int) -> None:
+    """Give ``uid`` back to the pool once no process of it is left (checked, not assumed)."""
+    left = [p for p in processes_of(uid) if not _zombie(p)]
+    if left:
+        log.warning("uid %d still had %d process(es) after its job; killing them", uid, len(left))
+    if not left or kill_uid(uid):
+        os.pwrite(lock_fd, _CLEAN, 0)
+        os.close(lock_fd)
+    # else: keep the lock (and the uid out of the pool) for this worker process's life.

@@ -176,9 +176,9 @@ def prepare(spec: dict[str, Any]) -> None:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
         os.symlink(target, f"{dev}/{name}")
-    os.mkdir(f"{dev}/shm", 0o1777)
-    os.mkdir(root + "/proc", 0o555)
-    os.mkdir(root + "/tmp", 0o1777)
+    os.makedirs(f"{dev}/shm", 0o1777, exist_ok=True)
+    os.makedirs(root + "/proc", 0o555, exist_ok=True)
+    os.makedirs(root + "/tmp", 0o1777, exist_ok=True)  # exists if a read-only path is under /tmp
     os.umask(old)
 
 
@@ -192,6 +192,9 @@ def _view(spec: dict[str, Any]) -> None:
     """
     root, workdir = spec["root"], spec["workdir"]
     _bind(root, spec["tmp"], "/tmp", writable=True)
+    for path in spec["ro"]:
+        if path.startswith("/tmp/") and os.path.lexists(path):
+            _bind(root, path, path, writable=False)  # under the job's /tmp, which hid it
     parent = root + spec["work_root"]
     os.makedirs(parent, mode=0o755, exist_ok=True)
     _mount("tmpfs", parent, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
