@@ -275,7 +275,7 @@ def job_process(workdir: str, timeout: float = 30):
 
     Inside its PID namespace a job sees itself as PID 1 and no parent; from the
     host (the test runs as root) it is the process whose cwd is its working
-    directory and whose parent (the sandbox's waiter) is elsewhere.
+    directory and whose parent (the warm template) is elsewhere.
     """
     import psutil
 

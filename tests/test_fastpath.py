@@ -72,11 +72,9 @@ def test_python_job_is_forked_from_the_template(konn, service):
     mark = service.shared / job.job_id
     wait_for(mark.exists, 60, "the job to start")
     pid1 = job_process(mark.read_text())
-    waiter = pid1.parent()
-    assert "dask_kotta.runner.template" in " ".join(waiter.parent().cmdline())
-    # The waiter leads the job's process group and session: the runner kills that group.
-    assert os.getpgid(waiter.pid) == waiter.pid == os.getsid(waiter.pid)
-    assert os.getpgid(pid1.pid) == waiter.pid
+    assert "dask_kotta.runner.template" in " ".join(pid1.parent().cmdline())
+    # The job's PID 1 leads its process group and session: the runner kills that group.
+    assert os.getpgid(pid1.pid) == pid1.pid == os.getsid(pid1.pid)
     (service.shared / f"{job.job_id}.go").touch()
     info = job.get_results(konn)
     assert info["pid"] == 1  # its own PID namespace
@@ -234,7 +232,7 @@ def test_a_job_whose_fork_server_dies_is_requeued_not_failed(konn, service):
     job = konn.submit_many([(outlive_the_fork_server, (str(directory),))], walltime=5)[0]
     marker = directory / "first-attempt"
     wait_for(marker.exists, 60, "the first attempt")
-    template = job_process(marker.read_text()).parent().parent()  # PID 1 <- waiter <- template
+    template = job_process(marker.read_text()).parent()  # the job's PID 1 <- the template
     assert "dask_kotta.runner.template" in template.cmdline()
     os.kill(template.pid, signal.SIGKILL)
     # The job died with it; the runner requeues it (a new template forks the second attempt).

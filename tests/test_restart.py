@@ -108,8 +108,10 @@ def test_worker_killed_mid_job_requeues_it(cluster, tmp_path):
     job = victim(str(marks))
     first = wait_for(lambda: list(marks.iterdir()), 60, "the first run")[0]
     wait_for(first.read_text, 10, "the first run's mark")
-    # PID 1 of the job <- its sandbox's waiter <- the worker's template (or the runner itself)
-    parent = job_process(first.read_text()).parent().parent()
+    # PID 1 of the job <- the worker's template (or the sandbox launcher <- the runner)
+    parent = job_process(first.read_text()).parent()
+    if "runner.sandbox" in " ".join(parent.cmdline()):
+        parent = parent.parent()
     if "runner.template" in " ".join(parent.cmdline()):
         parent = parent.parent()  # forked from the worker's template: kill the worker itself
     assert "dask_worker" in " ".join(parent.parent().cmdline()), "expected a worker under its nanny"

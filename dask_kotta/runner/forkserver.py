@@ -72,7 +72,6 @@ class ForkedChild:
         self.sock, self.pid, self._buf = sock, pid, buf
         self.returncode: int | None = None
         self.lost: str | None = None  # why the child ended without us, if it did
-        self.ended_contained = False
 
     def wait(self, timeout: float | None) -> int | None:
         """The exit code once the template reaped the child, else None after ``timeout`` s."""
@@ -92,11 +91,7 @@ class ForkedChild:
                 return self.returncode
             self._buf += data
         line, _, self._buf = self._buf.partition(b"\n")
-        msg = json.loads(line)
-        # "done": a sandbox's waiter saw the job end (all of it: its PID namespace is empty)
-        # and said so before its own exit; "exit": the template reaped the child.
-        self.ended_contained = "done" in msg
-        self.returncode = int(msg["done"] if self.ended_contained else msg["exit"])
+        self.returncode = int(json.loads(line)["exit"])
         return self.returncode
 
     def close(self) -> None:
@@ -164,20 +159,17 @@ class ForkServer:
         try:
             sock.connect(self.path)
             sock.sendall(json.dumps(request).encode() + b"\n")
-            buf, early = b"", b""
-            while True:
-                while b"\n" not in buf:
-                    data = sock.recv(4096)
-                    if not data:
-                        raise OSError("the fork server closed the connection")
-                    buf += data
-                line, _, buf = buf.partition(b"\n")
-                reply = json.loads(line)
-                if "pid" in reply:
-                    return ForkedChild(sock, int(reply["pid"]), early + buf)
-                if "done" not in reply:
-                    raise OSError(f"the fork server refused: {reply.get('error')}")
-                early += line + b"\n"  # a sandboxed job that ended before the template said so
+            buf = b""
+            while b"\n" not in buf:
+                data = sock.recv(4096)
+                if not data:
+                    raise OSError("the fork server closed the connection")
+                buf += data
+            line, _, buf = buf.partition(b"\n")
+            reply = json.loads(line)
+            if "pid" not in reply:
+                raise OSError(f"the fork server refused: {reply.get('error')}")
+            return ForkedChild(sock, int(reply["pid"]), buf)
         except BaseException:
             sock.close()
             raise

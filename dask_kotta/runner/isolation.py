@@ -232,7 +232,7 @@ class Box:
                 os.chown(os.path.join(root, name), self.uid, self.uid, follow_symlinks=False)
 
     def spec(self) -> dict[str, Any]:
-        """What ``sandbox.enter`` (or ``contain``) needs, as JSON-able data."""
+        """What ``sandbox.clone`` and ``setup`` (or ``contain``) need, as JSON-able data."""
         tmp = self.private / "tmp"
         tmp.mkdir(exist_ok=True)
         return {

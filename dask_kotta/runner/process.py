@@ -241,10 +241,7 @@ def monitor(
             ps = _process(child.pid)
         if ps is not None:
             known = list({p.pid: p for p in [ps, *known, *_tree(ps)]}.values())
-    if killed or not getattr(child, "ended_contained", False):
-        # A sandbox's waiter that reported the end saw its PID namespace empty: nothing
-        # of the job is left, and the waiter itself is only tearing the namespaces down.
-        kill_group(pgid, known)
+    kill_group(pgid, known)
     if returncode is None:
         # Killed above; collecting the status cannot block for long, but never wait forever.
         returncode = child.wait(30.0)

@@ -80,14 +80,13 @@ def _child(
     prepared: tuple[list[str], list[tuple[str, str]], Any],
     stdio: tuple[Any, Any],
     prepared_view: bool,
-    report_fd: int,
 ) -> None:
     """In the forked child: become the job's process, run it, never return.
 
     ``prepared`` is what :func:`_prepare` made of the request; ``stdio`` the
     unbuffered streams over descriptors 1 and 2 that the template made once;
-    ``prepared_view`` whether the template prepared the base of the sandboxes;
-    ``report_fd`` the runner's connection, kept open for the sandbox's waiter only.
+    ``prepared_view`` whether the template prepared the base of the sandboxes (then a
+    sandboxed child was cloned into its namespaces by :func:`serve`).
     """
     code = 1
     try:
@@ -111,13 +110,10 @@ def _child(
         if request.get("sandbox"):
             from . import sandbox
 
-            # Returns in the job's PID 1; this process becomes its waiter, and reports the
-            # job's end on the runner's connection itself (see sandbox._wait).
             if prepared_view:
-                sandbox.enter(request["sandbox"], report_fd)
+                sandbox.setup(request["sandbox"])  # this is the job's PID 1, cloned by serve()
             else:
-                sandbox.contain(request["sandbox"])
-        os.close(report_fd)  # the job never holds the runner's connection
+                sandbox.contain(request["sandbox"])  # returns in PID 1; this process waits
         os.chdir(request["cwd"])
         unset, put, client = prepared
         environ = os.environ
@@ -274,11 +270,19 @@ def serve(path: str, keepalive_fd: int, view: dict[str, Any] | None = None) -> N
                         _send(conn, {"error": f"bad request: {type(e).__name__}: {e}"})
                         drop(conn)
                         continue
-                    close_fds = [fd for fd in fds() if fd != conn.fileno()]
+                    close_fds = fds()
                     sys.stderr.flush()
-                    pid = os.fork()
+                    try:
+                        if view is not None and request.get("sandbox"):
+                            pid = sandbox.clone(request["sandbox"])
+                        else:
+                            pid = os.fork()
+                    except OSError as e:
+                        _send(conn, {"error": f"cannot start the job: {e}"})
+                        drop(conn)
+                        continue
                     if pid == 0:
-                        _child(request, close_fds, prepared, stdio, view is not None, conn.fileno())
+                        _child(request, close_fds, prepared, stdio, view is not None)
                     owner[pid] = conn
                     by_conn[conn] = pid
                     _send(conn, {"pid": pid})
