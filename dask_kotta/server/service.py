@@ -33,6 +33,8 @@ class ServerConfig:
     lease_s: float = d.LEASE_S
     heartbeat_s: float = d.HEARTBEAT_S
     max_requeues: int = d.MAX_REQUEUES
+    #: ``distributed.Security`` to reach a tls:// scheduler with (None: plain tcp).
+    security: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,7 +53,7 @@ class Service:
         self.notifier = Notifier()
         self.engine = Engine(
             self.store, config.scheduler, config.public_url, self.changed,
-            queues=list(self.queues), notifier=self.notifier,
+            queues=list(self.queues), notifier=self.notifier, security=config.security,
         )  # fmt: skip
         self._reaper: asyncio.Task | None = None
         self._user_cache: dict[str, dict] = {}
