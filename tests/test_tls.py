@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 from distributed import Client
 from kotta_testing import DaskCluster, Service, free_port, wait_for
 
@@ -171,6 +172,29 @@ def test_up_cluster_refuses_clients_without_its_certificates(service):
         zip(attempts, results, strict=True)
     )
     assert results[-2:] == ["connected"] * 2, list(zip(attempts, results, strict=True))
+
+
+def test_up_cluster_http_answers_only_health(service):
+    """The scheduler's and workers' HTTP servers need no credentials: only /health is left."""
+    api = service.proc.proc.pid
+    ports = set()
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid != api and os.getpgid(p.pid) == api:
+                ports |= {c.laddr.port for c in p.net_connections("tcp") if c.status == "LISTEN"}
+        except (ProcessLookupError, psutil.Error):
+            pass
+    healthy = 0
+    for port in sorted(ports):
+        base = f"http://127.0.0.1:{port}"
+        try:
+            health = requests.get(base + "/health", timeout=3)
+        except requests.RequestException:
+            continue  # a TLS comm port
+        healthy += health.ok
+        for path in ("/info/main/workers.html", "/json/index.html", "/metrics", "/statics/"):
+            assert requests.get(base + path, timeout=3).status_code == 404, base + path
+    assert healthy == 1 + service.workers, ports  # the scheduler's and each worker's
 
 
 def test_tls_files_are_owner_only(service):
