@@ -230,6 +230,7 @@ def up(
         jobstore.close()
         if cluster is not None:
             config.scheduler = cluster.address()
+            cluster.stop_with_it()
             security = tls.security("client")
         config.security = security
         click.echo(f"Kotta API     {config.public_url}   (OpenAPI docs: {config.public_url}/docs)")
@@ -245,6 +246,8 @@ def up(
         if cluster is not None:
             cluster.close()
         click.echo("stopped.")
+    if cluster is not None and cluster.died is not None:
+        sys.exit(1)
 
 
 @main.command()

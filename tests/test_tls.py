@@ -267,6 +267,23 @@ def test_up_fixes_old_modes_renews_certificates_and_stops_cleanly(tmp_path):
         svc.stop()
 
 
+def test_up_stops_when_its_cluster_dies(tmp_path):
+    """The cluster now lives in its own process: if it dies, `up` stops (status 1), whole."""
+    svc = Service(tmp_path / "svc", workers=1)
+    try:
+        svc.start()
+        up = psutil.Process(svc.proc.proc.pid)
+        (child,) = [
+            c for c in up.children() if "dask_kotta.server.cluster" in " ".join(c.cmdline())
+        ]
+        child.kill()
+        assert svc.proc.proc.wait(60) == 1, svc.log()[-3000:]
+        assert "the local dask cluster exited" in svc.log()
+        wait_for(lambda: not _live_in_group(up.pid), 15, "every process of `up` to end")
+    finally:
+        svc.stop()
+
+
 # -- scale-out: `server --scheduler tls://` and `worker` with certificates ------------------
 
 

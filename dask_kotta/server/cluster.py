@@ -236,6 +236,9 @@ class LocalClusterProcess:
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
         )
         self._address: str | None = None
+        self._closing = False
+        #: The cluster's exit status if it ended while `up` still served (then `up` stops).
+        self.died: int | None = None
 
     def address(self, timeout: float = START_TIMEOUT_S) -> str:
         """The scheduler's address once the cluster is up with its workers."""
@@ -256,8 +259,25 @@ class LocalClusterProcess:
             self._address = json.loads(line)["address"]
         return self._address
 
+    def stop_with_it(self) -> None:
+        """If the cluster process ends on its own, stop this process too (as SIGTERM does).
+
+        In-process, the scheduler could not die without the server; a server left
+        without its cluster would take jobs that nothing runs.
+        """
+
+        def watch():
+            status = self.proc.wait()
+            if not self._closing:
+                self.died = status
+                log.error("the local dask cluster exited (status %s); stopping", status)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, daemon=True, name="cluster-watch").start()
+
     def close(self, timeout: float = 20) -> None:
         """End the cluster: close its lifeline, then wait; kill it if it hangs."""
+        self._closing = True
         if self.proc.poll() is None:
             try:
                 self.proc.stdin.close()
