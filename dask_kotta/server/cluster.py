@@ -359,6 +359,12 @@ def _run(opts: argparse.Namespace) -> None:
         while not stop.wait(1.0):
             pass
     finally:
+        # Workers first, while the scheduler still answers: closed together, a worker's
+        # heartbeat in flight met the closed scheduler and logged a traceback at each stop.
+        cluster.scale(0)
+        deadline = time.monotonic() + 10
+        while cluster.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
         cluster.close(timeout=10)
 
 
