@@ -141,7 +141,9 @@ class KottaUp:
                 t, cmd = p.cpu_times(), " ".join(p.cmdline())
             except psutil.Error:
                 continue
-            if p.pid == root.pid:
+            if p.pid == root.pid or "dask_kotta.server.cluster" in cmd:
+                # The scheduler (and the nannies) run in `up`'s cluster process: counted
+                # with the server as when they ran inside it.
                 out["server"] += t.user + t.system
             elif "runner.template" in cmd:
                 out["job children"] += t.user + t.system + t.children_user + t.children_system

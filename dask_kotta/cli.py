@@ -111,6 +111,30 @@ def _server_options(f):
     return f
 
 
+def _tls_options(f):
+    """The TLS options of `dask worker`, for a tls:// scheduler (also from dask's config)."""
+    for name, text in reversed([
+        ("--tls-ca-file", "CA certificate(s) file to verify"),
+        ("--tls-cert", "Certificate file to present to"),
+        ("--tls-key", "Private key file (if not in --tls-cert) for connections to"),
+    ]):  # fmt: skip
+        f = click.option(
+            name, type=click.Path(dir_okay=False), help=f"{text} the scheduler (tls:// only)."
+        )(f)
+    return f
+
+
+def _private_data_dir(data_dir) -> None:
+    from .server.launch import private_data_dir
+
+    old = private_data_dir(Path(data_dir))
+    if old is not None:
+        click.echo(
+            f"data dir {Path(data_dir).resolve()} was mode {old:04o}; made it 0700 "
+            "(it holds every user's jobs, objects and the service's keys)"
+        )
+
+
 def _config(
     data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload,
     allow_uncontained=False,
@@ -126,7 +150,6 @@ def _config(
             f"{max_payload!r} is not a size like 64MiB", param_hint="--max-payload"
         ) from None
 
-    Path(data_dir).mkdir(parents=True, exist_ok=True)
     url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
     return ServerConfig(
         data_dir=Path(data_dir), scheduler=scheduler or "", public_url=url, database=database,
@@ -173,7 +196,7 @@ def _containment(config, user: str, local: bool) -> str:
 )
 @click.option(
     "--scheduler",
-    help="Use this dask scheduler (tcp://host:8786) instead of starting a LocalCluster.",
+    help="Use this dask scheduler (tcp:// or tls://host:8786) instead of starting a LocalCluster.",
 )
 @click.option(
     "--workers",
@@ -189,6 +212,7 @@ def _containment(config, user: str, local: bool) -> str:
     show_default=True,
     help="Jobs of each queue a local worker runs at once.",
 )
+@_tls_options
 def up(
     port,
     host,
@@ -203,54 +227,80 @@ def up(
     scheduler,
     workers,
     slots,
+    tls_ca_file,
+    tls_cert,
+    tls_key,
 ):
     """Start the server, a local dask cluster and a first user: everything, one command.
 
     Jobs, outputs and the user's token survive a restart with the same --data-dir.
+    The local cluster runs in processes of its own and speaks TLS with certificates
+    made at each start in DATA_DIR/tls.
     """
-    from .server.app import create_app
+    from .server.cluster import TLS_DIR, client_security, make_certificates, start_local_cluster
     from .server.launch import (
         check_port,
         check_store,
         ensure_credentials,
+        private_umask,
         serve,
-        start_local_cluster,
+        stop_on_sigterm,
     )
     from .server.queues import load_queues
-    from .store.jobs import JobStore
 
     _setup_logging()
+    stop_on_sigterm()
+    umask = private_umask()
     check_port(host, port)
-    config = _config(
-        data_dir, port, host, database, store, queues_file, scheduler, None, max_payload,
-        allow_uncontained,
-    )  # fmt: skip
+    if not scheduler and (tls_ca_file or tls_cert or tls_key):
+        raise click.UsageError(
+            "--tls-* options go with --scheduler; the local cluster's certificates are made at each start"
+        )
+    security = client_security(scheduler, tls_ca_file, tls_cert, tls_key) if scheduler else None
     queues = load_queues(queues_file)
-    check_store(config)
-    jobstore = JobStore(config.database_url)
-    made = ensure_credentials(jobstore, user, Path(auth_file), config.public_url)
-    jobstore.close()
-    cluster = None
+    _private_data_dir(data_dir)
+    cluster = tls = None
     if not scheduler:
         click.echo(
             f"starting a LocalCluster: {workers} worker(s), queues {', '.join(queues)} x{slots} each ..."
         )
-        cluster = start_local_cluster(workers, slots, list(queues))
-        config.scheduler = cluster.scheduler_address
-    click.echo(f"Kotta API     {config.public_url}   (OpenAPI docs: {config.public_url}/docs)")
-    click.echo(f"data dir      {Path(data_dir).resolve()}")
-    click.echo(
-        f"credentials   {Path(auth_file).resolve()}  ({'new token for' if made else 'kept, user'} {user!r})"
-    )
-    click.echo(f"dask          {config.scheduler}")
-    click.echo(f"containment   {_containment(config, user, local=not scheduler)}")
-    click.echo("Ctrl-C stops everything; jobs and outputs are kept for the next start.")
+        # Fresh certificates, then the cluster in its own processes: it boots while we go on.
+        tls = make_certificates(Path(data_dir) / TLS_DIR)
+        cluster = start_local_cluster(workers, slots, list(queues), tls, umask)
     try:
+        # The server's heavier imports while the cluster boots.
+        from .server.app import create_app
+        from .store.jobs import JobStore
+
+        config = _config(
+            data_dir, port, host, database, store, queues_file, scheduler, None, max_payload,
+            allow_uncontained,
+        )  # fmt: skip
+        check_store(config)
+        jobstore = JobStore(config.database_url)
+        made = ensure_credentials(jobstore, user, Path(auth_file), config.public_url)
+        jobstore.close()
+        if cluster is not None:
+            config.scheduler = cluster.address()
+            cluster.stop_with_it()
+            security = tls.security("client")
+        config.security = security
+        click.echo(f"Kotta API     {config.public_url}   (OpenAPI docs: {config.public_url}/docs)")
+        click.echo(f"data dir      {Path(data_dir).resolve()}")
+        click.echo(
+            f"credentials   {Path(auth_file).resolve()}  ({'new token for' if made else 'kept, user'} {user!r})"
+        )
+        where = f"  (TLS certificates, new each start: {Path(tls.ca_file).parent.resolve()})"
+        click.echo(f"dask          {config.scheduler}{where if tls else ''}")
+        click.echo(f"containment   {_containment(config, user, local=not scheduler)}")
+        click.echo("Ctrl-C stops everything; jobs and outputs are kept for the next start.")
         serve(create_app(config), host, port)
     finally:
         if cluster is not None:
-            cluster.close(timeout=10)
+            cluster.close()
         click.echo("stopped.")
+    if cluster is not None and cluster.died is not None:
+        sys.exit(1)
 
 
 @main.command()
@@ -261,20 +311,31 @@ def up(
 @click.option(
     "--public-url", help="URL workers use to reach this server. Default: http://HOST:PORT."
 )
+@_tls_options
 def server(
     port, host, data_dir, database, store, queues_file, max_payload, allow_uncontained,
-    scheduler, public_url,
+    scheduler, public_url, tls_ca_file, tls_cert, tls_key,
 ):  # fmt: skip
-    """Run the API server against an existing dask scheduler (scale-out)."""
+    """Run the API server against an existing dask scheduler (scale-out).
+
+    With a tls:// scheduler, give the certificates (or set them in dask's config);
+    a plain tcp:// scheduler lets anything that reaches its port drive the cluster.
+    """
     from .server.app import create_app
-    from .server.launch import check_port, check_store, serve
+    from .server.cluster import client_security
+    from .server.launch import check_port, check_store, private_umask, serve, stop_on_sigterm
 
     _setup_logging()
+    stop_on_sigterm()
+    private_umask()
     check_port(host, port)
+    security = client_security(scheduler, tls_ca_file, tls_cert, tls_key)
+    _private_data_dir(data_dir)
     config = _config(
         data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload,
         allow_uncontained,
     )  # fmt: skip
+    config.security = security
     check_store(config)
     click.echo(
         f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"
@@ -293,8 +354,16 @@ def server(
     help="QUEUE=SLOTS this worker serves; repeat for several.",
 )
 @click.option("--name", help="Worker name.")
-def worker(scheduler, queue_slots, name):
-    """Start a dask worker that serves Kotta queues (wraps `dask worker --resources`)."""
+@_tls_options
+def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
+    """Start a dask worker that serves Kotta queues (wraps `dask worker --resources`).
+
+    For a tls:// scheduler give --tls-ca-file, --tls-cert and --tls-key (as to
+    `dask worker`), or set them in dask's config.
+    """
+    from .server.cluster import worker_tls_check
+
+    worker_tls_check(scheduler, tls_ca_file, tls_cert, tls_key)
     slots = []
     for item in queue_slots:
         q, _, n = item.partition("=")
@@ -306,6 +375,13 @@ def worker(scheduler, queue_slots, name):
             "--nthreads", str(sum(n for _, n in slots) + 1)]  # fmt: skip
     if name:
         args += ["--name", name]
+    for opt, value in (
+        ("--tls-ca-file", tls_ca_file),
+        ("--tls-cert", tls_cert),
+        ("--tls-key", tls_key),
+    ):
+        if value:
+            args += [opt, value]
     # No statistical profiler in its workers (why: start_local_cluster). An environment
     # variable since `dask worker` takes no config option; one the user set wins.
     os.environ.setdefault("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False")

@@ -217,25 +217,97 @@ class Service:
     def log(self) -> str:
         return self.proc.log() if self.proc else ""
 
+    @property
+    def tls_dir(self) -> Path:
+        """Where `up` writes the certificates of its local cluster (new at each start)."""
+        return self.data_dir / "tls"
+
+    def dask_address(self) -> str:
+        """The address of the dask scheduler this run of `up` printed."""
+        for line in reversed(self.log().splitlines()):
+            if line.startswith("dask "):
+                return line.split()[1]
+        raise LookupError(f"no dask address in the log:\n{self.log()[-2000:]}")
+
+    def dask_security(self):
+        """A `distributed.Security` with `up`'s current certificates (what the server uses)."""
+        from distributed.security import Security
+
+        d = self.tls_dir
+        return Security(require_encryption=True, tls_ca_file=str(d / "ca.pem"),
+                        tls_client_cert=str(d / "cert.pem"), tls_client_key=str(d / "key.pem"))  # fmt: skip
+
+
+def write_temporary_certificates(directory: Path) -> dict[str, str]:
+    """A throwaway self-signed certificate (its own CA) as PEM files, like an operator's.
+
+    Made by distributed's `Security.temporary()`, not by dask-kotta's code. Returns the
+    `--tls-ca-file`/`--tls-cert`/`--tls-key` paths.
+    """
+    from distributed.security import Security
+
+    sec = Security.temporary()
+    directory = Path(directory)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = {
+        "ca_file": directory / "ca.pem",
+        "cert": directory / "cert.pem",
+        "key": directory / "key.pem",
+    }
+    for path, text in ((files["ca_file"], sec.tls_ca_file), (files["cert"], sec.tls_client_cert),
+                       (files["key"], sec.tls_client_key)):  # fmt: skip
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    return {k: str(v) for k, v in files.items()}
+
 
 class DaskCluster:
-    """A `dask scheduler` and Kotta workers as separate processes (the scale-out layout)."""
+    """A `dask scheduler` and Kotta workers as separate processes (the scale-out layout).
+
+    Plain tcp:// by default; ``tls=True`` gives the scheduler and workers certificates
+    made for the test (see :func:`write_temporary_certificates`) and a tls:// address.
+    """
 
     def __init__(
-        self, base: Path, workers: int = 2, queues: tuple[str, ...] = ("Test=4", "Prod=2")
+        self,
+        base: Path,
+        workers: int = 2,
+        queues: tuple[str, ...] = ("Test=4", "Prod=2"),
+        tls: bool = False,
     ):
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{self.port}"
         self.n_workers, self.queues = workers, queues
         self.env: dict[str, str] = {}  # added to the workers' environment
         self.procs: list[Proc] = []
+        self.tls = write_temporary_certificates(self.base / "tls") if tls else None
+
+    @property
+    def tls_args(self) -> list[str]:
+        """The `--tls-*` options of `dask scheduler`, `dask-kotta worker` and `server`."""
+        if not self.tls:
+            return []
+        t = self.tls
+        return ["--tls-ca-file", t["ca_file"], "--tls-cert", t["cert"], "--tls-key", t["key"]]
+
+    def security(self):
+        """A client `Security` for this cluster (None for plain tcp)."""
+        if not self.tls:
+            return None
+        from distributed.security import Security
+
+        t = self.tls
+        return Security(require_encryption=True, tls_ca_file=t["ca_file"],
+                        tls_client_cert=t["cert"], tls_client_key=t["key"])  # fmt: skip
 
     def start(self) -> DaskCluster:
+        proto = ["--protocol", "tls", *self.tls_args] if self.tls else []
         sched = Proc(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(self.port),
-             "--dashboard-address", ":0", "--no-show"],
+             "--dashboard-address", ":0", "--no-show", *proto],
             self.base / "scheduler.log", self.base,
         ).start()  # fmt: skip
         self.procs.append(sched)
@@ -249,13 +321,14 @@ class DaskCluster:
                 self.address,
                 "--name",
                 f"w{i}",
+                *self.tls_args,
             ]
             for q in self.queues:
                 args += ["--queue", q]
             self.procs.append(Proc(args, self.base / f"worker{i}.log", self.base, self.env).start())
         from distributed import Client
 
-        with Client(self.address, timeout=60) as c:
+        with Client(self.address, timeout=60, security=self.security()) as c:
             c.wait_for_workers(self.n_workers, timeout=60)
         return self
 

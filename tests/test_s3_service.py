@@ -333,8 +333,10 @@ def test_output_symlink_out_of_the_workdir_is_refused(k):
 
 
 def _workers(svc) -> list[psutil.Process]:
+    # `up` runs its LocalCluster in a child process; the workers are that one's children.
     root = psutil.Process(svc.proc.proc.pid)
-    return [p for p in root.children() if "multiprocessing.spawn" in " ".join(p.cmdline())]
+    (cluster,) = [p for p in root.children() if "server.cluster" in " ".join(p.cmdline())]
+    return [p for p in cluster.children() if "multiprocessing.spawn" in " ".join(p.cmdline())]
 
 
 def test_200mb_staged_in_and_out_without_the_worker_growing(svc, k, data, tmp_path):

@@ -64,9 +64,12 @@ class Engine:
         queues: list[str] | None = None,
         notifier: Notifier | None = None,
         mode: str | None = None,
+        security=None,
     ):
         self.store = store
         self.scheduler = scheduler
+        #: ``distributed.Security`` for a tls:// scheduler; None: plain tcp or dask's config.
+        self.security = security
         self.public_url = public_url
         self.on_change = on_change
         self.queues = list(queues or [])
@@ -89,7 +92,11 @@ class Engine:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self.client = await Client(
-            self.scheduler, asynchronous=True, name="dask-kotta-server", timeout=30
+            self.scheduler,
+            asynchronous=True,
+            name="dask-kotta-server",
+            timeout=30,
+            security=self.security,
         )
         if self.mode == "slots":
             self._spawn(self._keep_slots())

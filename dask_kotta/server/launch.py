@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from ..store.jobs import JobStore
 from .auth import hash_token, new_token
+
+if TYPE_CHECKING:  # imported by `up` before it starts its cluster: keep this module light
+    from ..store.jobs import JobStore
 
 log = logging.getLogger("dask_kotta.server")
 
@@ -54,6 +58,31 @@ def ensure_credentials(store: JobStore, user: str, path: Path, url: str) -> bool
     return True
 
 
+def private_umask() -> int:
+    """Make this process's umask 0o077 and return the one it had.
+
+    Whatever ``up``/``server`` create from here on (SQLite's -wal/-shm files, objects,
+    directories, logs) is then its owner's only. The modes set explicitly where files are
+    created keep that true in processes that did not set the umask (``dask-kotta token``).
+    """
+    return os.umask(0o077)
+
+
+def private_data_dir(path: Path) -> int | None:
+    """Make the data directory 0700 (made if missing); return an existing one's old mode if fixed.
+
+    It holds the job store (token hashes, every user's jobs), the local object store
+    (every user's objects) and the cluster's TLS keys. Call :func:`private_umask` first.
+    """
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        path.chmod(0o700)
+        return mode
+    return None
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -79,31 +108,34 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def start_local_cluster(workers: int, slots: int, queues: list[str]):
-    """A LocalCluster of process workers, each carrying every queue as a resource."""
-    from distributed import LocalCluster
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
-    resources = {q: slots for q in queues}
-    return LocalCluster(
-        n_workers=workers,
-        threads_per_worker=slots * len(queues) + 1,
-        processes=True,
-        resources=resources,
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-        # No statistical profiler in the workers: sampling every thread's stack every 10 ms
-        # took ~9% of a worker's GIL time (py-spy), and nothing here reads its profiles.
-        config={"distributed.worker.profile.enabled": False},
-    )
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this process as Ctrl-C does, running its ``finally`` blocks.
+
+    Its default action ends the process at once: ``up`` would then leave the stopping of
+    its cluster to the cluster's lifeline, after the fact, and print nothing.
+    """
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def serve(app, host: str, port: int) -> None:
+    """Run the API until Ctrl-C or SIGTERM; a server that stopped that way returns normally."""
     import uvicorn
 
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
     )
     server = uvicorn.Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn stops gracefully on SIGINT/SIGTERM, then raises the signal again for the
+        # handler it replaced; the server has stopped, which is what was asked.
+        if not server.started:
+            raise
+        return
     if not server.started:
         sys.exit(1)

@@ -40,6 +40,8 @@ class ServerConfig:
     single_user: str | None = None
     uncontained: str = ""
     policy_file: str | None = None
+    #: ``distributed.Security`` to reach a tls:// scheduler with (None: plain tcp).
+    security: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -60,7 +62,7 @@ class Service:
         self.notifier = Notifier()
         self.engine = Engine(
             self.store, config.scheduler, config.public_url, self.changed,
-            queues=list(self.queues), notifier=self.notifier,
+            queues=list(self.queues), notifier=self.notifier, security=config.security,
         )  # fmt: skip
         self._reaper: asyncio.Task | None = None
         self._user_cache: dict[str, dict] = {}

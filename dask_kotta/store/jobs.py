@@ -8,6 +8,7 @@ guarded statement so the lifecycle only moves forward, are in ``attempts.py``.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -21,10 +22,30 @@ from .attempts import Attempts
 from .schema import job_events, job_row, jobs, metadata, tokens, users
 
 
+def private_sqlite_file(path: str | Path) -> None:
+    """Make a SQLite file (made if missing) and its -wal/-shm files readable by the owner only.
+
+    The database holds token hashes, dispatch-token hashes and every user's jobs. SQLite
+    creates it 0644 minus the umask and gives -wal/-shm the database file's mode, so the
+    file is made here with 0600 first, and an older, looser one is tightened.
+    """
+    path = Path(path)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+        except FileNotFoundError:
+            pass
+
+
 def engine_for(url_or_path: str) -> sa.Engine:
-    """An engine for a SQLAlchemy URL, or for a SQLite file path (WAL mode)."""
-    if "://" not in url_or_path:
-        Path(url_or_path).parent.mkdir(parents=True, exist_ok=True)
+    """An engine for a SQLAlchemy URL, or for a SQLite file path (WAL mode, mode 0600)."""
+    if url_or_path.startswith("sqlite:///") and url_or_path != "sqlite:///:memory:":
+        private_sqlite_file(url_or_path.removeprefix("sqlite:///").partition("?")[0])
+    elif "://" not in url_or_path:
+        private_sqlite_file(url_or_path)
         url_or_path = f"sqlite:///{url_or_path}"
     if url_or_path.startswith("sqlite"):
         engine = sa.create_engine(

@@ -58,7 +58,11 @@ class LocalObjectStore:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Every user's objects: directories 0700 and files 0600 (as written below), whatever
+        # the umask; a root left 0755 by an older version is closed here.
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.root.stat().st_mode & 0o077:
+            self.root.chmod(0o700)
 
     def _path(self, key: str) -> Path:
         # Lexical check only: everything under root is written by this store, from bytes, so
@@ -74,11 +78,23 @@ class LocalObjectStore:
         try:
             return os.open(tmp, flags, 0o600), tmp
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._mkdirs(path.parent)
         except FileExistsError:  # left by a crashed process that had our pid
             fd, name = tempfile.mkstemp(dir=path.parent, prefix=".part-")
             return fd, Path(name)
         return os.open(tmp, flags, 0o600), tmp
+
+    def _mkdirs(self, path: Path) -> None:
+        """Make ``path`` and its missing parents, each 0700 (``mkdir -p`` gives parents 0777)."""
+        missing = []
+        while not path.exists():
+            missing.append(path)
+            path = path.parent
+        for p in reversed(missing):
+            try:
+                os.mkdir(p, 0o700)
+            except FileExistsError:
+                pass
 
     def put_stream(self, key: str, stream: BinaryIO) -> int:
         path = self._path(key)
