@@ -142,6 +142,25 @@ def test_unpicklable_function_fails_before_any_request(konn):
     assert len(konn.jobs(limit=10_000)) == before
 
 
+def test_a_connection_never_rides_inside_a_job(konn):
+    """A function that closes over a connection (or calls a decorated function) would carry
+    the user's token into the job's payload: refused on the client, before any request."""
+    before = len(konn.jobs(limit=10_000))
+
+    @kottajob(konn, "Test", 0.5)
+    def inner(x):
+        return x
+
+    def outer(x):
+        return inner(x) + 1  # the decorated `inner` closes over `konn`
+
+    with pytest.raises(SerializationError, match="holds your token"):
+        konn.submit_many([(outer, (1,))])
+    with pytest.raises(SerializationError, match="holds your token"):
+        kottajob(konn, "Test", 0.5)(outer)(1)
+    assert len(konn.jobs(limit=10_000)) == before
+
+
 def test_result_the_client_cannot_unpickle(konn):
     @kottajob(konn, "Test", 0.5)
     def make_foreign():

@@ -3,58 +3,49 @@
 from __future__ import annotations
 
 import os
-import time
+import uuid
 
-import psutil
+from kotta_testing import processes_with_arg, wait_for
 
 from kotta import KottaJob
 
 
-def test_walltime_kills_grandchildren(konn, tmp_path):
-    pidfile = tmp_path / "grandchild.pid"
+def _marker() -> str:
+    return str(uuid.uuid4().int)[:12]
+
+
+def test_walltime_kills_grandchildren(konn):
+    marker = _marker()
     script = f"""#!/bin/bash
-( sleep 300 & echo $! > {pidfile}; wait ) &
-sleep 300
+( sleep 300.{marker} & wait ) &
+sleep 301.{marker}
 """
     job = KottaJob(script=script, walltime=0.03)  # 1.8 s
     job.submit(konn)
+    wait_for(lambda: len(processes_with_arg(marker)) == 2, 60, "the grandchild to start")
     assert job.wait(konn, maxwait=60)
     assert job.status(konn) == "failed" and job.reason == "walltime exceeded"
-    pid = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and psutil.pid_exists(pid):
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                break
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.1)
-    alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    assert not alive, f"grandchild {pid} outlived the walltime"
+    wait_for(lambda: processes_with_arg(marker) == [], 5, "the grandchild to be gone")
 
 
-def test_escaped_session_is_killed_too(konn, tmp_path):
-    """A descendant that left the job's process group (setsid) is still found and killed."""
-    pidfile = tmp_path / "escaped.pid"
-    script = f"setsid sleep 300 & echo $! > {pidfile}; sleep 300"
-    job = KottaJob(script=script, walltime=0.03)
+def test_escaped_session_is_killed_too(konn):
+    """A descendant that left the job's process group (setsid) is killed with the job."""
+    marker = _marker()
+    job = KottaJob(script=f"setsid sleep 300.{marker} & sleep 301.{marker}", walltime=0.03)
     job.submit(konn)
+    wait_for(lambda: len(processes_with_arg(marker)) == 2, 60, "the escaped process to start")
     job.wait(konn, maxwait=60)
     assert job.reason == "walltime exceeded"
-    pid = int(pidfile.read_text())
-    time.sleep(0.5)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    wait_for(lambda: processes_with_arg(marker) == [], 5, "the escaped process to be gone")
 
 
-def test_background_leftovers_are_cleaned_after_success(konn, tmp_path):
-    pidfile = tmp_path / "bg.pid"
-    job = KottaJob(script=f"sleep 300 & echo $! > {pidfile}; echo done", walltime=0.5)
+def test_background_leftovers_are_cleaned_after_success(konn):
+    marker = _marker()
+    job = KottaJob(script=f"sleep 300.{marker} & echo done", walltime=0.5)
     job.submit(konn)
     job.wait(konn)
     assert job.status(konn) == "completed"
-    pid = int(pidfile.read_text())
-    time.sleep(0.3)
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    wait_for(lambda: processes_with_arg(marker) == [], 5, "the background process to be gone")
 
 
 def test_job_files_stay_in_their_working_directory(konn):
@@ -74,9 +65,10 @@ def test_unknown_executable_fails_with_reason(konn):
     assert job.reason.startswith("cannot start '/no/such/binary'")
 
 
-def test_retries_rerun_a_failing_job(konn, tmp_path):
-    counter = tmp_path / "count"
+def test_retries_rerun_a_failing_job(konn, service):
+    counter = service.shared / f"count-{_marker()}"  # mounted into the job's view
     counter.write_text("")
+    counter.chmod(0o666)
     script = f"echo x >> {counter}; test $(wc -l < {counter}) -ge 3"
     job = KottaJob(script=script, walltime=0.5, retries=2)
     job.submit(konn)

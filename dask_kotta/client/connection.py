@@ -51,6 +51,14 @@ class Kotta:
     def __repr__(self) -> str:
         return f"<Kotta {self.url} user={self.user.get('name')!r}>"
 
+    def __reduce__(self):
+        # A connection holds its user's token (and live sockets): it must never ride inside
+        # a job's payload, as it would in the closure of a function sent to a job.
+        raise TypeError(
+            "a Kotta connection holds your token and is never sent to a job; "
+            "make one inside the function if the job itself must call Kotta"
+        )
+
     def close(self) -> None:
         self.session.close()
 

@@ -222,6 +222,25 @@ def read_job_file(path: Path) -> str:
         return f.read().decode()
 
 
+def _start_failure(workdir: Path, job: dict[str, Any]) -> str | None:
+    """Why the child never started its command, from the line it left on STDERR (exit 126/127).
+
+    Lines starting with ``kotta: `` come from the sandbox and the template; the
+    job can only fake one about itself.
+    """
+    try:
+        f = job_file(resolve_inside(workdir, job["stderr"], "output_file_stderr"))
+    except UnsafePathError:
+        return None
+    if f is None:
+        return None
+    with f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - 2000))
+        lines = f.read().decode(errors="replace").strip().splitlines()
+    last = lines[-1] if lines else ""
+    return last.removeprefix("kotta: ") if last.startswith("kotta: ") else None
+
+
 def _stage_deps(api: RunnerAPI, deps: list[str], private: Path) -> None:
     """Download the results of the jobs this one depends on into ``.kotta/deps/<job_id>.pkl``."""
     if not deps:
@@ -308,6 +327,8 @@ def _run(
     reason, tb, has_result = "", "", False
     if outcome.killed:
         reason = outcome.killed
+    elif outcome.returncode in (126, 127) and (why := _start_failure(workdir, job)):
+        reason = why  # the sandbox could not be entered, or the command not started
     elif job["jobtype"] == "python":
         try:
             result = json.loads(read_job_file(private / "outcome.json"))
