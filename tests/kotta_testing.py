@@ -383,5 +383,15 @@ def policy_args(directory: Path, **policy) -> list[str]:
     return ["--policy", str(path)]
 
 
+def run_script(konn, timeout: float = 120, **kw):
+    """Submit a script job (walltime 2 min unless given) and wait for its end."""
+    from kotta import KottaJob
+
+    job = KottaJob(jobtype="script", **{"walltime": 2, **kw})
+    job.submit(konn)
+    assert job.wait(konn, maxwait=timeout), f"job {job.job_id} did not end: {job.info}"
+    return job
+
+
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())

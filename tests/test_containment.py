@@ -373,3 +373,23 @@ def _userns_sandbox(tmp_path, nobody, repo):
     assert "CapEff:\t0000000000000000" in lines
     assert "wrote" in lines and (tmp_path / "work/job/out.txt").read_text() == "hi\n"
     assert "Read-only file system" in out.stdout
+
+
+def swap_private_dir(target):
+    import os
+
+    # After this returns, the child writes its result into .kotta/, now a link to `target`.
+    os.rename(".kotta", ".kotta-moved")
+    os.symlink(target, ".kotta")
+    return "mine"
+
+
+def test_a_job_cannot_make_the_runner_read_a_host_file_as_its_result(mallory, tmp_path):
+    planted = tmp_path / "planted"  # stands for any host directory the runner can read
+    planted.mkdir()
+    (planted / "outcome.json").write_text('{"ok": true}')
+    (planted / "result.pkl").write_bytes(cloudpickle.dumps({"ok": True, "value": "host data"}))
+    job = mallory.submit_many([(swap_private_dir, (str(planted),))], walltime=1)[0]
+    with pytest.raises(JobFailedError) as err:
+        job.get_results(mallory, timeout=120)
+    assert "host data" not in str(err.value)

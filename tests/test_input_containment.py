@@ -16,6 +16,7 @@ import sys
 
 import pytest
 from kotta_testing import DaskCluster, Service, policy_args
+from kotta_testing import run_script as run
 from s3server import HTTPFiles
 
 from dask_kotta.errors import APIError, InvalidRequestError
@@ -87,13 +88,6 @@ def decoy(tmp_path_factory):
     server = HTTPFiles(root).start()
     yield server
     server.stop()
-
-
-def run(konn, timeout: float = 120, **kw) -> KottaJob:
-    job = KottaJob(jobtype="script", walltime=2, **kw)
-    job.submit(konn)
-    assert job.wait(konn, maxwait=timeout), f"job {job.job_id} did not end: {job.info}"
-    return job
 
 
 def stdout(job) -> str:

@@ -21,6 +21,7 @@ import psutil
 import pytest
 import requests
 from kotta_testing import DaskCluster, Service, policy_args
+from kotta_testing import run_script as run
 from s3server import HTTPFiles
 
 # The documented client API, again, on the S3 store (``konn`` below is the S3 service's).
@@ -111,13 +112,6 @@ def web(tmp_path_factory):
     server = HTTPFiles(root, host="127.0.0.2").start()
     yield server
     server.stop()
-
-
-def run(konn, timeout: float = 120, **kw) -> KottaJob:
-    job = KottaJob(jobtype="script", walltime=2, **kw)
-    job.submit(konn)
-    assert job.wait(konn, maxwait=timeout), f"job {job.job_id} did not end: {job.info}"
-    return job
 
 
 def md5(data: bytes) -> str:

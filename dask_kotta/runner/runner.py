@@ -195,13 +195,21 @@ def run_claimed(api: RunnerAPI, job: dict[str, Any], heartbeat: type = Heartbeat
         api.close()
 
 
-def job_file(path: Path) -> BinaryIO | None:
-    """``path``, written by the job, opened for reading if it is a plain file of its own.
+def job_file(workdir: Path, name: str) -> BinaryIO | None:
+    """``name`` in ``workdir``, written by the job, opened for reading if it is a plain file
+    of the job's own.
 
     The job has ended (its processes are gone), but what it left is untrusted: a
-    symlink, FIFO or hard link where its result should be is treated as no result,
-    never followed (a symlink could name the service's own files).
+    symlink anywhere on the way (``.kotta`` itself may have become one), a FIFO
+    or a hard link where its result should be is treated as no file, never
+    followed: it could name the service's own files.
     """
+    try:
+        path = resolve_inside(workdir, name)
+    except UnsafePathError:
+        return None
+    if path != Path(workdir).resolve() / name:
+        return None  # a symlink on the way, even one that stays inside
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -213,11 +221,11 @@ def job_file(path: Path) -> BinaryIO | None:
     return os.fdopen(fd, "rb")
 
 
-def read_job_file(path: Path) -> str:
+def read_job_file(workdir: Path, name: str) -> str:
     """The text of a file the job wrote (see :func:`job_file`); OSError if there is none."""
-    f = job_file(path)
+    f = job_file(workdir, name)
     if f is None:
-        raise FileNotFoundError(path)
+        raise FileNotFoundError(name)
     with f:
         return f.read().decode()
 
@@ -228,10 +236,7 @@ def _start_failure(workdir: Path, job: dict[str, Any]) -> str | None:
     Lines starting with ``kotta: `` come from the sandbox and the template; the
     job can only fake one about itself.
     """
-    try:
-        f = job_file(resolve_inside(workdir, job["stderr"], "output_file_stderr"))
-    except UnsafePathError:
-        return None
+    f = job_file(workdir, job["stderr"])
     if f is None:
         return None
     with f:
@@ -331,7 +336,7 @@ def _run(
         reason = why  # the sandbox could not be entered, or the command not started
     elif job["jobtype"] == "python":
         try:
-            result = json.loads(read_job_file(private / "outcome.json"))
+            result = json.loads(read_job_file(workdir, ".kotta/outcome.json"))
         except (OSError, ValueError):
             result = {
                 "ok": False,
@@ -341,7 +346,7 @@ def _run(
         if not result["ok"]:
             reason = f"{result.get('type')}: {result.get('message')}".strip(": ")
             tb = result.get("traceback", "")
-        result_file = job_file(private / "result.pkl")
+        result_file = job_file(workdir, ".kotta/result.pkl")
         if result_file is not None:
             with result_file as f:
                 api.upload_result(f)
