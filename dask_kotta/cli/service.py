@@ -1,56 +1,21 @@
-"""The ``dask-kotta`` command line."""
+"""The service's commands: ``up``, ``server``, ``worker``, ``token``."""
 
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
 
-from . import defaults as d
-from .errors import KottaError
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stdout,
-    )
-    logging.getLogger("dask_kotta").setLevel(logging.INFO)
-
-
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except KottaError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-
-
-@click.group(cls=_Group)
-@click.version_option(package_name="dask-kotta")
-def main() -> None:
-    """dask-kotta: a Kotta job service on dask.distributed, and its client.
-
-    Start everything on this machine with `dask-kotta up`; then use the other
-    commands (or Python: `from kotta import Kotta`) with the credentials file
-    it writes.
-    """
-
-
-# -- service commands ---------------------------------------------------------------------
+from .. import defaults as d
+from . import _setup_logging, main
 
 
 def _load_policy(ctx, param, value):
     # Checked before anything starts; the server reads the file itself (ServerConfig.policy_file).
-    from .server.policy import load_policy
+    from ..server.policy import load_policy
 
     load_policy(value)
     ctx.meta["dask_kotta.policy"] = value
@@ -125,7 +90,7 @@ def _tls_options(f):
 
 
 def _private_data_dir(data_dir) -> None:
-    from .server.launch import private_data_dir
+    from ..server.launch import private_data_dir
 
     old = private_data_dir(Path(data_dir))
     if old is not None:
@@ -141,7 +106,7 @@ def _config(
 ):  # fmt: skip
     from dask.utils import parse_bytes
 
-    from .server.service import ServerConfig
+    from ..server.service import ServerConfig
 
     try:
         limit = parse_bytes(max_payload)
@@ -165,7 +130,7 @@ def _containment(config, user: str, local: bool) -> str:
         return "required on every worker" + (
             " (or jobs run uncontained: --allow-uncontained)" if config.allow_uncontained else ""
         )
-    from .runner.isolation import available
+    from ..runner.isolation import available
 
     why = available()
     if why is None:
@@ -237,8 +202,8 @@ def up(
     The local cluster runs in processes of its own and speaks TLS with certificates
     made at each start in DATA_DIR/tls.
     """
-    from .server.cluster import TLS_DIR, client_security, make_certificates, start_local_cluster
-    from .server.launch import (
+    from ..server.cluster import TLS_DIR, client_security, make_certificates, start_local_cluster
+    from ..server.launch import (
         check_port,
         check_store,
         ensure_credentials,
@@ -246,7 +211,7 @@ def up(
         serve,
         stop_on_sigterm,
     )
-    from .server.queues import load_queues
+    from ..server.queues import load_queues
 
     _setup_logging()
     stop_on_sigterm()
@@ -269,8 +234,8 @@ def up(
         cluster = start_local_cluster(workers, slots, list(queues), tls, umask)
     try:
         # The server's heavier imports while the cluster boots.
-        from .server.app import create_app
-        from .store.jobs import JobStore
+        from ..server.app import create_app
+        from ..store.jobs import JobStore
 
         config = _config(
             data_dir, port, host, database, store, queues_file, scheduler, None, max_payload,
@@ -321,9 +286,9 @@ def server(
     With a tls:// scheduler, give the certificates (or set them in dask's config);
     a plain tcp:// scheduler lets anything that reaches its port drive the cluster.
     """
-    from .server.app import create_app
-    from .server.cluster import client_security
-    from .server.launch import check_port, check_store, private_umask, serve, stop_on_sigterm
+    from ..server.app import create_app
+    from ..server.cluster import client_security
+    from ..server.launch import check_port, check_store, private_umask, serve, stop_on_sigterm
 
     _setup_logging()
     stop_on_sigterm()
@@ -361,7 +326,7 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
     For a tls:// scheduler give --tls-ca-file, --tls-cert and --tls-key (as to
     `dask worker`), or set them in dask's config.
     """
-    from .server.cluster import worker_tls_check
+    from ..server.cluster import worker_tls_check
 
     worker_tls_check(scheduler, tls_ca_file, tls_cert, tls_key)
     slots = []
@@ -404,8 +369,8 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
 @click.option("--port", type=int, default=d.PORT, show_default=True)
 def token(name, output, data_dir, database, url, port):
     """Create user NAME if new, and write a credentials file with a new token for it."""
-    from .server.launch import issue_token
-    from .store.jobs import JobStore
+    from ..server.launch import issue_token
+    from ..store.jobs import JobStore
 
     if not name.strip() or len(name) > 128:
         raise click.BadParameter("must be 1-128 characters", param_hint="NAME")
@@ -413,176 +378,3 @@ def token(name, output, data_dir, database, url, port):
     issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}")
     store.close()
     click.echo(f"wrote {output} for user {name!r}")
-
-
-# -- client commands ----------------------------------------------------------------------
-
-_auth = click.option(
-    "--auth-file", type=click.Path(dir_okay=False), default=d.AUTH_FILE, show_default=True,
-    envvar="KOTTA_AUTH_FILE", help="Credentials file (from `up` or `token`).",
-)  # fmt: skip
-
-
-def _konn(auth_file: str):
-    from .client.connection import Kotta
-
-    try:
-        text = Path(auth_file).read_text()
-    except OSError as e:
-        raise click.ClickException(
-            f"cannot read credentials {auth_file}: {e.strerror}; run `dask-kotta up` or `dask-kotta token NAME`"
-        ) from None
-    return Kotta(text)
-
-
-def _dur(x: float | None) -> str:
-    return "-" if x is None else (f"{x * 1000:.0f}ms" if x < 1 else f"{x:.2f}s")
-
-
-def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-@main.command()
-@_auth
-@click.argument("script", type=click.Path(exists=True, dir_okay=False))
-@click.option("--queue", "-q", default=d.QUEUE, show_default=True)
-@click.option(
-    "--walltime",
-    "-w",
-    type=float,
-    default=60,
-    show_default=True,
-    help="Minutes (fractions allowed).",
-)
-@click.option(
-    "--inputs", "-i", default="", help="Comma-separated s3:// or http(s):// URLs to stage in."
-)
-@click.option("--outputs", "-o", default="", help="Comma-separated relative paths to keep.")
-@click.option("--name", "-n", default=None, help="Job name. Default: the script's file name.")
-@click.option(
-    "--executable", "-e", default=None, help="Command line to run. Default: the script itself."
-)
-@click.option("--wait/--no-wait", default=False, help="Wait for the job and print its STDOUT.")
-def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable, wait):
-    """Submit SCRIPT as a Kotta script job; prints its id."""
-    from .client.job import KottaJob
-
-    konn = _konn(auth_file)
-    path = Path(script)
-    job = KottaJob(
-        jobtype="script", jobname=name or path.name, script=path.read_text(), script_name=path.name,
-        executable=executable, queue=queue, walltime=walltime, inputs=inputs, outputs=outputs,
-    )  # fmt: skip
-    job.submit(konn)
-    click.echo(job.job_id)
-    if wait:
-        job.wait(konn, maxwait=float("inf"))
-        _print_logs(konn, job.job_id, True, True)
-        if job.status(konn) != d.COMPLETED:
-            raise click.ClickException(f"job {job.job_id} {job.info['status']}: {job.reason}")
-
-
-@main.command()
-@_auth
-@click.argument("job_id")
-def status(auth_file, job_id):
-    """Show a job: status, reason, times, per-phase durations, outputs."""
-    konn = _konn(auth_file)
-    j = konn.job(job_id)
-    t = j["timings"]
-    total = (j["ended_at"] - j["submitted_at"]) if j["ended_at"] else None
-    lines = [
-        ("id", j["id"]), ("name", j["name"]), ("type", j["jobtype"]), ("queue", j["queue"]),
-        ("walltime", f"{j['walltime_min']:g} min"), ("status", j["status"]), ("reason", j["reason"] or "-"),
-        ("submitted", _when(j["submitted_at"])), ("started", _when(j["started_at"])), ("ended", _when(j["ended_at"])),
-        ("stage in", _dur(t["stage_in"])), ("run", _dur(t["run"])), ("stage out", _dur(t["stage_out"])),
-        ("total", _dur(total)), ("attempts", str(j["attempt"])), ("worker", j["worker"] or "-"),
-    ]  # fmt: skip
-    for k, v in lines:
-        click.echo(f"{k:<10} {v}")
-    for o in j["outputs"]:
-        click.echo(f"{'output':<10} {o['name']} ({o['size']} bytes) {o['url']}")
-    if j["traceback"]:
-        click.echo("traceback:\n" + j["traceback"])
-
-
-def _print_logs(konn, job_id: str, stdout: bool, stderr: bool) -> None:
-    """Print STDOUT to stdout and STDERR to stderr, each under a header on stderr."""
-    from .client.job import KottaJob
-
-    job = KottaJob.attach(konn, job_id)
-    outputs = {o.file: o for o in job.outputs}
-    for want, name, err in (
-        (stdout, job.info["stdout"], False),
-        (stderr, job.info["stderr"], True),
-    ):
-        if not want:
-            continue
-        out = outputs.get(name.rsplit("/", 1)[-1])
-        if out is None:
-            click.echo(f"--- {name}: not available (job is {job.info['status']})", err=True)
-            continue
-        click.echo(f"--- {name}", err=True)
-        click.echo(out.read(), nl=False, err=err)
-
-
-@main.command()
-@_auth
-@click.argument("job_id")
-@click.option("--stdout/--no-stdout", default=True)
-@click.option("--stderr/--no-stderr", default=True)
-def logs(auth_file, job_id, stdout, stderr):
-    """Print a job's STDOUT and STDERR."""
-    _print_logs(_konn(auth_file), job_id, stdout, stderr)
-
-
-@main.command()
-@_auth
-@click.argument("job_id")
-def cancel(auth_file, job_id):
-    """Cancel a pending or running job."""
-    from .errors import ConflictError
-
-    konn = _konn(auth_file)
-    try:
-        konn.cancel_job(job_id)
-        click.echo(f"job {job_id} cancelled")
-    except ConflictError as e:
-        raise click.ClickException(str(e).split(" (HTTP")[0]) from None
-
-
-@main.command(name="ls")
-@_auth
-@click.option("--limit", "-n", type=int, default=20, show_default=True)
-@click.option("--status", "status_filter", type=click.Choice(d.SERVER_STATUSES), default=None)
-def ls_(auth_file, limit, status_filter):
-    """List your jobs, newest first, with status and durations."""
-    from rich.console import Console
-    from rich.table import Table
-
-    konn = _konn(auth_file)
-    table = Table(box=None)
-    for col in (
-        "id",
-        "name",
-        "queue",
-        "status",
-        "submitted",
-        "stage in",
-        "run",
-        "stage out",
-        "reason",
-    ):
-        table.add_column(col)
-    for j in konn.jobs(limit=limit, status=status_filter):
-        t = j["timings"]
-        table.add_row(
-            j["id"], j["name"][:30], j["queue"], j["status"], _when(j["submitted_at"]),
-            _dur(t["stage_in"]), _dur(t["run"]), _dur(t["stage_out"]), (j["reason"] or "")[:50],
-        )  # fmt: skip
-    Console(width=200).print(table)
-
-
-if __name__ == "__main__":
-    main()

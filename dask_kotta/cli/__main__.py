@@ -1,0 +1,5 @@
+"""``python -m dask_kotta.cli``."""
+
+from . import main
+
+main()
