@@ -115,9 +115,10 @@ def test_a_job_cannot_reach_another_users_running_job(konn, mallory, service):
 
 
 def environment():
+    import getpass
     import os
 
-    out = {"environ": dict(os.environ)}
+    out = {"environ": dict(os.environ), "user": getpass.getuser()}
     for pid in [p for p in os.listdir("/proc") if p.isdigit()] + ["self"]:
         try:
             with open(f"/proc/{pid}/environ", "rb") as f:
@@ -131,10 +132,11 @@ def test_a_job_sees_none_of_the_workers_variables(mallory, service):
     canary = service.env["SERVICE_SECRET_CANARY"]
     seen = _run(mallory, environment)
     assert canary not in repr(seen)
-    allowed = re.compile(r"^(KOTTA_(JOB_ID|WORKDIR)|PATH|HOME|TMPDIR|LANG|LANGUAGE|TZ|PYTHONUNBUFFERED"
+    allowed = re.compile(r"^(KOTTA_(JOB_ID|WORKDIR)|PATH|HOME|TMPDIR|USER|LOGNAME|LANG|LANGUAGE|TZ|PYTHONUNBUFFERED"
                          r"|LC_\w+|OMP_\w+|OPENBLAS_\w+|MKL_\w+)$")  # fmt: skip
     assert [k for k in seen["environ"] if not allowed.match(k)] == []
     assert seen["environ"]["HOME"] == seen["environ"]["KOTTA_WORKDIR"]
+    assert seen["user"] == "kotta"  # getpass works for a uid with no passwd entry
 
 
 # -- 3. the service's data ---------------------------------------------------------------

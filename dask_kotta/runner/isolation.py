@@ -65,6 +65,10 @@ def job_env(job: dict[str, Any], workdir: Path) -> dict[str, str]:
     env.update(
         HOME=str(workdir),
         TMPDIR="/tmp",
+        # A leased uid has no passwd entry: getpass.getuser() and the tools that call it
+        # would fail without these.
+        USER="kotta",
+        LOGNAME="kotta",
         KOTTA_JOB_ID=job["id"],
         KOTTA_WORKDIR=str(workdir),
         PYTHONUNBUFFERED="1",
