@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContainmentError
+from .process import proc_stat
 
 MODE_VAR = "KOTTA_SANDBOX"
 UIDS_VAR = "KOTTA_SANDBOX_UIDS"
@@ -192,11 +193,9 @@ def kill_uid(uid: int, timeout: float = 5.0) -> bool:
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return True
+    """True if ``pid`` is a zombie or gone: nothing of it runs any more."""
+    fields = proc_stat(pid)
+    return fields is None or fields[0] == b"Z"
 
 
 class Box:
@@ -208,6 +207,7 @@ class Box:
         self._lock_fd: int | None = None
 
     def __enter__(self) -> Box:
+        (self.private / "tmp").mkdir(exist_ok=True)  # the job's /tmp
         if os.getuid() == 0:
             self._lease_uid()
         return self
@@ -237,7 +237,6 @@ class Box:
         """Give the working directory (staged inputs, payload, logs) to the job's uid."""
         if self.uid is None:
             return
-        (self.private / "tmp").mkdir(exist_ok=True)
         for root, dirs, files in os.walk(self.workdir):
             os.chown(root, self.uid, self.uid)
             for name in dirs + files:
@@ -245,13 +244,11 @@ class Box:
 
     def spec(self) -> dict[str, Any]:
         """What ``sandbox.clone`` and ``setup`` (or ``contain``) need, as JSON-able data."""
-        tmp = self.private / "tmp"
-        tmp.mkdir(exist_ok=True)
         return {
             **base_spec(),
             "workdir": str(self.workdir),
             "work_root": str(self.workdir.parent),
-            "tmp": str(tmp),
+            "tmp": str(self.private / "tmp"),
             "mounts": [[m["path"], bool(m.get("writable"))] for m in self.job.get("mounts") or ()],
             "uid": self.uid,
             "network": bool(self.job.get("network", True)),

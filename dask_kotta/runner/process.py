@@ -118,15 +118,21 @@ def _group_alive(pgid: int) -> bool:
     for name in names:
         if not name.isdigit():
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
+        fields = proc_stat(int(name))
         # Fields after the command name: state, ppid, pgrp, ...
-        if int(fields[2]) == pgid and fields[0] != b"Z":
+        if fields is not None and int(fields[2]) == pgid and fields[0] != b"Z":
             return True
     return False
+
+
+def proc_stat(pid: int) -> list[bytes] | None:
+    """The fields of ``/proc/PID/stat`` after the command name (state, ppid, pgrp, ...), or
+    None if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _alive(p: psutil.Process) -> bool:
