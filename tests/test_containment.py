@@ -227,6 +227,46 @@ def test_a_fork_bomb_hits_its_queues_process_limit_and_dies_with_its_job(mallory
     assert _run(mallory, sum, [1, 2, 3], queue="Tiny") == 6  # the worker is fine
 
 
+def fill_memory_beside_rss():
+    import time
+
+    # Pages in /dev/shm are the job's memory but no process's RSS: an RSS watch misses them.
+    with open("/dev/shm/fill", "wb") as f:
+        for _ in range(240):
+            f.write(b"x" * 2**20)
+    block = bytearray(120 * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(2)
+    return "survived"
+
+
+def test_memory_a_job_hides_outside_its_processes_counts_against_its_limit(mallory):
+    with pytest.raises(JobFailedError, match="memory limit exceeded"):
+        _run(mallory, fill_memory_beside_rss, queue="Tiny")  # 300 MiB
+
+
+def spin_two(seconds):
+    import resource
+    import subprocess
+    import sys
+    import time
+
+    busy = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    start = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-c", busy]) for _ in range(2)]
+    for p in procs:
+        p.wait()
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (used.ru_utime + used.ru_stime) / (time.monotonic() - start)
+
+
+def test_a_limit_cpu_queue_holds_a_job_to_its_vcpus(mallory):
+    # Tiny: vcpus 1, limit_cpu. Two busy processes would take both of this host's cores.
+    cpus = _run(mallory, spin_two, 1.5, queue="Tiny")
+    assert cpus < 1.15, f"a job on a 1-vcpu queue used {cpus:.2f} CPUs"
+
+
 def reach_out(port):
     import socket
 

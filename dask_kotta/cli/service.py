@@ -134,7 +134,12 @@ def _containment(config, user: str, local: bool) -> str:
 
     why = available()
     if why is None:
-        return "every job in its own namespaces, mount view and identity"
+        from ..runner.cgroups import tree
+
+        t = tree()
+        limits = f"limits by {t.describe()}" if not isinstance(t, str) else (
+            f"memory limit by an RSS watch ({t})")  # fmt: skip
+        return f"every job in its own namespaces, mount view and identity; {limits}"
     if config.allow_uncontained:
         return f"NONE: {why}; --allow-uncontained: every user's jobs run uncontained"
     config.single_user, config.uncontained = user, why

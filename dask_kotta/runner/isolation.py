@@ -5,15 +5,17 @@
 - :func:`job_env`: the job's environment, from an allow-list (never the worker's secrets);
 - :func:`available`: whether this worker can contain jobs at all (probed once);
 - :class:`Box`: for one job, a uid leased from a host-wide pool (when the
-  worker is root), the working directory handed to it, the read-only binds
-  its Python needs, and, once the job has ended, the check that none of its
-  processes is left before the uid goes to another job.
+  worker is root), a cgroup with its queue's limits (``cgroups.py``), the
+  working directory handed to it, the read-only binds its Python needs, and,
+  once the job has ended, the check that none of its processes is left before
+  the uid goes to another job.
 
 Settings (environment variables of the worker):
 
 ``KOTTA_SANDBOX``        ``auto`` (default: contain when the platform can) or ``off``
 ``KOTTA_SANDBOX_UIDS``   ``FIRST:COUNT`` of the uids leased to jobs (default 900000:4096)
 ``KOTTA_SANDBOX_RO``     more host paths every job sees read-only (``:``-separated)
+``KOTTA_CGROUP``         the cgroup v2 directory to make jobs' cgroups in (see ``cgroups.py``)
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContainmentError
-from .process import proc_stat
+from . import cgroups
+from .process import MEMORY, Outcome, proc_stat
 
 MODE_VAR = "KOTTA_SANDBOX"
 UIDS_VAR = "KOTTA_SANDBOX_UIDS"
@@ -205,12 +208,37 @@ class Box:
         self.job, self.workdir, self.private = job, workdir, private
         self.uid: int | None = None
         self._lock_fd: int | None = None
+        self.group: cgroups.Group | None = None
 
     def __enter__(self) -> Box:
         (self.private / "tmp").mkdir(exist_ok=True)  # the job's /tmp
         if os.getuid() == 0:
             self._lease_uid()
+        job = self.job
+        limits = cgroups.Limits(
+            memory_bytes=job.get("memory_bytes"),
+            max_processes=job.get("max_processes") or DEFAULT_NPROC,
+            cpus=job.get("vcpus") if job.get("limit_cpu") else None,
+        )
+        try:
+            self.group = cgroups.make(limits)
+        except cgroups.CgroupError as e:
+            # The fallbacks (RSS watch, RLIMIT_NPROC) still bound the job; CPU goes unbounded.
+            log.warning("job %s runs without a cgroup: %s", job.get("id"), e)
         return self
+
+    def watched_memory(self) -> int | None:
+        """The memory limit the runner must watch itself: None where the cgroup enforces it."""
+        if self.group is not None and self.group.enforces("memory"):
+            return None
+        return self.job.get("memory_bytes")
+
+    def ended(self, outcome: Outcome) -> None:
+        """Name the cgroup's OOM kill as the reason a job that failed by a signal failed."""
+        if self.group is None or outcome.killed or outcome.returncode == 0:
+            return
+        if self.group.oom_killed():
+            outcome.killed = MEMORY
 
     def _lease_uid(self) -> None:
         locks = _private_dir("uids")
@@ -252,8 +280,11 @@ class Box:
             "mounts": [[m["path"], bool(m.get("writable"))] for m in self.job.get("mounts") or ()],
             "uid": self.uid,
             "network": bool(self.job.get("network", True)),
+            "cgroup": self.group.procs if self.group else [],
             # RLIMIT_NPROC counts per uid: it bounds a job only where the job has a uid of its own.
-            "nproc": (self.job.get("max_processes") or DEFAULT_NPROC) if self.uid else None,
+            "nproc": (self.job.get("max_processes") or DEFAULT_NPROC)
+            if self.uid and not (self.group and self.group.enforces("pids"))
+            else None,
             "shm": str(min(self.job.get("memory_bytes") or 2**30, 2**30)),
         }
 
@@ -263,15 +294,16 @@ class Box:
         return [sys.executable, "-m", "dask_kotta.runner.sandbox", spec, "--", *command]
 
     def __exit__(self, *exc) -> None:
-        if self.uid is not None:
+        if self.uid is not None or self.group is not None:
             # Off the job's critical path: its end is reported while its uid is checked.
-            _releaser().put(self.uid, self._lock_fd)
+            _releaser().put(self.uid, self._lock_fd, self.group)
 
 
 class _Releaser(threading.Thread):
     """Gives uids back to the pool once no process of theirs is left (checked, not assumed).
 
-    One thread per worker process; the uids of the jobs that ended within
+    One thread per worker process. Each ended job's cgroup is emptied (what is
+    left is killed) and removed; the uids of the jobs that ended within
     ``RELEASE_S`` share one /proc scan (a scan costs ~0.5 ms of CPU, a trivial
     job ~3).
     """
@@ -280,20 +312,29 @@ class _Releaser(threading.Thread):
         super().__init__(name="kotta-uids", daemon=True)
         self._cond = threading.Condition()
         self._due: dict[int, int] = {}  # uid -> its lock's descriptor
+        self._groups: list[cgroups.Group] = []
 
-    def put(self, uid: int, lock_fd: int) -> None:
+    def put(self, uid: int | None, lock_fd: int | None, group: cgroups.Group | None) -> None:
         with self._cond:
-            self._due[uid] = lock_fd
+            if uid is not None and lock_fd is not None:
+                self._due[uid] = lock_fd
+            if group is not None:
+                self._groups.append(group)
             self._cond.notify()
 
     def run(self) -> None:
         while True:
             with self._cond:
-                while not self._due:
+                while not self._due and not self._groups:
                     self._cond.wait()
             time.sleep(RELEASE_S)  # let the ends of a batch gather
             with self._cond:
-                due, self._due = self._due, {}
+                (due, self._due), (groups, self._groups) = (self._due, {}), (self._groups, [])
+            for group in groups:
+                if not group.close():
+                    log.warning("cgroup %s of an ended job could not be emptied", group.name)
+            if not due:
+                continue
             found = processes_by_uid(set(due))
             for uid, lock_fd in due.items():
                 left = [p for p in found.get(uid, ()) if not _zombie(p)]

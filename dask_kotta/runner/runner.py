@@ -133,6 +133,7 @@ def _run_child(
         if _contained(job):
             box = held.enter_context(isolation.Box(job, workdir, private))
             box.hand_over()
+            limits["memory_bytes"] = box.watched_memory()
         if python and pyenv is None:
             # The fast path: a fork of the warm template instead of a fresh interpreter.
             outcome = run_forked(str(private), *files, **limits, sandbox=box and box.spec())
@@ -148,6 +149,8 @@ def _run_child(
                 command, cwd=str(workdir), stdout_path=str(stdout), stderr_path=str(stderr),
                 env=env, **limits,
             )  # fmt: skip
+        if box is not None:
+            box.ended(outcome)
     return outcome
 
 

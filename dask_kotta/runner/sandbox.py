@@ -31,7 +31,9 @@ reason, the kernel kills every other process of the namespace (daemons and
 double forks included) before it can be reaped; when the template dies, PID 1
 gets ``SIGKILL`` (``PR_SET_PDEATHSIG``). The runner kills PID 1's process
 group on walltime, memory or cancel, then checks that no process of the
-job's uid is left before it gives the uid to another job.
+job's uid (and of its cgroup) is left before it gives the uid to another job.
+Memory, process and CPU limits are the job's cgroup's (``cgroups.py``), which
+PID 1 joins first of all.
 
 Standard library only: the warm template imports this module.
 """
@@ -275,12 +277,15 @@ def setup(spec: dict[str, Any]) -> None:
     try:
         # If the template (or launcher) dies, so does the job: PID 1 takes its namespace along.
         _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        for procs in spec.get("cgroup") or ():
+            _write(procs, "0")  # the job's cgroup (``cgroups.py``): its limits, from here on
         os.umask(0o022)
         _view(spec)
         if not spec.get("network", True):
             _loopback_up()
         if spec.get("nproc"):
-            # Counted per uid: a bound on this job's processes where it has a uid of its own.
+            # Counted per uid: a bound on this job's processes where it has a uid of its own
+            # (the runner asks for it only where no pids cgroup bounds them).
             resource.setrlimit(resource.RLIMIT_NPROC, (spec["nproc"], spec["nproc"]))
         _drop(spec.get("uid"))
     except BaseException as e:

@@ -10,12 +10,14 @@ A JSON file can replace them::
 
 and say how a contained job on each queue runs (all optional)::
 
-    {"Secure": {"memory": "8GB", "network": false, "max_processes": 256,
-                "env": {"HDF5_USE_FILE_LOCKING": "FALSE"},
+    {"Secure": {"vcpus": 4, "memory": "8GB", "network": false, "max_processes": 256,
+                "limit_cpu": true, "env": {"HDF5_USE_FILE_LOCKING": "FALSE"},
                 "mounts": ["/data/reference", "/scratch:rw"]}}
 
 ``network: false`` gives each job an empty network namespace; ``max_processes``
-bounds the processes of one job (default 2048); ``env`` is added to each job's
+bounds the processes of one job (default 2048); ``limit_cpu: true`` holds each
+job to ``vcpus`` CPUs (a CFS quota), where by default a job may use idle CPUs
+beyond them; ``env`` is added to each job's
 environment; ``mounts`` are host paths each job sees (read-only unless ``:rw``).
 """
 
@@ -44,6 +46,7 @@ class Queue:
     max_walltime_min: float
     network: bool = True
     max_processes: int | None = None
+    limit_cpu: bool = False
     env: tuple[tuple[str, str], ...] = ()
     mounts: tuple[tuple[str, bool], ...] = ()  # (host path, writable)
 
@@ -59,6 +62,7 @@ class Queue:
         return {
             "network": self.network,
             "max_processes": self.max_processes,
+            "limit_cpu": self.limit_cpu,
             "env": dict(self.env),
             "mounts": [{"path": p, "writable": w} for p, w in self.mounts],
         }
@@ -105,6 +109,7 @@ def load_queues(path: str | os.PathLike | None) -> dict[str, Queue]:
                 max_walltime_min=float(q.get("max_walltime_min", 24 * 60)),
                 network=_flag(q.get("network", True), "network"),
                 max_processes=int(q["max_processes"]) if q.get("max_processes") else None,
+                limit_cpu=_flag(q.get("limit_cpu", False), "limit_cpu"),
                 env=tuple((str(k), str(v)) for k, v in (q.get("env") or {}).items()),
                 mounts=tuple(_mount(m) for m in q.get("mounts") or ()),
             )
