@@ -173,3 +173,25 @@ def test_a_group_of_a_dead_worker_is_swept(tree):
 
 def test_the_tree_names_what_it_enforces(tree):
     assert tree.describe().startswith(f"cgroup v{tree.version} (")
+
+
+def test_a_reused_group_takes_the_next_jobs_limits_and_counts_its_own_ooms(tree):
+    pool = cgroups.Pool(tree)
+    group = pool.take(cgroups.Limits(memory_bytes=64 * MiB, max_processes=5))
+
+    def hog():
+        block = bytearray(256 * MiB)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+
+    assert _status(_in_group(group, hog)) == -signal.SIGKILL and group.oom_killed()
+    assert pool.give(group)
+    # The next job: more memory, no process limit. The first job's OOM kill is not its own.
+    again = pool.take(cgroups.Limits(memory_bytes=512 * MiB))
+    assert again is group and not again.oom_killed()
+    assert _status(_in_group(again, hog)) == 0
+    assert not again.oom_killed()
+    # And back down below what the last job used.
+    again.limit(cgroups.Limits(memory_bytes=32 * MiB, max_processes=3))
+    assert _status(_in_group(again, hog)) == -signal.SIGKILL and again.oom_killed()
+    assert again.close()

@@ -330,8 +330,9 @@ class _Releaser(threading.Thread):
             time.sleep(RELEASE_S)  # let the ends of a batch gather
             with self._cond:
                 (due, self._due), (groups, self._groups) = (self._due, {}), (self._groups, [])
+            pool = cgroups.pool()
             for group in groups:
-                if not group.close():
+                if isinstance(pool, str) or not pool.give(group):
                     log.warning("cgroup %s of an ended job could not be emptied", group.name)
             if not due:
                 continue
