@@ -171,8 +171,14 @@ def test_a_group_of_a_dead_worker_is_swept(tree):
     assert not stale.exists()
 
 
-def test_the_tree_names_what_it_enforces(tree):
-    assert tree.describe().startswith(f"cgroup v{tree.version} (")
+def test_the_tree_names_what_it_enforces_and_what_falls_back():
+    full = cgroups.Tree(1, {c: Path("/x") for c in cgroups.CONTROLLERS})
+    assert full.describe() == "cgroup v1 (memory, pids, cpu)"
+    bare = cgroups.Tree(2, {}, bare=Path("/x"))
+    assert bare.describe() == (
+        "cgroup v2 (no controllers); memory by an RSS watch, processes by RLIMIT_NPROC, "
+        "no CPU limit"
+    )
 
 
 def test_a_reused_group_takes_the_next_jobs_limits_and_counts_its_own_ooms(tree):

@@ -385,12 +385,58 @@ def test_the_sandbox_of_a_worker_that_is_not_root():
         script = tmp_path / "sandbox.py"
         shutil.copy(Path(dask_kotta.__file__).parent / "runner" / "sandbox.py", script)
         script.chmod(0o644)
-        _userns_sandbox(tmp_path, nobody, script)
+        look = (f"id -u; ls /; ls {tmp_path} 2>&1; grep -E '^CapEff' /proc/self/status; "
+                "echo pid $$; echo hi > out.txt && echo wrote; touch /etc/x 2>&1; true")  # fmt: skip
+        out = _userns_sandbox(tmp_path, nobody, script, look)
+        _check_userns_sandbox(out, tmp_path, nobody)
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def _userns_sandbox(tmp_path, nobody, script):
+def test_a_non_root_workers_job_is_bounded_by_a_delegated_cgroup():
+    """Where the operator delegates a cgroup to a worker that is not root, its jobs join it."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import dask_kotta
+    from dask_kotta.runner import cgroups
+
+    nobody = 65534
+    tree = cgroups.tree()
+    assert not isinstance(tree, str) and "pids" in tree.controllers, tree
+    delegated = tree.parents["pids"] / f"delegated-{os.getpid()}"
+    tmp_path = Path(tempfile.mkdtemp(prefix="kotta-userns-", dir="/tmp"))
+    try:
+        delegated.mkdir()
+        for f in [delegated, *delegated.iterdir()]:
+            os.chown(f, nobody, nobody)
+        group = delegated / "job"
+        subprocess_as(nobody, f"mkdir {group} && echo 5 > {group}/pids.max")
+        script = tmp_path / "sandbox.py"
+        shutil.copy(Path(dask_kotta.__file__).parent / "runner" / "sandbox.py", script)
+        script.chmod(0o644)
+        bomb = "for i in 1 2 3 4 5 6 7 8; do sleep 30 & done; echo forked"
+        out = _userns_sandbox(tmp_path, nobody, script, bomb,
+                              cgroup=[str(group / "cgroup.procs")])  # fmt: skip
+        assert "Cannot fork" in out.stderr and "forked" not in out.stdout, out
+        assert "max 1" in (group / "pids.events").read_text()
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        for d in (delegated / "job", delegated):
+            if d.exists():
+                d.rmdir()
+
+
+def subprocess_as(uid, command):
+    import subprocess
+
+    subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                    "/bin/sh", "-c", command], check=True, timeout=30)  # fmt: skip
+
+
+def _userns_sandbox(tmp_path, nobody, script, command, **more):
+    """Run ``command`` as ``nobody`` in the sandbox of a worker that is not root."""
     import json
     import subprocess
 
@@ -402,16 +448,17 @@ def _userns_sandbox(tmp_path, nobody, script):
     spec = {"root": str(tmp_path / "root"), "ro": ["/usr", "/bin", "/lib", "/lib64", "/etc"],
             "userns": True, "uid": None, "workdir": str(tmp_path / "work/job"),
             "work_root": str(tmp_path / "work"), "tmp": str(tmp_path / "work/job/.kotta/tmp"),
-            "mounts": [], "network": False, "shm": "1m"}  # fmt: skip
-    look = (f"id -u; ls /; ls {tmp_path} 2>&1; grep -E '^CapEff' /proc/self/status; "
-            "echo pid $$; echo hi > out.txt && echo wrote; touch /etc/x 2>&1; true")  # fmt: skip
-    out = subprocess.run(
+            "mounts": [], "network": False, "shm": "1m", **more}  # fmt: skip
+    return subprocess.run(
         ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
          "/usr/bin/python3", str(script), json.dumps(spec), "--",
-         "/bin/sh", "-c", look],
+         "/bin/sh", "-c", command],
         capture_output=True, text=True, timeout=60, cwd="/",
         env={"PATH": "/usr/bin:/bin"},
     )  # fmt: skip
+
+
+def _check_userns_sandbox(out, tmp_path, nobody):
     lines = out.stdout.splitlines()
     assert out.returncode == 0, (out.stdout, out.stderr)
     assert lines[0] == str(nobody)

@@ -49,6 +49,9 @@ from pathlib import Path
 ROOT_VAR = "KOTTA_CGROUP"
 #: The controllers we set limits with; a hierarchy may offer only some of them.
 CONTROLLERS = ("memory", "pids", "cpu")
+#: What bounds a job where its group lacks the controller.
+FALLBACK = {"memory": "memory by an RSS watch", "pids": "processes by RLIMIT_NPROC",
+            "cpu": "no CPU limit"}  # fmt: skip
 #: CFS period for a CPU quota, in microseconds (the kernel's default).
 CPU_PERIOD_US = 100_000
 _DIR = "dask-kotta"  # made under the parent; holds one group per job
@@ -83,8 +86,11 @@ class Tree:
         return frozenset(self.parents)
 
     def describe(self) -> str:
+        """One line for ``up``: what the kernel enforces, and what falls back to what."""
         have = ", ".join(c for c in CONTROLLERS if c in self.parents) or "no controllers"
-        return f"cgroup v{self.version} ({have})"
+        out = f"cgroup v{self.version} ({have})"
+        missing = [FALLBACK[c] for c in CONTROLLERS if c not in self.parents]
+        return out + (f"; {', '.join(missing)}" if missing else "")
 
 
 def _write(path: Path, text: str) -> None:
