@@ -141,7 +141,7 @@ class JobSpec(BaseModel):
         """The spec as the API takes it: a JSON object without the fields that are null."""
         return self.model_dump(exclude_none=True)
 
-    # -- field by field, in the order problems are reported ---------------------------------
+    # -- field by field (a problem is reported for the first field declared above) -----------
 
     @field_validator("jobtype", mode="before")
     @classmethod
@@ -243,7 +243,7 @@ class JobSpec(BaseModel):
             raise ValueError("a script job needs a script or an executable")
         # An input staged under the name of the job's stdout, stderr or script would be overwritten.
         own = {self.stdout: "output_file_stdout", self.stderr: "output_file_stderr"}
-        if self.jobtype == "script" and self.script:
+        if self.jobtype == "script" and self.script and self.script_name:
             own[self.script_name] = "script_name"
         for url in self.inputs:
             if (name := staged_name(url)) in own:

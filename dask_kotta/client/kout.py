@@ -111,7 +111,7 @@ class KOut:
         konn = self._konn
         # The user's token goes only to the Kotta server, never to S3 or another host.
         use_konn = konn is not None and url.startswith(konn.url + "/")
-        getter = konn.session.get if use_konn else requests.get
+        getter = konn.session.get if konn is not None and use_konn else requests.get
         try:
             return getter(url, stream=True, timeout=(d.CONNECT_TIMEOUT_S, d.READ_TIMEOUT_S), **kw)
         except requests.RequestException as e:

@@ -62,7 +62,7 @@ async def _resolve(host: str) -> list[Any] | None:
         )
     except (TimeoutError, OSError, UnicodeError, ValueError):
         return None  # not known now: the runner checks again when it fetches
-    return [ipaddress.ip_address(i[4][0].split("%", 1)[0]) for i in infos]
+    return [ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in infos]
 
 
 def _host_refusal(host: str, addrs: list[Any], allowed: list[IPNetwork]) -> str | None:

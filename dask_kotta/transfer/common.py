@@ -98,10 +98,11 @@ def run_parts(pool: ThreadPoolExecutor | None, fn: Callable[[Any], Any], items) 
         futures = [pool.submit(fn, item) for item in items]
         wait(futures, return_when="FIRST_EXCEPTION")
         for fut in futures:
-            if fut.done() and fut.exception() is not None:
+            error = fut.exception() if fut.done() else None
+            if error is not None:
                 for other in futures:
                     other.cancel()
-                raise fut.exception()
+                raise error
         return [fut.result() for fut in futures]
     finally:
         if own:

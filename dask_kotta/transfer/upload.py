@@ -122,7 +122,7 @@ def send_file(
     parallel, then ``complete(upload_id, etags)`` (or ``abort(upload_id)`` on failure).
     """
     mode = (plan or {}).get("mode", "server")
-    if mode == "server":
+    if mode == "server" or plan is None:
         with open(path, "rb") as f:
             server_put(f)
     elif mode == "put":
