@@ -44,6 +44,10 @@ RUNNER_PATIENCE_S = 180.0
 
 #: Largest payload (pickled function+arguments, or script) accepted, in bytes.
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
+#: Small enough to travel inline, in bytes: a python job's result inside its record, a payload
+#: inside a slot's claim and a file inside its finish report; outputs all this small (and all
+#: sent through the server) are sent one by one from the runner's own thread.
+INLINE_MAX_BYTES = 1024 * 1024
 #: The most jobs one slot request claims (see ``runner/slots.py``).
 MAX_CLAIM = 32
 #: Child-process poll interval for walltime/memory/cancel checks, in seconds.

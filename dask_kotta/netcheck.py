@@ -1,4 +1,4 @@
-"""Which addresses a user's input URL may reach, and how to show a URL without its secrets.
+"""Which addresses a user's input URL may reach.
 
 A worker that fetches any URL a user names is a proxy into the operator's
 network: the service's own API and the dask dashboard on loopback, a cloud
@@ -22,7 +22,6 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
-from urllib.parse import urlsplit
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -147,26 +146,3 @@ def resolve(host: str, port: int | None = None) -> list[IPAddress]:
         if ip not in out:
             out.append(ip)
     return out
-
-
-# -- showing URLs -----------------------------------------------------------------------------
-
-
-def has_userinfo(url: str) -> bool:
-    """True if ``url`` carries ``user[:password]@`` before its host."""
-    return "@" in urlsplit(url).netloc
-
-
-def shown_url(url: str) -> str:
-    """``url`` as it may appear in a reason, a log or an event: no user-info, no query, no fragment.
-
-    A query can hold a presigned URL's signature, user-info a password.
-    """
-    try:
-        p = urlsplit(url)
-    except ValueError:
-        return "(a malformed URL)"
-    netloc = p.netloc.rpartition("@")[2]
-    if not p.scheme:
-        return url.split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
-    return f"{p.scheme}://{'***@' if '@' in p.netloc else ''}{netloc}{p.path}"

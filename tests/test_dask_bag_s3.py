@@ -120,7 +120,7 @@ def test_a_bag_run_in_process_first_still_runs_on_kotta(s3konn):
     # Issue 10: a sync run cached a live boto3 client in a module pickled by value,
     # and every later Kotta bag failed to pickle (SSLContext).
     before = _by_value_state()
-    assert "dask_kotta.dask.staged.basename" in before  # the module is registered
+    assert "dask_kotta.dask.staged.Fetcher" in before  # the module is registered
     lines = kb.read_text(f"s3://{BUCKET}/docs/doc-01*.txt", files_per_partition=3)
     words = lines.str.split().flatten()
     local = words.frequencies().compute(scheduler="sync")

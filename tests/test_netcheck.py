@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from dask_kotta.errors import ConfigError
-from dask_kotta.netcheck import literal_ip, parse_networks, refusal, shown_url
+from dask_kotta.netcheck import literal_ip, parse_networks, refusal
 from dask_kotta.server.policy import load_policy, parse_policy
+from dask_kotta.urls import shown_url
 
 
 @pytest.mark.parametrize(

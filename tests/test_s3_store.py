@@ -14,10 +14,11 @@ from s3server import apply_env
 from dask_kotta.errors import ConfigError, NotFoundError, UnsafePathError
 from dask_kotta.runner import stage_in
 from dask_kotta.runner.stage_in import stage_inputs
-from dask_kotta.runner.stage_out import send_file
-from dask_kotta.runner.staging import StagingError, http_session
 from dask_kotta.store.objects import LocalObjectStore, open_store
 from dask_kotta.store.s3 import MULTIPART_THRESHOLD, S3ObjectStore
+from dask_kotta.transfer.common import StagingError, http_session
+from dask_kotta.transfer.upload import send_file
+from dask_kotta.urls import staged_name
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -171,13 +172,13 @@ def test_endpoint_down_is_a_clear_error_naming_it(s3env, monkeypatch):
 
 def granted(url: str, client=None) -> dict:
     """A granted s3:// input as the server's plan hands it over: a presigned GET URL."""
+    from dask_kotta.s3client import parse_s3_url, s3_client
     from dask_kotta.store.presign import presigner
-    from dask_kotta.store.s3 import parse_s3_url, s3_client
 
     client = client or s3_client()
     bucket, key = parse_s3_url(url)
     return {
-        "url": url, "name": stage_in.basename(url),
+        "url": url, "name": staged_name(url),
         "fetch": presigner(client).url("GET", bucket, key, 600),
         "s3": {"bucket": bucket, "key": key, "endpoint": client.meta.endpoint_url},
     }  # fmt: skip
@@ -214,7 +215,7 @@ def test_missing_bucket_or_key_fails_naming_the_url(data_bucket, tmp_path):
 
 
 def test_s3_endpoint_down_while_staging_fails_naming_the_url(data_bucket, tmp_path, monkeypatch):
-    from dask_kotta.store.s3 import s3_client
+    from dask_kotta.s3client import s3_client
 
     dead = s3_client(endpoint_url=f"http://127.0.0.1:{free_port()}")
     t0 = time.monotonic()

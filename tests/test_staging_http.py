@@ -14,11 +14,13 @@ import pytest
 import requests
 from s3server import HTTPFiles
 
-from dask_kotta.runner import stage_in, staging
+from dask_kotta.runner import stage_in
 from dask_kotta.runner.guard import Guard, guarded_session
 from dask_kotta.runner.guard import networks as guard_networks
 from dask_kotta.runner.stage_in import fetch_http, stage_inputs
-from dask_kotta.runner.staging import StagingError, http_session
+from dask_kotta.transfer import common as staging
+from dask_kotta.transfer.common import StagingError, http_session
+from dask_kotta.urls import staged_name
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,7 +30,7 @@ LOOPBACK = ["127.0.0.1/32"]
 
 def user(url: str, allow: list[str] = LOOPBACK) -> dict:
     """A user's input as the server's plan hands it over, with the networks the policy allows."""
-    return {"url": url, "name": stage_in.basename(url), "allow_networks": allow}
+    return {"url": url, "name": staged_name(url), "allow_networks": allow}
 
 
 def stage(urls: list[str], dest, **kw):

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .. import defaults as d
-from ..errors import ConfigError, ServerUnavailableError, error_for_status
-
-if TYPE_CHECKING:
-    from .job import KottaJob
+from ..errors import (
+    ConfigError,
+    InvalidRequestError,
+    JobTimeoutError,
+    KottaError,
+    ServerUnavailableError,
+    error_for_status,
+)
+from ..jobspec import JobSpec
+from ..transfer.common import StagingError, http_session
+from ..transfer.upload import send_file
+from .job import KottaJob
 
 _SUBMIT_ATTEMPTS = 4
 
@@ -102,11 +110,16 @@ class Kotta:
     # -- jobs ---------------------------------------------------------------------------
 
     def submit_specs(
-        self, specs: list[dict[str, Any]], payloads: list[bytes | None]
+        self, specs: Sequence[JobSpec | Mapping[str, Any]], payloads: Sequence[bytes | None]
     ) -> list[dict[str, Any]]:
-        """Submit job descriptions (and pickled payloads) in one request; returns the jobs."""
+        """Submit job specs (and pickled payloads) in one request; returns the jobs' records.
+
+        A ``JobSpec`` was checked when it was made; a plain JSON object is sent
+        as it is, for the server to check.
+        """
+        body = [s.to_json() if isinstance(s, JobSpec) else dict(s) for s in specs]
         # Always multipart: the descriptions as a field, each payload as a file part.
-        files: dict[str, tuple] = {"specs": (None, json.dumps(specs))}
+        files: dict[str, tuple] = {"specs": (None, json.dumps(body))}
         for i, p in enumerate(payloads):
             if p is not None:
                 files[f"payload{i}"] = (f"payload{i}", p, "application/octet-stream")
@@ -116,7 +129,7 @@ class Kotta:
             except ServerUnavailableError:
                 # Safe to repeat: each spec carries its idempotency key.
                 if attempt == _SUBMIT_ATTEMPTS - 1 or not all(
-                    s.get("idempotency_key") for s in specs
+                    s.get("idempotency_key") for s in body
                 ):
                     raise
                 time.sleep(0.2 * 2**attempt)
@@ -144,8 +157,6 @@ class Kotta:
         >>> konn.gather(jobs)[:3]
         [1, 2, 3]
         """
-        from .job import KottaJob
-
         out: list[KottaJob] = []
         for item in jobs:
             if not isinstance(item, KottaJob):
@@ -157,10 +168,10 @@ class Kotta:
             out.append(item)
         for i in range(0, len(out), chunk):
             part = out[i : i + chunk]
-            specs = [j._submission() for j in part]
-            infos = self.submit_specs(specs, [j._payload for j in part])
+            sub = [_submission(j, n, len(out)) for n, j in enumerate(part, i)]
+            infos = self.submit_specs([spec for spec, _ in sub], [payload for _, payload in sub])
             for j, info in zip(part, infos, strict=True):
-                j._submitted(info, self)
+                j.apply_record(info, self)
         return out
 
     def gather(
@@ -173,11 +184,9 @@ class Kotta:
         order), ``'return'`` puts the exception in its place. Raises
         ``JobTimeoutError`` if ``timeout`` seconds pass first.
         """
-        from ..errors import JobTimeoutError
-
         jobs = list(jobs)
         deadline = None if timeout is None else time.monotonic() + timeout
-        waiting = {j._require_id(): j for j in jobs if not j.done()}
+        waiting = {j.require_id(): j for j in jobs if not j.done()}
         while waiting:
             left = d.LONGPOLL_MAX_S if deadline is None else deadline - time.monotonic()
             if left <= 0:
@@ -195,7 +204,7 @@ class Kotta:
                 if info["id"] in results:
                     info["result"] = results[info["id"]]
                 job = waiting[info["id"]]
-                job._update(info, self)
+                job.apply_record(info, self)
                 if job.done():
                     del waiting[info["id"]]
         out: list[Any] = []
@@ -252,16 +261,51 @@ class Kotta:
     def upload_file(self, path: str | Path, name: str | None = None) -> str:
         """Store a local file for your jobs; returns a URL to use in ``inputs=``.
 
-        ``s3://...`` under your prefix on an S3 store (the bytes go straight to
-        S3), or a URL of this server on a local store. Only your jobs can stage it.
+        On an S3 store the bytes go straight to S3 by presigned URLs (in
+        parallel parts when large) and the URL is ``s3://...`` under your
+        prefix; on a local store they stream to this server and the URL is
+        the server's. Only your jobs can stage it.
         """
-        from .kout import upload_file
+        p = Path(path)
+        try:
+            size = p.stat().st_size
+        except OSError as e:
+            raise KottaError(f"cannot upload {path}: {e.strerror or e}") from None
+        if not p.is_file():
+            raise KottaError(f"cannot upload {path}: not a regular file")
+        info = self.request(
+            "POST", "/api/v1/uploads", json={"name": name or p.name, "size": size}
+        ).json()
+        url, plan = info["url"], info["plan"]
 
-        return upload_file(self, path, name)
+        def finish(upload_id: str, etags: list[str], abort: bool = False) -> None:
+            body = {"url": url, "upload_id": upload_id, "etags": etags, "abort": abort}
+            self.request("POST", "/api/v1/uploads/complete", json=body)
+
+        with http_session() as session:
+            try:
+                send_file(
+                    p, size, plan, what=f"upload of {p}", session=session,
+                    server_put=lambda f: self.request("PUT", plan["url"], data=f),
+                    complete=finish, abort=lambda upload_id: finish(upload_id, [], True),
+                )  # fmt: skip
+            except StagingError as e:
+                raise ServerUnavailableError(str(e)) from None
+        return url
 
     def queues(self) -> dict[str, dict[str, Any]]:
         """The server's queues and their limits."""
         return self.request("GET", "/api/v1/queues").json()
+
+
+def _submission(job: KottaJob, n: int, of: int) -> tuple[JobSpec, bytes | None]:
+    """The job's spec and payload; a refusal names the job's place when there are several."""
+    try:
+        return job.submission()
+    except InvalidRequestError as e:
+        if of == 1:
+            raise
+        raise InvalidRequestError(f"job {n}: {e}") from None
 
 
 def _short(e: Exception) -> str:

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .connection import Kotta
 from .job import KottaJob
-from .serialize import dumps_call
-
-if TYPE_CHECKING:
-    from .connection import Kotta
 
 
 def kottajob(
@@ -39,7 +36,6 @@ def kottajob(
         def call(
             *args: Any, inputs: str | None = None, outputs: str | None = None, **kwargs: Any
         ) -> Any:
-            payload = dumps_call(fn, args, kwargs)
             job = KottaJob(
                 jobtype="python",
                 jobname=getattr(fn, "__name__", "function"),
@@ -49,8 +45,8 @@ def kottajob(
                 outputs=outputs or "",
                 requirements=requirements,
                 retries=retries,
-            )
-            job.submit(konn, _payload=payload)
+            ).with_call(fn, *args, **kwargs)
+            job.submit(konn)
             if block:
                 return job.get_results(konn)
             return job

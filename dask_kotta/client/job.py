@@ -15,11 +15,12 @@ from ..errors import (
     JobTimeoutError,
     KottaError,
 )
+from ..jobspec import JobSpec
 from ..paths import split_list
 from .kout import KOut
 from .serialize import dumps_call, loads_result, versions
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: at run time the client imports connection -> job -> kout
     from .connection import Kotta
 
 _DOCUMENTED = {
@@ -120,62 +121,72 @@ class KottaJob:
             for o in self._info.get("outputs", [])
         ]
 
-    def to_spec(self) -> dict[str, Any]:
-        """The description as the server's API takes it."""
+    def spec(self) -> JobSpec:
+        """The description as a checked ``JobSpec``; ``InvalidRequestError`` names what is wrong."""
         desc = self._desc
-        spec = {
-            "jobtype": desc["jobtype"],
-            "name": desc["jobname"] or "",
-            "queue": desc["queue"],
-            "walltime_min": desc["walltime"],
-            "inputs": split_list(desc["inputs"]),
-            "outputs": split_list(desc["outputs"]),
-            "stdout": desc["output_file_stdout"],
-            "stderr": desc["output_file_stderr"],
-            "script": desc["script"],
-            "script_name": desc["script_name"],
-            "executable": desc["executable"],
-            "requirements": desc["requirements"],
-            "retries": desc["retries"],
-            "annotations": desc["annotations"],
-        }
-        if desc["jobtype"] == "python":
-            spec["client"] = versions()
-        return {k: v for k, v in spec.items() if v is not None}
+        return JobSpec.parse(
+            {
+                "jobtype": desc["jobtype"],
+                "name": desc["jobname"] or "",
+                "queue": desc["queue"],
+                "walltime_min": desc["walltime"],
+                "inputs": split_list(desc["inputs"]),
+                "outputs": split_list(desc["outputs"]),
+                "stdout": desc["output_file_stdout"],
+                "stderr": desc["output_file_stderr"],
+                "script": desc["script"],
+                "script_name": desc["script_name"],
+                "executable": desc["executable"],
+                "requirements": desc["requirements"],
+                "retries": desc["retries"],
+                "annotations": desc["annotations"],
+                "client": versions() if desc["jobtype"] == "python" else None,
+            }
+        )
+
+    def to_spec(self) -> dict[str, Any]:
+        """The description as the server's API takes it (a JSON object)."""
+        return self.spec().to_json()
 
     # -- the future -----------------------------------------------------------------------
 
-    def _update(self, info: dict[str, Any], konn: Kotta) -> None:
-        if "result" in info:
-            info = dict(info)
-            self._result = base64.b64decode(info.pop("result"))
-        self._info = info
-        self._status = info["status"]
-        self._konn = konn
-
-    def submit(self, konn: Kotta, _payload: bytes | None = None) -> bool:
+    def submit(self, konn: Kotta) -> bool:
         """Submit the job. Returns True; a refused submission raises a ``KottaError`` saying why."""
-        if self.job_id is None and _payload is not None:
-            self._payload = _payload
         konn.submit_many([self])
         return True
 
-    def _submission(self) -> dict[str, Any]:
-        """The spec to submit, with a fresh idempotency key; checks it can be submitted."""
+    def submission(self) -> tuple[JobSpec, bytes | None]:
+        """What submitting this job sends: its spec, with a fresh idempotency key, and its payload.
+
+        Raises ``ConflictError`` if it was submitted already, ``KottaError`` if
+        it is a script job with neither ``script=`` nor ``executable=``, and
+        ``InvalidRequestError`` for any other mistake in its description.
+        """
         if self.job_id is not None:
             raise ConflictError(f"this KottaJob was already submitted as job {self.job_id}")
         if self._desc["jobtype"] == "script" and not (
             self._desc["script"] or self._desc["executable"]
         ):
             raise KottaError("a script job needs script= or executable=")
-        spec = self.to_spec()
-        spec["idempotency_key"] = uuid.uuid4().hex
-        return spec
+        spec = self.spec().model_copy(update={"idempotency_key": uuid.uuid4().hex})
+        return spec, self._payload
 
-    def _submitted(self, info: dict[str, Any], konn: Kotta) -> None:
-        self.job_id = info["id"]
+    def apply_record(self, record: dict[str, Any], konn: Kotta) -> None:
+        """Take the job's record as the server sent it (after a submit, a status read or a wait).
+
+        The first record makes this the server's job ``record["id"]`` (its
+        payload is then dropped); a small result in the record (``"result"``,
+        base64) is kept, so ``get_results`` needs no further request.
+        """
+        if self.job_id is None:
+            self.job_id = record["id"]
+        if "result" in record:
+            record = dict(record)
+            self._result = base64.b64decode(record.pop("result"))
         self._payload = None
-        self._update(info, konn)
+        self._info = record
+        self._status = record["status"]
+        self._konn = konn
 
     @classmethod
     def call(cls, fn: Any, *args: Any, **kwargs: Any) -> KottaJob:
@@ -195,7 +206,8 @@ class KottaJob:
         self._payload = dumps_call(fn, args, kwargs)
         return self
 
-    def _require_id(self) -> str:
+    def require_id(self) -> str:
+        """The server's id for this job; ``KottaError`` if it has not been submitted."""
         if self.job_id is None:
             raise KottaError(
                 "this KottaJob has not been submitted yet; call job.submit(konn) first"
@@ -207,7 +219,7 @@ class KottaJob:
         'completed', 'failed', 'cancelled'."""
         if self.job_id is None:
             return d.UNSUBMITTED
-        self._update(konn.job(self.job_id), konn)
+        self.apply_record(konn.job(self.job_id), konn)
         return self._status
 
     def done(self) -> bool:
@@ -228,13 +240,13 @@ class KottaJob:
         is seen at once; ``sleep`` is the longest a single request is held
         before a status line is printed (with ``silent=False``).
         """
-        job_id = self._require_id()
+        job_id = self.require_id()
         deadline = time.monotonic() + maxwait
         last = None
         while True:
             left = deadline - time.monotonic()
             hold = max(0.0, min(left, max(sleep, 0.5) if not silent else d.LONGPOLL_MAX_S))
-            self._update(konn.job(job_id, wait=hold, result=_result), konn)
+            self.apply_record(konn.job(job_id, wait=hold, result=_result), konn)
             if not silent and self._status != last:
                 print(f"Job {job_id}: {self._status}")
                 last = self._status
@@ -245,12 +257,12 @@ class KottaJob:
 
     def cancel(self, konn: Kotta) -> bool:
         """Cancel the job: True if this call cancelled it, False if it had already ended."""
-        job_id = self._require_id()
+        job_id = self.require_id()
         try:
-            self._update(konn.cancel_job(job_id), konn)
+            self.apply_record(konn.cancel_job(job_id), konn)
             return True
         except ConflictError:
-            self._update(konn.job(job_id), konn)
+            self.apply_record(konn.job(job_id), konn)
             return False
 
     def get_results(self, konn: Kotta, timeout: float | None = None) -> Any:
@@ -261,7 +273,7 @@ class KottaJob:
         A failed job raises ``JobFailedError`` with the reason, a cancelled one
         ``JobCancelledError``, and ``JobTimeoutError`` if ``timeout`` seconds pass.
         """
-        job_id = self._require_id()
+        job_id = self.require_id()
         python = self._desc["jobtype"] == "python"
         # An ended job's record is final: no need to ask again (e.g. after Kotta.gather).
         if not self.done() and not self.wait(
@@ -292,6 +304,5 @@ class KottaJob:
             queue=info["queue"],
             walltime=info["walltime_min"],
         )
-        job.job_id = job_id
-        job._update(info, konn)
+        job.apply_record(info, konn)
         return job

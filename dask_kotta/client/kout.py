@@ -6,17 +6,20 @@ import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
+from urllib.parse import urlparse
 
 import requests
 
 from .. import defaults as d
 from ..errors import KottaError, NotFoundError, ServerUnavailableError
+from ..s3client import parse_s3_url, s3_client
+from ..urls import scrub, shown_url, staged_name
 
-CHUNK = 1024 * 1024
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: at run time the client imports connection -> job -> kout
     from .connection import Kotta
+
+#: Size of each read from the network and write to disk.
+CHUNK = 1024 * 1024
 
 
 class KOut:
@@ -38,7 +41,11 @@ class KOut:
         self.size = size
 
     def __repr__(self) -> str:
-        return f"<KOut {self.file} {self._url}>"
+        try:
+            file = self.file
+        except ValueError:  # a URL that names no file still has a repr
+            file = "-"
+        return f"<KOut {file} {self._url}>"
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, KOut) and other._url == self._url
@@ -60,10 +67,14 @@ class KOut:
 
     @property
     def file(self) -> str:
-        """The base file name of the resource."""
+        """The base file name of the resource: for a URL, the name a job's input is staged under.
+
+        Raises ``NoFileNameError`` (a ``ValueError``) for a URL whose path ends
+        in no name, ``.`` or ``..``.
+        """
         if self._name:
             return posixpath.basename(self._name)
-        return posixpath.basename(unquote(urlparse(self._url).path).rstrip("/"))
+        return staged_name(self._url)
 
     def _chunks(self) -> Iterator[bytes]:
         """The object's bytes, streamed in chunks from wherever ``url`` points."""
@@ -85,24 +96,26 @@ class KOut:
             raise NotFoundError(f"{self._url} was not found (HTTP 404)")
         if r.status_code >= 400:
             r.close()
-            raise KottaError(f"cannot fetch {_where(self._url)}: HTTP {r.status_code} {r.reason}")
+            raise KottaError(
+                f"cannot fetch {shown_url(self._url)}: HTTP {r.status_code} {r.reason}"
+            )
         with r:
             try:
                 yield from r.iter_content(CHUNK)
             except requests.RequestException as e:
                 raise ServerUnavailableError(
-                    f"fetching {_where(self._url)} broke off: {_scrub(e)}"
+                    f"fetching {shown_url(self._url)} broke off: {scrub(e)}"
                 ) from None
 
     def _get(self, url: str, **kw) -> requests.Response:
         konn = self._konn
         # The user's token goes only to the Kotta server, never to S3 or another host.
         use_konn = konn is not None and url.startswith(konn.url + "/")
-        getter = konn.session.get if use_konn else requests.get
+        getter = konn.session.get if konn is not None and use_konn else requests.get
         try:
             return getter(url, stream=True, timeout=(d.CONNECT_TIMEOUT_S, d.READ_TIMEOUT_S), **kw)
         except requests.RequestException as e:
-            raise ServerUnavailableError(f"cannot fetch {_where(url)}: {_scrub(e)}") from None
+            raise ServerUnavailableError(f"cannot fetch {shown_url(url)}: {scrub(e)}") from None
 
     def get_data(self, path: str | Path | None = None) -> str:
         """Download the object to ``self.file`` (or ``path``), streaming; returns the path."""
@@ -123,23 +136,9 @@ class KOut:
         return b"".join(self._chunks()).decode("utf-8")
 
 
-def _scrub(e: object) -> str:
-    from ..runner.staging import _scrub
-
-    return _scrub(e)
-
-
-def _where(url: str) -> str:
-    # Without the query: a presigned URL's signature does not belong in an error message.
-    p = urlparse(url)
-    return f"{p.scheme}://{p.netloc}{p.path}"
-
-
 def _s3_chunks(url: str) -> Iterator[bytes]:
     """An ``s3://`` object's bytes through boto3, with this machine's own AWS configuration."""
-    import botocore.exceptions as bx
-
-    from ..store.s3 import parse_s3_url, s3_client
+    import botocore.exceptions as bx  # with boto3, only when an s3:// URL is read
 
     bucket, key = parse_s3_url(url)
     try:
@@ -155,42 +154,3 @@ def _s3_chunks(url: str) -> Iterator[bytes]:
         yield from body.iter_chunks(CHUNK)
     finally:
         body.close()
-
-
-def upload_file(konn: Kotta, path: str | Path, name: str | None = None) -> str:
-    """Store a local file for ``konn``'s user; returns the URL to use in ``inputs=``.
-
-    On an S3 store the bytes go straight to S3 by presigned URLs (in parallel
-    parts when large) and the URL is ``s3://...`` under the user's prefix; on
-    a local store they stream to the server and the URL is the server's.
-    Only this user's jobs can stage it.
-    """
-    from ..runner.stage_out import send_file
-    from ..runner.staging import StagingError, http_session
-
-    p = Path(path)
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise KottaError(f"cannot upload {path}: {e.strerror or e}") from None
-    if not p.is_file():
-        raise KottaError(f"cannot upload {path}: not a regular file")
-    info = konn.request(
-        "POST", "/api/v1/uploads", json={"name": name or p.name, "size": size}
-    ).json()
-    url, plan = info["url"], info["plan"]
-
-    def finish(upload_id: str, etags: list[str], abort: bool = False) -> None:
-        body = {"url": url, "upload_id": upload_id, "etags": etags, "abort": abort}
-        konn.request("POST", "/api/v1/uploads/complete", json=body)
-
-    with http_session() as session:
-        try:
-            send_file(
-                p, size, plan, what=f"upload of {p}", session=session,
-                server_put=lambda f: konn.request("PUT", plan["url"], data=f),
-                complete=finish, abort=lambda upload_id: finish(upload_id, [], True),
-            )  # fmt: skip
-        except StagingError as e:
-            raise ServerUnavailableError(str(e)) from None
-    return url

@@ -7,13 +7,12 @@ from typing import Any
 
 import cloudpickle
 
+from .. import __version__
 from ..errors import ResultError, SerializationError, remote_error
 
 
 def versions() -> dict[str, str]:
     """The versions sent with every python job, so a worker can name a mismatch."""
-    from .. import __version__
-
     return {
         "python": platform.python_version(),
         "cloudpickle": cloudpickle.__version__,

@@ -18,7 +18,6 @@ share a job, so each job record says exactly what its tasks ran with.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from urllib.parse import urlparse
 from dask.utils import format_bytes, parse_bytes
 
 from ..errors import ConfigError
+from ..urls import NoFileNameError, staged_name
 
 #: Names a ``resources`` annotation may use, case-insensitively, and what they mean.
 _CPU_NAMES = {"vcpu", "vcpus", "cpu", "cpus"}
@@ -226,9 +226,8 @@ def _inputs(key: Any, value: Any) -> tuple[str, ...]:
     for url in urls:
         if not isinstance(url, str) or urlparse(url).scheme not in ("s3", "http", "https"):
             raise AnnotationError(f"task {key!r}: input {url!r} is not an s3:// or http(s):// URL")
+        try:
+            staged_name(url)
+        except NoFileNameError as e:
+            raise AnnotationError(f"task {key!r}: input {e}") from None
     return tuple(u for u in urls if u)
-
-
-def input_name(url: str) -> str:
-    """The file name an input URL is staged under (its base name), as the runner does."""
-    return posixpath.basename(urlparse(url).path.rstrip("/"))

@@ -34,12 +34,19 @@ from dask._task_spec import Task
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from .. import s3client
+from .. import urls as url_names
 from ..errors import KottaError
+from ..s3client import s3_client
+from ..urls import staged_name
 from . import staged
-from .staged import OPENERS, ReadTextPartition, StagePartition, basename, s3_client
+from .staged import OPENERS, ReadTextPartition, StagePartition
 
-# Partition tasks run without dask-kotta installed on the worker (see staged.py).
+# Partition tasks run without dask-kotta installed on the worker (see staged.py), so that
+# module and the two it uses travel by value.
 cloudpickle.register_pickle_by_value(staged)
+cloudpickle.register_pickle_by_value(url_names)
+cloudpickle.register_pickle_by_value(s3client)
 
 
 class NoFilesError(KottaError, FileNotFoundError):
@@ -124,7 +131,7 @@ def _partitions(urls: list[str], per_partition: int) -> list[list[str]]:
     current: list[str] = []
     names: set[str] = set()
     for url in urls:
-        name = basename(url)
+        name = staged_name(url)
         if len(current) >= per_partition or name in names:
             parts.append(current)
             current, names = [], set()

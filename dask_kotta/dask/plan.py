@@ -39,7 +39,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .annotations import JobSettings, input_name
+from ..urls import staged_name
+from .annotations import JobSettings
 
 Key = Any
 
@@ -96,7 +97,7 @@ class _Groups:
             return False
         if self.max_tasks is not None and self.size[g] + extra > self.max_tasks:
             return False
-        names = [input_name(u) for u in urls if u not in self.inputs[g]]
+        names = [staged_name(u) for u in urls if u not in self.inputs[g]]
         return not (set(names) & self.names[g]) and len(set(names)) == len(names)
 
     def add(self, g: int, urls: tuple[str, ...]) -> None:
@@ -104,7 +105,7 @@ class _Groups:
         for u in urls:
             if u not in self.inputs[g]:
                 self.inputs[g].append(u)
-                self.names[g].add(input_name(u))
+                self.names[g].add(staged_name(u))
 
     def merge_into(self, g: int, h: int) -> None:
         self.parent[g] = h
@@ -112,7 +113,7 @@ class _Groups:
         for u in self.inputs[g]:
             if u not in self.inputs[h]:
                 self.inputs[h].append(u)
-                self.names[h].add(input_name(u))
+                self.names[h].add(staged_name(u))
 
 
 def plan(

@@ -119,6 +119,7 @@ from ..errors import (
     RemoteError,
     remote_error,
 )
+from ..jobspec import JobSpec
 from . import remote
 from .annotations import JobSettings, SettingsResolver
 from .graph import Graph, build
@@ -337,7 +338,8 @@ class _Run:
         from ..client.serialize import dumps_call, versions
 
         client = versions()
-        specs, payloads = [], []
+        specs: list[JobSpec] = []
+        payloads: list[bytes] = []
         for f in batch:
             run = local_keys(graph, f.keys) + f.keys
             spec = fragment_spec(
@@ -349,23 +351,25 @@ class _Run:
             payloads.append(dumps_call(run_fragment, (spec,), {}))
             s = f.settings
             specs.append(
-                {
-                    "jobtype": "python",
-                    "name": _job_name(f.keys),
-                    "queue": s.queue,
-                    "walltime_min": s.walltime_min,
-                    "retries": s.retries,
-                    "inputs": f.inputs,
-                    "outputs": [REQUESTED_FILE] if f.returns and f.shared else [],
-                    "deps": [job_of[e] for e in f.needs],
-                    "annotations": {
-                        **s.record(),
-                        "dask": {"tasks": len(f.keys), "keys": [str(k) for k in f.keys[:20]]},
-                    },
-                    "client": client,
-                    "idempotency_key": uuid.uuid4().hex,
-                    **({"requirements": s.requirements} if s.requirements else {}),
-                }
+                JobSpec.parse(
+                    {
+                        "jobtype": "python",
+                        "name": _job_name(f.keys),
+                        "queue": s.queue,
+                        "walltime_min": s.walltime_min,
+                        "retries": s.retries,
+                        "requirements": s.requirements or None,
+                        "inputs": f.inputs,
+                        "outputs": [REQUESTED_FILE] if f.returns and f.shared else [],
+                        "deps": [job_of[e] for e in f.needs],
+                        "annotations": {
+                            **s.record(),
+                            "dask": {"tasks": len(f.keys), "keys": [str(k) for k in f.keys[:20]]},
+                        },
+                        "client": client,
+                        "idempotency_key": uuid.uuid4().hex,
+                    }
+                )
             )
         self.stats.submit_requests += 1
         jobs = self.konn.submit_specs(specs, payloads)

@@ -7,8 +7,12 @@ other scheduler there is no staged file and the task downloads the object
 itself (boto3's standard chain for ``s3://``), so every scheduler gives the
 same result.
 
-Standard library only (boto3 and requests on demand), and pickled by value,
-so a partition does not import dask or dask-kotta on the worker.
+Standard library only (boto3 and requests on demand), and pickled by value
+with the two modules it uses (:mod:`dask_kotta.urls` for the name a URL is
+staged under, :mod:`dask_kotta.s3client` for the S3 client), so a partition
+does not import dask or dask-kotta on the worker. For the same reason
+nothing here or there keeps state at module level: a global travels inside
+every task, and a live client (sockets, an ``SSLContext``) cannot be pickled.
 """
 
 from __future__ import annotations
@@ -19,35 +23,17 @@ import hashlib
 import io
 import lzma
 import os
-import posixpath
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from ..s3client import s3_client
+from ..urls import staged_name
+
 COMPRESSION_BY_SUFFIX = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}
 OPENERS = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
-
-
-def basename(url: str) -> str:
-    """The name a URL is staged under."""
-    return posixpath.basename(urlparse(url).path.rstrip("/"))
-
-
-def s3_client(storage_options: dict[str, Any] | None = None):
-    """A boto3 S3 client; ``storage_options`` takes s3fs-style names (key, secret, endpoint_url)."""
-    import boto3
-
-    opts = dict(storage_options or {})
-    kwargs: dict[str, Any] = {}
-    for ours, theirs in (("key", "aws_access_key_id"), ("secret", "aws_secret_access_key"),
-                         ("token", "aws_session_token")):  # fmt: skip
-        if ours in opts:
-            kwargs[theirs] = opts.pop(ours)
-    kwargs.update(opts.pop("client_kwargs", None) or {})
-    kwargs.update(opts)
-    return boto3.client("s3", **kwargs)
 
 
 def _staged(url: str) -> Path | None:
@@ -55,7 +41,7 @@ def _staged(url: str) -> Path | None:
     workdir = os.environ.get("KOTTA_WORKDIR")
     if not workdir:
         return None
-    path = Path(workdir) / basename(url)
+    path = Path(workdir) / staged_name(url)
     return path if path.is_file() else None
 
 
@@ -94,7 +80,7 @@ class Fetcher:
         cache = Path(tempfile.gettempdir()) / "dask-kotta-bag"
         cache = cache / hashlib.sha1(url.encode()).hexdigest()
         cache.mkdir(parents=True, exist_ok=True)
-        dest = cache / basename(url)
+        dest = cache / staged_name(url)
         if not dest.is_file():
             tmp = dest.with_name(dest.name + f".{os.getpid()}.part")
             self.fetch(url, tmp)

@@ -34,9 +34,9 @@ from ..netcheck import (
     parse_networks,
     refusal,
     resolve,
-    shown_url,
 )
-from .staging import FILE_WORKERS, PART_WORKERS, StagingError, _Transient
+from ..transfer.common import FILE_WORKERS, PART_WORKERS, StagingError, Transient
+from ..urls import shown_url
 
 #: Redirects followed from one input URL.
 MAX_REDIRECTS = 10
@@ -66,7 +66,7 @@ class Guard:
             try:
                 addrs = resolve(host, port)
             except (OSError, UnicodeError) as e:
-                raise _Transient(f"input {shown}: cannot resolve host {host}: {e}") from None
+                raise Transient(f"input {shown}: cannot resolve host {host}: {e}") from None
             if is_local_name(host):  # loopback by definition, whatever a resolver says
                 from ipaddress import ip_address
 

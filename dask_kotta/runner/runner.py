@@ -24,12 +24,12 @@ from typing import Any, BinaryIO
 from .. import defaults as d
 from ..errors import ContainmentError, UnsafePathError
 from ..paths import resolve_inside
+from ..transfer.common import StagingError
 from . import envs, isolation
 from .api import LostJob, RunnerAPI
 from .process import run_forked, run_process
 from .stage_in import stage_inputs
 from .stage_out import stage_outputs
-from .staging import StagingError
 
 
 def beat(api: RunnerAPI) -> str | None:

@@ -26,7 +26,6 @@ or query (a presigned URL's signature never reaches a reason or a log).
 
 from __future__ import annotations
 
-import posixpath
 import re
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -35,32 +34,26 @@ from urllib.parse import urljoin, urlparse
 
 import requests
 
-from ..netcheck import IPNetwork, shown_url
+from ..netcheck import IPNetwork
 from ..paths import resolve_inside
-from .guard import MAX_REDIRECTS, Guard, guarded_session, networks
-from .staging import (
-    _TRANSIENT_STATUS,
+from ..transfer.common import (
     CHUNK,
     CONNECT_TIMEOUT_S,
     FILE_WORKERS,
     PART_WORKERS,
+    TRANSIENT_STATUS,
     StagingError,
-    _retry,
-    _run_parts,
-    _scrub,
-    _Transient,
-    _where,
+    Transient,
     http_session,
     read_timeout_s,
+    retry,
+    run_parts,
 )
+from ..urls import NoFileNameError, scrub, shown_url, staged_name
+from .guard import MAX_REDIRECTS, Guard, guarded_session, networks
 
 #: An object larger than this is fetched as parallel ranges of this size.
 PART_SIZE = 8 * 1024 * 1024
-
-
-def basename(url: str) -> str:
-    """The file name an input URL is staged under."""
-    return posixpath.basename(urlparse(url).path.rstrip("/"))
 
 
 # -- HTTP(S) ----------------------------------------------------------------------------------
@@ -109,23 +102,23 @@ def _http_get(
         else:
             r = _guarded_get(session, url, shown, h, guard)
     except requests.Timeout as e:
-        raise _Transient(f"input {shown}: timed out ({type(e).__name__}: {_scrub(e)})") from None
+        raise Transient(f"input {shown}: timed out ({type(e).__name__}: {scrub(e)})") from None
     except requests.ConnectionError as e:
         if s3 is not None:
-            raise _Transient(
-                f"input {shown}: cannot reach the S3 endpoint {s3.endpoint}: {_scrub(e)}"
+            raise Transient(
+                f"input {shown}: cannot reach the S3 endpoint {s3.endpoint}: {scrub(e)}"
             ) from None
-        raise _Transient(f"input {shown}: cannot connect: {_scrub(e)}") from None
+        raise Transient(f"input {shown}: cannot connect: {scrub(e)}") from None
     except requests.RequestException as e:
-        raise StagingError(f"input {shown}: {type(e).__name__}: {_scrub(e)}") from None
-    if r.status_code in _TRANSIENT_STATUS:
+        raise StagingError(f"input {shown}: {type(e).__name__}: {scrub(e)}") from None
+    if r.status_code in TRANSIENT_STATUS:
         r.close()
         why = s3.refused(shown, r) if s3 else f"input {shown}: HTTP {r.status_code} {r.reason}"
-        raise _Transient(f"{why} from {_where(r.url)}")
+        raise Transient(f"{why} from {shown_url(r.url)}")
     if r.status_code >= 400 and not (r.status_code == 416 and rng is not None):
         why = s3.refused(shown, r) if s3 else f"input {shown}: HTTP {r.status_code} {r.reason}"
         r.close()
-        raise StagingError(why if s3 else f"{why} from {_where(r.url)}")
+        raise StagingError(why if s3 else f"{why} from {shown_url(r.url)}")
     return r
 
 
@@ -164,9 +157,7 @@ def _copy_http(r: requests.Response, f: BinaryIO, shown: str) -> int:
         requests.Timeout,
         requests.exceptions.ChunkedEncodingError,
     ) as e:
-        raise _Transient(
-            f"input {shown}: transfer broke off after {n} bytes: {_scrub(e)}"
-        ) from None
+        raise Transient(f"input {shown}: transfer broke off after {n} bytes: {scrub(e)}") from None
     finally:
         r.close()
     return n
@@ -207,7 +198,7 @@ def fetch_http(
         return _fetch_http(
             url, dest, session, shown or shown_url(url), headers or {}, parts, s3, guard
         )
-    except _Transient as e:  # out of tries
+    except Transient as e:  # out of tries
         raise StagingError(str(e)) from None
 
 
@@ -232,7 +223,7 @@ def _fetch_http(
             n = _copy_http(r, f, shown)
         return n, total, final
 
-    n, total, final = _retry(first)
+    n, total, final = retry(first)
     if total is None or total <= n:
         return n
     # Credentials stay with the host they were meant for (requests drops them on redirects too).
@@ -255,17 +246,25 @@ def _fetch_http(
                 f.seek(start)
                 got = _copy_http(r, f, shown)
             if got != end - start + 1:
-                raise _Transient(
+                raise Transient(
                     f"input {shown}: part at {start} is {got} bytes, expected {end - start + 1}"
                 )
 
-        _retry(attempt)
+        retry(attempt)
 
-    _run_parts(parts, one, range(n, total, PART_SIZE))
+    run_parts(parts, one, range(n, total, PART_SIZE))
     return total
 
 
 # -- the job's whole list ---------------------------------------------------------------------
+
+
+def _bare(url: str) -> dict[str, Any]:
+    """The plan for a bare URL: a user's, staged under its own name."""
+    try:
+        return {"url": url, "name": staged_name(url)}
+    except NoFileNameError as e:
+        raise StagingError(f"input {e}") from None
 
 
 def stage_inputs(
@@ -285,7 +284,7 @@ def stage_inputs(
     network. The first failure (in input order) is raised; the others are
     abandoned.
     """
-    plan = [{"url": i, "name": basename(i)} if isinstance(i, str) else i for i in inputs]
+    plan = [_bare(i) if isinstance(i, str) else i for i in inputs]
     if not plan:
         return {}
     dests = [resolve_inside(workdir, item["name"], "input name") for item in plan]
@@ -328,7 +327,7 @@ def stage_inputs(
                 return fetch_http(
                     url, dest, users, shown=shown, parts=parts, guard=(guard, allowed)
                 )
-            except _Transient as e:
+            except Transient as e:
                 raise StagingError(str(e)) from None
 
         futures: list[Future] = [files.submit(one, i) for i in range(len(plan))]

@@ -35,8 +35,9 @@ from pydantic import BaseModel, Field
 
 from ..errors import APIError, InvalidRequestError, UnsafePathError
 from ..paths import safe_relpath
+from ..s3client import parse_s3_url
 from ..store.objects import job_prefix, user_prefix
-from ..store.s3 import GET_EXPIRES_S, parse_s3_url
+from ..store.s3 import GET_EXPIRES_S
 from .policy import key_is_plain
 from .routes_jobs import User, _serve, svc
 from .routes_runner import Auth, _held, _spool

@@ -210,10 +210,6 @@ async def _wait(
         await s.notifier.wait(running if any_ else running[-1:], min(left, 1.0))
 
 
-#: Results up to this size ride inline (base64) in answers that ask for them.
-INLINE_RESULT_MAX = 1024 * 1024
-
-
 def _inline_results(s: Service, jobs: list[dict]) -> dict[str, str]:
     """Base64 of the small results of ended jobs, where the object store is local."""
     import base64
@@ -222,7 +218,7 @@ def _inline_results(s: Service, jobs: list[dict]) -> dict[str, str]:
     for j in jobs:
         if j["status"] in d.TERMINAL_STATUSES and j["has_result"]:
             path = s.objects.local_path(f"{job_prefix(j['owner'], j['id'])}/{d.RESULT_OBJECT}")
-            if path is not None and path.stat().st_size <= INLINE_RESULT_MAX:
+            if path is not None and path.stat().st_size <= d.INLINE_MAX_BYTES:
                 out[j["id"]] = base64.b64encode(path.read_bytes()).decode()
     return out
 

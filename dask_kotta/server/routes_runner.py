@@ -282,9 +282,6 @@ async def finish(request: Request, a: Auth, body: Finish) -> dict:
 
 # -- slots: the fast dispatch (see engine.py) -------------------------------------------------
 
-#: Payloads and files up to this size ride inside the claim and the finish.
-INLINE_MAX = 1024 * 1024
-
 
 class NextBody(BaseModel):
     done: list[Report] = []
@@ -351,10 +348,10 @@ async def next_job(
         info = claim_info(s, job)
         info["token"] = dispatch
         info["local_store"] = local
-        info["inline_max"] = INLINE_MAX
+        info["inline_max"] = d.INLINE_MAX_BYTES
         if info["has_payload"]:
             path = s.objects.local_path(f"{job_prefix(job['owner'], job['id'])}/{d.PAYLOAD_OBJECT}")
-            if path is not None and path.stat().st_size <= INLINE_MAX:
+            if path is not None and path.stat().st_size <= d.INLINE_MAX_BYTES:
                 info["payload"] = base64.b64encode(path.read_bytes()).decode()
         out.append(info)
     return {"done": statuses, "lost": lost, "jobs": out}

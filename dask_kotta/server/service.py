@@ -75,7 +75,7 @@ class Service:
         if self._grant_client is None:
             client = getattr(self.objects, "client", None)
             if client is None:
-                from ..store.s3 import s3_client
+                from ..s3client import s3_client
 
                 client = s3_client()
             self._grant_client = client

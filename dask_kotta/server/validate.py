@@ -1,153 +1,51 @@
-"""Checks on a submitted job description; each failure names what is wrong."""
+"""Checks on a submitted job: its spec, then what only the server knows, and where inputs lead.
+
+What a spec may say is the shared :class:`~dask_kotta.jobspec.JobSpec`'s to
+check (the client checks the same before it sends); here are the queues'
+limits, whether a python job came with its payload, and which hosts an
+http(s) input may reach.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import posixpath
 import socket
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlparse, urlsplit
+from urllib.parse import urlsplit
 
-from .. import defaults as d
-from ..errors import InvalidRequestError, UnsafePathError
-from ..netcheck import (
-    HOW_TO_ALLOW,
-    IPNetwork,
-    has_userinfo,
-    is_local_name,
-    literal_ip,
-    refusal,
-    shown_url,
-)
-from ..paths import safe_relpath
+from ..errors import InvalidRequestError
+from ..jobspec import JobSpec, input_name
+from ..netcheck import HOW_TO_ALLOW, IPNetwork, is_local_name, literal_ip, refusal
+from ..urls import shown_url
 from .queues import Queue
-
-INPUT_SCHEMES = ("http", "https", "s3")
-_KEYS = {
-    "jobtype", "name", "queue", "walltime_min", "inputs", "outputs", "stdout", "stderr",
-    "script", "script_name", "executable", "requirements", "retries", "client",
-    "annotations", "idempotency_key", "deps",
-}  # fmt: skip
 
 
 def input_basename(url: str) -> str:
-    """The file name an input URL is staged under, or an error naming the URL."""
+    """The file name an input URL is staged under, or ``InvalidRequestError`` naming the URL."""
     try:
-        parsed = urlparse(url)
-        parsed.port  # noqa: B018 - raises ValueError for a port that is no number
+        return input_name(url)
     except ValueError as e:
-        raise InvalidRequestError(f"input {shown_url(url)!r} is malformed: {e}") from None
-    if parsed.scheme not in INPUT_SCHEMES:
-        raise InvalidRequestError(
-            f"input {url!r}: unsupported scheme {parsed.scheme or '(none)'!r}; use one of "
-            + ", ".join(f"{s}://" for s in INPUT_SCHEMES)
-        )
-    if not parsed.netloc:
-        raise InvalidRequestError(f"input {url!r} is malformed: it names no host or bucket")
-    base = posixpath.basename(parsed.path.rstrip("/")) if parsed.path else ""
-    if not base or base in (".", ".."):
-        raise InvalidRequestError(f"input {url!r} names no file (its path has no base name)")
-    return base
-
-
-def check_inputs(urls: list[str]) -> list[str]:
-    seen: dict[str, str] = {}
-    for url in urls:
-        if has_userinfo(url):
-            raise InvalidRequestError(
-                f"input {shown_url(url)!r} is refused: it carries user-info (user:password@) "
-                "before its host, which would travel with the job and reach logs; "
-                "use a presigned URL or upload the file (Kotta.upload_file)"
-            )
-        base = input_basename(url)
-        if base in seen:
-            raise InvalidRequestError(
-                f"inputs {seen[base]!r} and {url!r} would both be staged as {base!r}"
-            )
-        seen[base] = url
-    return urls
-
-
-def _path(value: Any, what: str) -> str:
-    try:
-        name = safe_relpath(value, what)
-    except UnsafePathError as e:
         raise InvalidRequestError(str(e)) from None
-    if name.split("/")[0] == ".kotta":
-        raise InvalidRequestError(f"{what} {value!r}: '.kotta/' is reserved for the service")
-    return name
 
 
 def check_spec(raw: Any, queues: dict[str, Queue], has_payload: bool) -> dict[str, Any]:
     """Return a normalised copy of a job description, or raise ``InvalidRequestError``."""
-    if not isinstance(raw, dict):
-        raise InvalidRequestError("a job description must be a JSON object")
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise InvalidRequestError(f"unknown job fields: {', '.join(sorted(unknown))}")
-    spec = dict(raw)
-    jobtype = spec.get("jobtype", "script")
-    if jobtype not in d.JOBTYPES:
-        raise InvalidRequestError(f"jobtype {jobtype!r} is not one of {', '.join(d.JOBTYPES)}")
-    spec["jobtype"] = jobtype
-    queue = spec.get("queue", d.QUEUE)
-    if queue not in queues:
-        raise InvalidRequestError(f"unknown queue {queue!r}; queues are: {', '.join(queues)}")
-    spec["queue"] = queue
-    try:
-        walltime = float(spec.get("walltime_min", d.WALLTIME_MIN))
-    except (TypeError, ValueError):
+    spec = JobSpec.parse(raw)
+    queue = queues.get(spec.queue)
+    if queue is None:
+        raise InvalidRequestError(f"unknown queue {spec.queue!r}; queues are: {', '.join(queues)}")
+    if spec.walltime_min > queue.max_walltime_min:
         raise InvalidRequestError(
-            f"walltime {spec.get('walltime_min')!r} is not a number of minutes"
-        ) from None
-    if not walltime > 0:
-        raise InvalidRequestError(f"walltime must be > 0 minutes, got {walltime:g}")
-    if walltime > queues[queue].max_walltime_min:
-        raise InvalidRequestError(
-            f"walltime {walltime:g} min is over queue {queue}'s maximum of {queues[queue].max_walltime_min:g} min"
+            f"walltime {spec.walltime_min:g} min is over queue {spec.queue}'s maximum of "
+            f"{queue.max_walltime_min:g} min"
         )
-    spec["walltime_min"] = walltime
-    for key in ("inputs", "outputs", "deps"):
-        value = spec.get(key) or []
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InvalidRequestError(f"{key} must be a list of strings")
-        spec[key] = value
-    check_inputs(spec["inputs"])
-    spec["outputs"] = [_path(o, "output") for o in spec["outputs"]]
-    spec["stdout"] = _path(spec.get("stdout") or "STDOUT.txt", "output_file_stdout")
-    spec["stderr"] = _path(spec.get("stderr") or "STDERR.txt", "output_file_stderr")
-    if jobtype == "script":
-        if not spec.get("script") and not spec.get("executable"):
-            raise InvalidRequestError("a script job needs a script or an executable")
-        spec["script_name"] = _path(spec.get("script_name") or "script.sh", "script_name")
-    elif not has_payload:
+    if spec.jobtype == "python" and not has_payload:
         raise InvalidRequestError(
             "a python job needs a payload (the pickled function and arguments)"
         )
-    # An input staged under the name of the job's stdout, stderr or script would be overwritten.
-    own = {spec["stdout"]: "output_file_stdout", spec["stderr"]: "output_file_stderr"}
-    if jobtype == "script" and spec.get("script"):
-        own[spec["script_name"]] = "script_name"
-    for url in spec["inputs"]:
-        if (base := input_basename(url)) in own:
-            raise InvalidRequestError(
-                f"input {url!r} would be staged as {base!r}, which is the job's {own[base]}"
-            )
-    try:
-        spec["retries"] = int(spec.get("retries") or 0)
-    except (TypeError, ValueError):
-        raise InvalidRequestError(f"retries {spec.get('retries')!r} is not an integer") from None
-    if not 0 <= spec["retries"] <= 100:
-        raise InvalidRequestError("retries must be between 0 and 100")
-    name = spec.get("name") or ""
-    if not isinstance(name, str) or len(name) > 256:
-        raise InvalidRequestError("name must be a string of at most 256 characters")
-    for key in ("requirements", "script", "executable"):
-        if spec.get(key) is not None and not isinstance(spec[key], str):
-            raise InvalidRequestError(f"{key} must be a string")
-    return spec
+    return spec.to_json()
 
 
 # -- where http(s) inputs may lead (SSRF) -------------------------------------------------------
@@ -164,7 +62,7 @@ async def _resolve(host: str) -> list[Any] | None:
         )
     except (TimeoutError, OSError, UnicodeError, ValueError):
         return None  # not known now: the runner checks again when it fetches
-    return [ipaddress.ip_address(i[4][0].split("%", 1)[0]) for i in infos]
+    return [ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in infos]
 
 
 def _host_refusal(host: str, addrs: list[Any], allowed: list[IPNetwork]) -> str | None:

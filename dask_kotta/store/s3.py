@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError, NotFoundError, UnsafePathError
 from ..paths import safe_relpath
+from ..s3client import s3_client
 from .presign import presigner
 
 #: Objects up to this size are written with one presigned PUT; larger ones in parts.
@@ -35,33 +36,6 @@ MAX_PARTS = 10_000
 GET_EXPIRES_S = 6 * 3600
 #: Lifetime of presigned upload URLs: long enough for a slow multi-GB upload.
 PUT_EXPIRES_S = 6 * 3600
-
-
-def s3_client(**kw: Any):
-    """A boto3 S3 client from boto3's standard chain, with bounded timeouts and retries.
-
-    Timeouts are bounded so an endpoint that went away fails a call in seconds
-    instead of hanging it; ``standard`` retries cover a brief blip.
-    """
-    import boto3
-    from botocore.config import Config
-
-    config = Config(
-        signature_version="s3v4",
-        retries={"max_attempts": 4, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=60,
-        max_pool_connections=32,
-    )
-    return boto3.session.Session().client("s3", config=config, **kw)
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """``s3://bucket/key`` -> ``(bucket, key)``; the key is kept byte for byte."""
-    p = urlparse(url)
-    if p.scheme != "s3" or not p.netloc:
-        raise ValueError(f"{url!r} is not an s3://BUCKET/KEY URL")
-    return p.netloc, p.path[1:] if p.path.startswith("/") else p.path
 
 
 def _error_code(e: Exception) -> str:

@@ -1,22 +1,21 @@
-"""What fetching inputs and uploading outputs share: sessions, timeouts, retries, parts, errors.
+"""What every transfer shares: sessions, timeouts, retries, parallel parts, one error.
 
-``stage_in`` fetches a job's inputs into its working directory; ``stage_out``
-uploads its outputs (and a client's ``Kotta.upload_file``). Both use one
-HTTP session factory, the same connect and read timeouts, the same retry of
-transient failures, and ``StagingError``, the one error either raises, with
-a message naming the URL or output.
+The runner fetches a job's inputs (``runner/stage_in.py``) and uploads its
+outputs (``runner/stage_out.py``); a client uploads a file
+(``Kotta.upload_file``). All use one HTTP session factory, the same connect
+and read timeouts, the same retry of transient failures, and
+``StagingError``, the one error any of them raises, with a message naming
+the URL or file.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -32,7 +31,8 @@ PART_WORKERS = 10
 CONNECT_TIMEOUT_S = 10.0
 #: Tries of one HTTP request that failed transiently (connection error, timeout, 5xx).
 ATTEMPTS = 3
-_TRANSIENT_STATUS = {500, 502, 503, 504}
+#: HTTP statuses worth another try.
+TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 
 
 def read_timeout_s() -> float:
@@ -48,20 +48,6 @@ def read_timeout_s() -> float:
 
 class StagingError(KottaError):
     """An input could not be fetched or an output could not be stored; the message says which."""
-
-
-_QUERY = re.compile(r"\?[^\s'\")]+")
-
-
-def _scrub(e: object) -> str:
-    """An error's text without URL queries: they can hold a presigned URL's signature."""
-    return _QUERY.sub("", str(e))
-
-
-def _where(url: str) -> str:
-    """A URL without its query: presigned URLs carry a signature that must not reach a log."""
-    p = urlparse(url)
-    return f"{p.scheme}://{p.netloc}{p.path}"
 
 
 def http_session() -> requests.Session:
@@ -82,17 +68,21 @@ def http_session() -> requests.Session:
     return s
 
 
-class _Transient(Exception):
+class Transient(Exception):
     """A failure worth another try; ``str`` is the reason if tries run out."""
 
 
-def _retry(fn: Callable[[], Any], attempts: int | None = None) -> Any:
+def retry(fn: Callable[[], Any], attempts: int | None = None) -> Any:
+    """``fn()``, called again after a short, growing pause each time it raises ``Transient``.
+
+    The last ``Transient`` is raised when ``attempts`` (default :data:`ATTEMPTS`) run out.
+    """
     attempts = attempts or ATTEMPTS  # read per call, so a test (or an embedder) can lower it
     delay = 0.5
     for i in range(attempts):
         try:
             return fn()
-        except _Transient:
+        except Transient:
             if i == attempts - 1:
                 raise
             time.sleep(delay)
@@ -100,7 +90,7 @@ def _retry(fn: Callable[[], Any], attempts: int | None = None) -> Any:
     raise AssertionError("unreachable")
 
 
-def _run_parts(pool: ThreadPoolExecutor | None, fn: Callable[[Any], Any], items) -> list[Any]:
+def run_parts(pool: ThreadPoolExecutor | None, fn: Callable[[Any], Any], items) -> list[Any]:
     """``fn`` over ``items`` in ``pool`` (or a fresh one); the first failure is raised."""
     own = pool is None
     pool = pool or ThreadPoolExecutor(PART_WORKERS, thread_name_prefix="kotta-part")
@@ -108,10 +98,11 @@ def _run_parts(pool: ThreadPoolExecutor | None, fn: Callable[[Any], Any], items)
         futures = [pool.submit(fn, item) for item in items]
         wait(futures, return_when="FIRST_EXCEPTION")
         for fut in futures:
-            if fut.done() and fut.exception() is not None:
+            error = fut.exception() if fut.done() else None
+            if error is not None:
                 for other in futures:
                     other.cancel()
-                raise fut.exception()
+                raise error
         return [fut.result() for fut in futures]
     finally:
         if own:
