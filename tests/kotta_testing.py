@@ -6,6 +6,7 @@ killed with its group at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,6 +35,16 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextlib.contextmanager
+def stopped_on_error(thing):
+    """Stop ``thing`` (its processes) if its start fails: nobody else holds it yet to stop it."""
+    try:
+        yield
+    except BaseException:
+        thing.stop()
+        raise
 
 
 def kill_group(proc: subprocess.Popen, sig=signal.SIGKILL) -> None:
@@ -168,8 +179,15 @@ class Service:
         if self.proc is not None:
             self._old.append(self.proc)
         self.proc = Proc(self.args(), self.base / "service.log", self.base, self.env).start()
-        self.wait_ready(timeout)
+        with stopped_on_error(self):
+            self.wait_ready(timeout)
         return self
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def wait_ready(self, timeout: float = 90) -> None:
         def ready():
@@ -304,6 +322,17 @@ class DaskCluster:
                         tls_client_cert=t["cert"], tls_client_key=t["key"])  # fmt: skip
 
     def start(self) -> DaskCluster:
+        with stopped_on_error(self):
+            self._start()
+        return self
+
+    def __enter__(self) -> DaskCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _start(self) -> None:
         proto = ["--protocol", "tls", *self.tls_args] if self.tls else []
         sched = Proc(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(self.port),
@@ -330,7 +359,6 @@ class DaskCluster:
 
         with Client(self.address, timeout=60, security=self.security()) as c:
             c.wait_for_workers(self.n_workers, timeout=60)
-        return self
 
     def stop(self) -> None:
         for p in reversed(self.procs):

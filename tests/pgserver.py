@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from kotta_testing import Proc, free_port, wait_for
+from kotta_testing import Proc, free_port, stopped_on_error, wait_for
 
 
 def pg_bindir() -> Path | None:
@@ -65,17 +65,12 @@ class PostgresServer:
                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.base}",
                 "-c", "fsync=off"]  # fmt: skip
         self.proc = Proc(args, self.base / "postgres.log", Path("/")).start()
-        wait_for(self._ready, 60, "PostgreSQL", interval=0.2)
-        self._run(
-            str(self.bindir / "createdb"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "-U",
-            "kotta",
-            "kotta",
-        )
+        with stopped_on_error(self):
+            wait_for(self._ready, 60, "PostgreSQL", interval=0.2)
+            self._run(
+                str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                "-U", "kotta", "kotta",
+            )  # fmt: skip
         return self
 
     def _ready(self) -> bool:

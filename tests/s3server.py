@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kotta_testing import Proc, free_port, kill_group, wait_for
+from kotta_testing import Proc, free_port, kill_group, stopped_on_error, wait_for
 
 ACCESS_KEY = "kotta-test"
 SECRET_KEY = "kotta-test-secret"
@@ -80,7 +80,8 @@ class S3Server:
             except Exception:
                 return False
 
-        wait_for(ready, timeout, "SeaweedFS S3", interval=0.3)
+        with stopped_on_error(self):
+            wait_for(ready, timeout, "SeaweedFS S3", interval=0.3)
         return self
 
     def client(self):

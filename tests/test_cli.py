@@ -65,5 +65,11 @@ def test_token_makes_working_credentials(service, tmp_path):
     data = json.loads(path.read_text())
     assert data["url"] == service.url and data["token"].startswith("kt_")
     assert (path.stat().st_mode & 0o077) == 0, "credentials must be private to their owner"
-    out = service.cli("ls", auth=path, check=True)
-    assert out.returncode == 0
+    script = tmp_path / "carol.sh"
+    script.write_text("echo carol\n")
+    sent = service.cli("submit", str(script), "--walltime", "0.5", auth=path)
+    assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.strip()
+    theirs = service.cli("ls", "--limit", "1000", auth=path)
+    assert theirs.returncode == 0 and job_id in theirs.stdout, theirs.stderr
+    assert job_id not in service.cli("ls", "--limit", "1000", check=True).stdout, "carol's own"

@@ -1,10 +1,16 @@
-"""The documented client API against a real service: KottaJob, KOut, @kottajob."""
+"""The documented client API against a real service: KottaJob, KOut, @kottajob.
+
+Every test that takes ``konn`` runs on both object stores: the session's service (a
+local directory) and one whose store is an S3 bucket (SeaweedFS), started for this module.
+"""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
+from kotta_testing import Service
 
 from dask_kotta import defaults as d
 from dask_kotta.errors import (
@@ -17,6 +23,24 @@ from dask_kotta.errors import (
 )
 from kotta import Kotta, KottaJob
 from kotta.kotta_functions import *  # noqa: F403
+
+QUEUES = Path(__file__).with_name("queues.json")
+
+
+@pytest.fixture(scope="module")
+def s3_store_service(s3_server, tmp_path_factory):
+    """`up` as the session's service is, its object store a bucket instead of a directory."""
+    extra = ["--queues", str(QUEUES), "--max-payload", "32MiB", "--store", "s3://kotta-api/jobs"]
+    base = tmp_path_factory.mktemp("s3-store")
+    with Service(base, extra=extra, env=s3_server.env).start() as svc:
+        yield svc
+
+
+@pytest.fixture(scope="module", params=["local-store", "s3-store"])
+def konn(request):
+    if request.param == "local-store":
+        return request.getfixturevalue("service").konn()
+    return request.getfixturevalue("s3_store_service").konn()
 
 
 def wait_status(konn, job, statuses, timeout=60):

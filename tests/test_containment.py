@@ -351,15 +351,10 @@ def test_a_worker_that_cannot_contain_fails_a_job_that_must_be(tmp_path):
 
     cluster = DaskCluster(tmp_path / "cluster", workers=1, queues=("Test=1",))
     cluster.env = {"KOTTA_SANDBOX": "off"}
-    cluster.start()
-    svc = Service(tmp_path / "svc", scheduler=cluster.address).start()
-    try:
+    with cluster.start(), Service(tmp_path / "svc", scheduler=cluster.address).start() as svc:
         job = svc.konn().submit_many([(sum, ([1, 2],))], walltime=1)[0]
         with pytest.raises(JobFailedError, match="cannot contain jobs.*--allow-uncontained"):
             job.get_results(svc.konn(), timeout=120)
-    finally:
-        svc.stop()
-        cluster.stop()
 
 
 @pytest.mark.skipif(

@@ -55,12 +55,13 @@ def svc(s3, tmp_path_factory):
         s3_grants={"mallory": [f"s3://{GRANTED}/pub/"]},
     )
     env = {**s3.env, "DASK_KOTTA_STAGING_TIMEOUT_S": "3"}
-    service = Service(
-        base, scheduler=cluster.address, extra=["--queues", QUEUES, *policy], env=env
-    ).start()
-    yield service
-    service.stop()
-    cluster.stop()
+    with (
+        cluster,
+        Service(
+            base, scheduler=cluster.address, extra=["--queues", QUEUES, *policy], env=env
+        ).start() as service,
+    ):
+        yield service
 
 
 @pytest.fixture(scope="module")

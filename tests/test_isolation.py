@@ -6,6 +6,7 @@ import sqlite3
 
 import pytest
 import requests
+from kotta_testing import wait_for
 
 from dask_kotta.errors import NotFoundError
 from kotta import Kotta, KottaJob
@@ -80,10 +81,24 @@ def test_tokens_are_stored_hashed_and_never_logged(service, konn):
     assert token not in service.log()
 
 
-def test_runner_api_refuses_user_tokens(alice_job, konn):
-    r = konn.session.post(
-        f"{konn.url}/api/v1/runner/jobs/{alice_job.job_id}/heartbeat",
-        headers={"X-Kotta-Attempt": "1"},
-        timeout=5,
-    )
-    assert r.status_code == 409
+def test_runner_api_refuses_user_tokens(konn):
+    """The owner's token, sent where a runner sends its attempt's dispatch token, on a job
+    that attempt holds: the calls a valid dispatch token makes here succeed (tests/unit's
+    test_the_runner_api_takes_the_attempts_dispatch_token_only shows both sides)."""
+    job = KottaJob(script="sleep 30", walltime=1)
+    job.submit(konn)
+    try:
+        wait_for(lambda: job.status(konn) == "processing", 60, "the job to run")
+        attempt = str(konn.job(job.job_id)["attempt"])
+        base = f"{konn.url}/api/v1/runner/jobs/{job.job_id}"
+        headers = {"X-Kotta-Attempt": attempt}
+        for path, body in [("heartbeat", None), ("phase", {"status": "staging_outputs"}),
+                           ("finish", {"ok": True})]:  # fmt: skip
+            r = konn.session.post(f"{base}/{path}", headers=headers, json=body, timeout=5)
+            assert r.status_code == 409, (path, r.status_code, r.text)
+        r = konn.session.put(f"{base}/files/forged.txt", headers=headers, data=b"x", timeout=5)
+        assert r.status_code == 409
+        assert job.status(konn) == "processing", "the refused calls changed the job"
+    finally:
+        job.cancel(konn)
+    assert "forged.txt" not in {o["name"] for o in konn.job(job.job_id)["outputs"]}

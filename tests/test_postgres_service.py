@@ -31,8 +31,12 @@ def test_service_on_postgres(pg_server, tmp_path):
         svc.start()
         konn = svc.konn()
         assert job.status(konn) == "completed" and job.outputs[0].read() == "pg\n"
-        with sa.create_engine(url).connect() as c:
-            assert c.execute(sa.text("select count(*) from jobs")).scalar() == 2
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as c:
+                assert c.execute(sa.text("select count(*) from jobs")).scalar() == 2
+        finally:
+            engine.dispose()  # a pooled connection left to the GC is psycopg's ResourceWarning
         assert not (svc.data_dir / "jobs.sqlite").exists(), "the job store must be PostgreSQL"
     finally:
         svc.stop()

@@ -19,11 +19,26 @@ def cluster(tmp_path_factory):
     c.stop()
 
 
+@pytest.fixture
+def services():
+    """Starts services for one test and always stops them, whatever the test did to them."""
+    started: list[Service] = []
+
+    def start(*args, **kwargs) -> Service:
+        svc = Service(*args, **kwargs)
+        started.append(svc)
+        return svc.start()
+
+    yield start
+    for svc in reversed(started):
+        svc.stop()
+
+
 @pytest.mark.parametrize("dispatch", ["slots", "tasks"])
-def test_kill9_server_with_jobs_in_flight(cluster, tmp_path, dispatch):
+def test_kill9_server_with_jobs_in_flight(cluster, services, tmp_path, dispatch):
     """Both dispatch modes: slots (the default) and one dask task per job attempt."""
     env = {"DASK_KOTTA_DISPATCH": dispatch}
-    svc = Service(tmp_path / "svc", scheduler=cluster.address, env=env).start()
+    svc = services(tmp_path / "svc", scheduler=cluster.address, env=env)
     marks = svc.shared  # jobs are contained: this directory is mounted into their view
     konn = svc.konn()
 
@@ -49,11 +64,10 @@ def test_kill9_server_with_jobs_in_flight(cluster, tmp_path, dispatch):
     runs = collections.Counter(p.name.split("-")[0] for p in marks.iterdir())
     assert runs == {str(i): 1 for i in range(20)}, runs
     assert all(konn.job(j.job_id)["status"] == "completed" for j in jobs)
-    svc.stop()
 
 
-def test_up_restart_keeps_user_token_jobs_and_outputs(tmp_path):
-    svc = Service(tmp_path / "svc", workers=1).start()
+def test_up_restart_keeps_user_token_jobs_and_outputs(services, tmp_path):
+    svc = services(tmp_path / "svc", workers=1)
     creds = svc.creds()
     konn = svc.konn()
     job = KottaJob(script="echo persisted > p.txt", outputs="p.txt", walltime=0.5)
@@ -66,12 +80,11 @@ def test_up_restart_keeps_user_token_jobs_and_outputs(tmp_path):
     assert job.status(konn) == "completed"
     assert {o.file: o.read() for o in job.outputs}["p.txt"] == "persisted\n"
     assert job.job_id in {j["id"] for j in konn.jobs()}
-    svc.stop()
 
 
-def test_pending_jobs_survive_a_stop(tmp_path):
+def test_pending_jobs_survive_a_stop(services, tmp_path):
     """Jobs submitted while no worker serves their queue wait, and run after a restart."""
-    svc = Service(tmp_path / "svc", workers=1).start()
+    svc = services(tmp_path / "svc", workers=1)
     konn = svc.konn()
     job = KottaJob(script="sleep 3; echo a", walltime=0.5)
     job.submit(konn)
@@ -84,12 +97,11 @@ def test_pending_jobs_survive_a_stop(tmp_path):
     for q in [job, *queued]:
         assert q.wait(konn, maxwait=120)
         assert q.status(konn) == "completed", q.info
-    svc.stop()
 
 
-def test_worker_killed_mid_job_requeues_it(cluster, tmp_path):
+def test_worker_killed_mid_job_requeues_it(cluster, services, tmp_path):
     """A runner that dies with its worker loses the lease; the job runs again elsewhere."""
-    svc = Service(tmp_path / "svc", scheduler=cluster.address).start()
+    svc = services(tmp_path / "svc", scheduler=cluster.address)
     konn = svc.konn()
     marks = svc.shared
 
@@ -120,4 +132,3 @@ def test_worker_killed_mid_job_requeues_it(cluster, tmp_path):
     events = [e["status"] for e in konn.events(job.job_id)]
     assert events.count("pending") == 2 and events[-1] == "completed"
     assert konn.job(job.job_id)["requeues"] == 1
-    svc.stop()

@@ -5,8 +5,7 @@ local store; both have the S3 server in their environment (the server presigns
 granted ``s3://`` inputs with it) and a 3 s staging read timeout. Their policy
 grants the first user the data bucket and lets inputs reach 127.0.0.2 only,
 where the test web server listens (the server itself, on 127.0.0.1, stays out
-of reach). The documented client API tests
-(test_client_api.py) run here again on the S3 store.
+of reach). The documented client API runs on an S3 store in test_client_api.py.
 """
 
 from __future__ import annotations
@@ -23,9 +22,6 @@ import requests
 from kotta_testing import DaskCluster, Service, policy_args
 from kotta_testing import run_script as run
 from s3server import HTTPFiles
-
-# The documented client API, again, on the S3 store (``konn`` below is the S3 service's).
-from test_client_api import *  # noqa: E402,F401,F403
 
 from dask_kotta.errors import AuthenticationError, InvalidRequestError
 from kotta import Kotta, KottaJob, KOut
@@ -61,17 +57,6 @@ def local_service(s3_server, tmp_path_factory):
     svc = _start(tmp_path_factory.mktemp("local-store"), s3_server, [])
     yield svc
     svc.stop()
-
-
-@pytest.fixture(scope="module")
-def service(s3_service):
-    """For the imported client API tests: the S3-store service."""
-    return s3_service
-
-
-@pytest.fixture(scope="module")
-def konn(s3_service):
-    return s3_service.konn()
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])
@@ -407,13 +392,11 @@ def bare_cluster(s3_server, tmp_path_factory):
         os.environ.update(saved)
     env = {**s3_server.env, "DASK_KOTTA_STAGING_TIMEOUT_S": "3"}
     base = tmp_path_factory.mktemp("bare-server")
-    svc = Service(
+    with cluster, Service(
         base, scheduler=cluster.address,
         extra=[*EXTRA, *_policy(base), "--store", f"s3://{BUCKET}/bare"], env=env,
-    ).start()  # fmt: skip
-    yield svc
-    svc.stop()
-    cluster.stop()
+    ).start() as svc:  # fmt: skip
+        yield svc
 
 
 def test_workers_need_no_store_credentials(bare_cluster, data, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -49,7 +50,7 @@ def files(tmp_path_factory):
 
 
 def _md5(path) -> str:
-    return hashlib.md5(open(path, "rb").read()).hexdigest()
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
 def test_small_file_arrives_whole_in_one_request(files, tmp_path):
