@@ -7,10 +7,11 @@ import json
 import pytest
 
 from dask_kotta.errors import ConfigError, UnsafePathError
-from dask_kotta.netcheck import has_userinfo, is_local_name, literal_ip, refusal
+from dask_kotta.netcheck import is_local_name, literal_ip, refusal
 from dask_kotta.paths import safe_relpath
 from dask_kotta.server.policy import load_policy
 from dask_kotta.server.queues import load_queues
+from dask_kotta.urls import has_userinfo
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 from dask_kotta import defaults as d
 from dask_kotta.errors import InvalidRequestError
 from dask_kotta.server.queues import Queue
-from dask_kotta.server.validate import check_inputs, check_spec, input_basename
+from dask_kotta.server.validate import check_spec, input_basename
 
 QUEUES = {
     "Test": Queue("Test", 2, 4 * 2**30, 1440),
@@ -18,6 +18,11 @@ SCRIPT = {"jobtype": "script", "script": "echo hi"}
 
 def ok(raw, has_payload=False):
     return check_spec(raw, QUEUES, has_payload)
+
+
+def check_inputs(urls):
+    """The inputs a script job with ``urls`` is accepted with (the spec's own check)."""
+    return ok({**SCRIPT, "inputs": urls})["inputs"]
 
 
 def refused(raw, has_payload=False) -> str:
