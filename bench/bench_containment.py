@@ -1,16 +1,20 @@
 """What containing a job costs: contained against uncontained trivial jobs, in the same run.
 
     python bench/bench_containment.py [--jobs 200] [--batch 2000] [--rounds 2]
+                                      [--kinds contained,no-cgroup,uncontained]
 
-Starts two ``dask-kotta up`` services side by side (2 workers each, temp data
-dirs): one as shipped (every job in its sandbox, ``runner/sandbox.py``) and
-one with ``KOTTA_SANDBOX=off --allow-uncontained`` (jobs forked from the warm
-template with no namespaces, as before containment). It then alternates
-between them, ``--rounds`` times: ``--jobs`` sequential ``@kottajob`` calls
-(submit -> result; p50, p95) and ``--batch`` trivial jobs through
-``submit_many`` + ``gather`` (jobs/s). Only one service runs jobs at a time.
-Ratios are contained / uncontained (latency: higher is slower; throughput:
-lower is slower). Figures vary with what else runs; run it on a quiet machine.
+Starts ``dask-kotta up`` services side by side (2 workers each, temp data
+dirs): ``contained`` as shipped (every job in its sandbox, ``runner/sandbox.py``,
+and its cgroup, ``runner/cgroups.py``), ``no-cgroup`` the same with
+``KOTTA_CGROUP=off`` (limits by the RSS watch and RLIMIT_NPROC), and
+``uncontained`` with ``KOTTA_SANDBOX=off --allow-uncontained`` (jobs forked
+from the warm template with no namespaces, as before containment). It then
+alternates between them, ``--rounds`` times: ``--jobs`` sequential
+``@kottajob`` calls (submit -> result; p50, p95) and ``--batch`` trivial jobs
+through ``submit_many`` + ``gather`` (jobs/s). Only one service runs jobs at a
+time. Ratios are each kind / uncontained (latency: higher is slower;
+throughput: lower is slower). Figures vary with what else runs; run it on a
+quiet machine.
 """
 
 from __future__ import annotations
@@ -46,14 +50,19 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--kinds", default="contained,no-cgroup,uncontained")
     args = ap.parse_args()
     import bench_latency
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(bench_latency)
     base = Path(tempfile.mkdtemp(prefix="kotta-bench-box-"))
-    kinds = {"contained": ((), {}),
+    known = {"contained": ((), {}),
+             "no-cgroup": ((), {"KOTTA_CGROUP": "off"}),
              "uncontained": (("--allow-uncontained",), {"KOTTA_SANDBOX": "off"})}  # fmt: skip
+    kinds = {k: known[k] for k in args.kinds.split(",")}
+    if "uncontained" not in kinds:
+        ap.error("--kinds must include uncontained, the baseline")
     services = {}
     for name, (extra, env) in kinds.items():
         (base / name).mkdir()
@@ -72,15 +81,19 @@ def main() -> None:
         for svc in services.values():
             svc.stop()
     print()
-    print("| measure | contained | uncontained | ratio |")
-    print("| --- | --- | --- | --- |")
-    for q, label in ((0.5, "p50"), (0.95, "p95")):
-        a, b = pct(lat["contained"], q), pct(lat["uncontained"], q)
-        print(f"| latency {label} ({args.jobs} x {args.rounds} sequential) | {ms(a)} | {ms(b)} "
+    for kind in kinds:
+        if kind == "uncontained":
+            continue
+        print(f"| measure | {kind} | uncontained | ratio |")
+        print("| --- | --- | --- | --- |")
+        for q, label in ((0.5, "p50"), (0.95, "p95")):
+            a, b = pct(lat[kind], q), pct(lat["uncontained"], q)
+            print(f"| latency {label} ({args.jobs} x {args.rounds} sequential) | {ms(a)} "
+                  f"| {ms(b)} | {a / b:.2f}x |")  # fmt: skip
+        a, b = statistics.median(thr[kind]), statistics.median(thr["uncontained"])
+        print(f"| throughput, {args.batch} jobs batched | {a:,.0f} jobs/s | {b:,.0f} jobs/s "
               f"| {a / b:.2f}x |")  # fmt: skip
-    a, b = statistics.median(thr["contained"]), statistics.median(thr["uncontained"])
-    print(f"| throughput, {args.batch} jobs batched | {a:,.0f} jobs/s | {b:,.0f} jobs/s "
-          f"| {a / b:.2f}x |")  # fmt: skip
+        print()
 
 
 if __name__ == "__main__":
