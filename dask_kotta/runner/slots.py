@@ -50,6 +50,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import requests
@@ -158,7 +159,7 @@ class Slot:
                 api.close()
 
     def next(
-        self, want: int = 1, wait: float = NEXT_WAIT_S, waiting: list[dict[str, Any]] = ()
+        self, want: int = 1, wait: float = NEXT_WAIT_S, waiting: Sequence[dict[str, Any]] = ()
     ) -> tuple[list[dict[str, Any]], set[str]]:
         """Report kept ends and claim up to ``want`` jobs, waiting up to ``wait`` s for one.
 
