@@ -83,6 +83,13 @@ def _logged(fn: Callable[[], None]) -> None:
         log.debug("slot timer call failed", exc_info=True)
 
 
+def _stop(timers: _Timers | None, pool: ThreadPoolExecutor | None) -> None:
+    if timers is not None:
+        timers.stop()
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 class SlotHost:
     """The timer thread, the pool and the stopped servers of one worker's slots."""
 
@@ -106,9 +113,9 @@ class SlotHost:
         finally:
             with self._lock:
                 self._slots -= 1
-                last = self._slots == 0
-            if last:
-                self.close()
+                # Taken in the same hold of the lock: a slot starting meanwhile makes new ones.
+                threads = self._detach() if self._slots == 0 else (None, None)
+            _stop(*threads)
 
     def close(self) -> None:
         """Stop the timer thread and the pool; calls not due or not started are dropped.
@@ -116,12 +123,13 @@ class SlotHost:
         Used again, the host starts new ones.
         """
         with self._lock:
-            timers, self._timers = self._timers, None
-            pool, self._pool = self._pool, None
-        if timers is not None:
-            timers.stop()
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            threads = self._detach()
+        _stop(*threads)
+
+    def _detach(self) -> tuple[_Timers | None, ThreadPoolExecutor | None]:
+        threads = self._timers, self._pool
+        self._timers = self._pool = None
+        return threads
 
     # -- timed calls --------------------------------------------------------------------
 
