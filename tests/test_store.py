@@ -48,6 +48,17 @@ def make(open_store, **spec):
     return store, uid, job
 
 
+def end(store, job_id, attempt, dispatch_hash, ok=True, reason=""):
+    """Record an attempt's end the way the server records a runner's report; its new status."""
+    report = dict(
+        job_id=job_id, attempt=attempt, dispatch_hash=dispatch_hash, ok=ok, reason=reason,
+        traceback="", timings={}, outputs=[], has_result=False, retry=True, requeue=False,
+        phases=[],
+    )  # fmt: skip
+    (ended,) = store.finish_many([report])
+    return ended and ended["status"]
+
+
 def test_status_check_constraint_matches_the_python_statuses(open_store):
     store, _, job = make(open_store)
     check = next(c for c in jobs.constraints if getattr(c, "name", "") == "jobs_status_valid")
@@ -70,8 +81,8 @@ def test_lifecycle_only_moves_forward(open_store):
     assert not store.advance(jid, attempt, "h", d.PROCESSING, 10)
     assert not store.advance(jid, attempt, "h", d.STAGING_INPUTS, 10), "no way back"
     assert store.advance(jid, attempt, "h", d.STAGING_OUTPUTS, 10)
-    assert store.finish(jid, attempt, "h", True, "", "", {}, [], False, True) == d.COMPLETED
-    assert store.finish(jid, attempt, "h", False, "x", "", {}, [], False, True) is None
+    assert end(store, jid, attempt, "h") == d.COMPLETED
+    assert end(store, jid, attempt, "h", ok=False, reason="x") is None
     assert not store.cancel(jid, uid), "a finished job cannot be cancelled"
     assert store.get(jid)["status"] == d.COMPLETED
 
@@ -86,7 +97,7 @@ def test_stale_attempt_cannot_report(open_store):
     a2 = store.dispatch(jid, "h2")
     assert a2 == a1 + 1
     assert not store.heartbeat(jid, a1, "h1", 10)
-    assert store.finish(jid, a1, "h1", True, "", "", {}, [], False, True) is None
+    assert end(store, jid, a1, "h1") is None
     store.claim(jid, a2, "h2", 10, "w")
     assert store.heartbeat(jid, a2, "h2", 10)
 

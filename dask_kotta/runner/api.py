@@ -1,4 +1,10 @@
-"""The runner's side of the runner API, with patience for a restarting server."""
+"""The runner's side of the runner API, with patience for a restarting server.
+
+One :class:`RunnerAPI` per job attempt; each method is one request and means
+the same whichever way the job was dispatched. When a request is made (at
+once, later, or folded into a slot's batch) is the business of the runner's
+reporting strategy (``reporting.py``), not of this module.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import time
 from typing import Any, BinaryIO
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
 
@@ -19,7 +26,12 @@ class LostJob(Exception):
 
 
 class RunnerAPI:
-    """Calls for one job attempt. Connection errors are retried for ``patience_s``."""
+    """Calls for one job attempt. Connection errors are retried for ``patience_s``.
+
+    ``adapter``, if given, is a connection pool shared with others (a slot's):
+    the attempt's requests reuse its open connections, and :meth:`close`
+    leaves it open for its owner.
+    """
 
     def __init__(
         self,
@@ -28,15 +40,20 @@ class RunnerAPI:
         attempt: int,
         token: str,
         patience_s: float = d.RUNNER_PATIENCE_S,
+        adapter: HTTPAdapter | None = None,
     ):
         self.base = f"{server_url.rstrip('/')}/api/v1/runner/jobs/{job_id}"
         self.patience_s = patience_s
         self._headers = {"Authorization": f"Bearer {token}", "X-Kotta-Attempt": str(attempt)}
+        self._adapter = adapter
         self._session: requests.Session | None = None
 
     def _new_session(self) -> requests.Session:
         session = requests.Session()
         session.headers.update(self._headers)
+        if self._adapter is not None:
+            session.mount("http://", self._adapter)
+            session.mount("https://", self._adapter)
         return session
 
     @property
@@ -48,6 +65,8 @@ class RunnerAPI:
 
     def close(self) -> None:
         if self._session is not None:
+            if self._adapter is not None:
+                self._session.adapters.clear()  # the shared pool stays open for its owner
             self._session.close()
 
     def _call(
@@ -84,8 +103,8 @@ class RunnerAPI:
         # A short timeout: slots beat on one shared timer thread, which must not hang.
         self._call("POST", "/heartbeat", patience_s=0, timeout=(d.CONNECT_TIMEOUT_S, 10))
 
-    def phase(self, status: str) -> None:
-        self._call("POST", "/phase", json={"status": status})
+    def phase(self, status: str, patience_s: float | None = None) -> None:
+        self._call("POST", "/phase", patience_s=patience_s, json={"status": status})
 
     def _download(self, path: str, dest: BinaryIO) -> None:
         """GET ``path`` into ``dest`` (seekable), from the start again if the body breaks off."""

@@ -1,8 +1,19 @@
 """One job attempt, start to end: claim -> stage_inputs -> run_child -> stage_outputs -> report.
 
 ``run_job`` is the function the server submits to dask.distributed, one task
-per attempt. It returns a short word for the dask dashboard; the job's real
-outcome goes to the server.
+per attempt (``DASK_KOTTA_DISPATCH=tasks``); a slot (``slots.py``) claims
+jobs in batches and runs each through :func:`run_claimed` too. The steps are
+the same for both; each time they tell the server something about the job
+(keep its lease, fetch its payload, report a phase, send an output or the
+result, report the end) they call the :class:`~.reporting.Reporting` they
+were given, which decides when and how that reaches the server:
+:class:`~.reporting.Direct` for a task, ``SlotReporting`` for a slot's job.
+
+The outcome of a job (its exit code, the python child's ``outcome.json``,
+a walltime or memory kill, a lost lease) becomes one end report. A failure
+of the runner itself is reported as one too; only a lost job (cancelled or
+requeued meanwhile) ends without a report, since it is no longer ours.
+:func:`run_job` returns a short word for the dask dashboard.
 """
 
 from __future__ import annotations
@@ -15,7 +26,6 @@ import shutil
 import stat
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -28,36 +38,9 @@ from ..transfer.common import StagingError
 from . import envs, isolation
 from .api import LostJob, RunnerAPI
 from .process import run_forked, run_process
+from .reporting import Direct, Lease, OutputChannel, Reporting
 from .stage_in import stage_inputs
 from .stage_out import stage_outputs
-
-
-def beat(api: RunnerAPI) -> str | None:
-    """Renew the lease once; returns why the job was taken away (cancel, requeue), if it was."""
-    try:
-        api.heartbeat()
-    except LostJob as e:
-        return f"job taken away: {e}"
-    except Exception:  # server briefly unreachable: the lease has room for that
-        pass
-    return None
-
-
-class Heartbeat(threading.Thread):
-    """Renews the lease; notices when the job was taken away (cancel, requeue)."""
-
-    def __init__(self, api: RunnerAPI, interval: float):
-        super().__init__(daemon=True, name="kotta-heartbeat")
-        self.api, self.interval = api, interval
-        self.lost: str | None = None
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while self.lost is None and not self._stop_event.wait(self.interval):
-            self.lost = beat(self.api)
-
-    def stop(self) -> None:
-        self._stop_event.set()
 
 
 def _work_root() -> Path:
@@ -104,7 +87,7 @@ def _contained(job: dict[str, Any]) -> bool:
 
 def _run_child(
     job: dict,
-    heartbeat: Heartbeat,
+    lease: Lease,
     workdir: Path,
     private: Path,
     command: list[str],
@@ -121,7 +104,7 @@ def _run_child(
     limits = dict(
         walltime_s=job["walltime_s"],
         memory_bytes=job["memory_bytes"],
-        stop_reason=lambda: heartbeat.lost,
+        stop_reason=lambda: lease.lost,
     )
     if pyenv is not None:
         env = pyenv.child_env(env)
@@ -155,37 +138,33 @@ def _run_child(
 
 
 def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
-    """Run one attempt of a Kotta job; see the module docstring."""
+    """Run one attempt of a Kotta job, as its own dask task; see the module docstring."""
     api = RunnerAPI(server_url, job_id, attempt, token)
     try:
         job = api.claim()
     except LostJob:
         api.close()
         return "not claimed"
-    return run_claimed(api, job)
+    return run_claimed(job, Direct(api))
 
 
-def run_claimed(api: RunnerAPI, job: dict[str, Any], heartbeat: type = Heartbeat) -> str:
-    """Run a job whose lease ``api`` holds (claimed by ``run_job`` or by a slot); closes ``api``.
-
-    ``heartbeat`` makes what renews the lease: ``Heartbeat(api, interval)``
-    or anything with its ``start``, ``stop`` and ``lost``.
-    """
+def run_claimed(job: dict[str, Any], reporting: Reporting) -> str:
+    """Run a claimed ``job`` (by ``run_job`` or by a slot), telling the server through
+    ``reporting``; closes it at the end."""
     job_id, attempt = job["id"], job["attempt"]
-    heartbeat = heartbeat(api, job["heartbeat_s"])
-    heartbeat.start()
+    lease = reporting.keep_lease(job["heartbeat_s"])
     workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=_work_root()))
     private = workdir / ".kotta"
     private.mkdir()
     timings: dict[str, float | None] = {}
     try:
         with contextlib.ExitStack() as held:
-            return _run(api, job, heartbeat, workdir, private, timings, held)
+            return _run(reporting, job, lease, workdir, private, timings, held)
     except LostJob:
         return "lost"
     except Exception as e:
         try:
-            api.finish(
+            reporting.report_end(
                 ok=False, reason=f"runner error: {type(e).__name__}: {e}", traceback=traceback.format_exc(),
                 timings=timings, outputs=[], has_result=False,
             )  # fmt: skip
@@ -193,9 +172,9 @@ def run_claimed(api: RunnerAPI, job: dict[str, Any], heartbeat: type = Heartbeat
             pass
         return "runner error"
     finally:
-        heartbeat.stop()
+        lease.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-        api.close()
+        reporting.close()
 
 
 def job_file(workdir: Path, name: str) -> BinaryIO | None:
@@ -266,25 +245,26 @@ def _stage_deps(api: RunnerAPI, deps: list[str], private: Path) -> None:
 
 
 def _run(
-    api: RunnerAPI,
+    reporting: Reporting,
     job: dict,
-    heartbeat: Heartbeat,
+    lease: Lease,
     workdir: Path,
     private: Path,
     timings: dict,
     held: contextlib.ExitStack,
 ) -> str:
+    api = reporting.api
     # stage_inputs (the claim already moved the job to staging_inputs)
     t0 = time.monotonic()
     try:
         if job["has_payload"]:
             with open(private / "payload.pkl", "wb") as f:
-                api.download_payload(f)
+                reporting.fetch_payload(f)
         _stage_deps(api, job.get("deps") or [], private)
         stage_inputs(job.get("input_plan") or job["inputs"], workdir, api.dispatch_headers)
     except (StagingError, UnsafePathError) as e:
         timings["stage_in"] = time.monotonic() - t0
-        api.finish(ok=False, reason=str(e), timings=timings, outputs=[], has_result=False)
+        reporting.report_end(ok=False, reason=str(e), timings=timings, outputs=[], has_result=False)
         return "failed"
     # prepare_env: the job's own environment, if it names requirements (part of staging in)
     pyenv = None
@@ -299,23 +279,26 @@ def _run(
                     job["requirements"],
                     resolve_inside(workdir, job["stderr"], "output_file_stderr"),
                     timeout_s=job["walltime_s"],
-                    stop_reason=lambda: heartbeat.lost,
+                    stop_reason=lambda: lease.lost,
                 )
             )
         except envs.EnvironmentBuildError as e:
-            if heartbeat.lost:
-                raise LostJob(heartbeat.lost) from None
+            if lease.lost:
+                raise LostJob(lease.lost) from None
             timings["stage_in"] = time.monotonic() - t0
-            outputs, _ = stage_outputs(api, job, workdir)  # STDERR holds the build's log
-            api.finish(ok=False, reason=str(e), timings=timings, outputs=outputs, has_result=False)
+            # STDERR holds the build's log
+            outputs, _ = stage_outputs(OutputChannel(reporting), job, workdir)
+            reporting.report_end(
+                ok=False, reason=str(e), timings=timings, outputs=outputs, has_result=False
+            )
             return "failed"
     timings["stage_in"] = time.monotonic() - t0
 
     # run_child
-    api.phase(d.PROCESSING)
+    reporting.report_phase(d.PROCESSING)
     command = _command(job, workdir, private)
     try:
-        outcome = _run_child(job, heartbeat, workdir, private, command, pyenv)
+        outcome = _run_child(job, lease, workdir, private, command, pyenv)
     except (OSError, ContainmentError) as e:
         timings["run"] = 0.0
         reason = (
@@ -323,14 +306,14 @@ def _run(
             if isinstance(e, ContainmentError)
             else (f"cannot start {command[0]!r}: {e.strerror or e}")
         )
-        api.finish(ok=False, reason=reason, timings=timings, outputs=[], has_result=False)
+        reporting.report_end(ok=False, reason=reason, timings=timings, outputs=[], has_result=False)
         return "failed"
     timings["run"] = outcome.seconds
-    if heartbeat.lost:
-        raise LostJob(heartbeat.lost)
+    if lease.lost:
+        raise LostJob(lease.lost)
 
     # stage_outputs
-    api.phase(d.STAGING_OUTPUTS)
+    reporting.report_phase(d.STAGING_OUTPUTS)
     t2 = time.monotonic()
     reason, tb, has_result = "", "", False
     if outcome.killed:
@@ -352,15 +335,17 @@ def _run(
         result_file = job_file(workdir, ".kotta/result.pkl")
         if result_file is not None:
             with result_file as f:
-                api.upload_result(f)
+                reporting.send_result(f)
             has_result = True
     elif outcome.returncode != 0:
         reason = f"script exited with code {outcome.returncode}"
-    outputs, problem = stage_outputs(api, job, workdir)
+    outputs, problem = stage_outputs(OutputChannel(reporting), job, workdir)
     if problem and not reason:
         reason = problem
     timings["stage_out"] = time.monotonic() - t2
-    return api.finish(
+
+    # report
+    return reporting.report_end(
         ok=not reason,
         reason=reason,
         traceback=tb,

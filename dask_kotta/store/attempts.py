@@ -4,9 +4,14 @@ Every status change is one guarded statement (``UPDATE ... WHERE id = :id AND
 status IN (...) AND attempt = ... AND dispatch_hash = ...``), so the lifecycle
 only moves forward and a stale runner (an older attempt, or one whose job was
 cancelled) cannot overwrite the work of the current one: a guard that matches
-no row answers ``False`` or ``None``. :class:`Attempts` is the part of
-:class:`~dask_kotta.store.jobs.JobStore` that runners and the server's
-dispatch drive.
+no row answers ``False`` or ``None``.
+
+:class:`Attempts` holds these transitions over a database engine; the
+:class:`~dask_kotta.store.jobs.JobStore` makes one on its own engine
+(``store.attempts``) for what runners and the server's dispatch drive.
+:func:`move` is the guarded step every status change is made of (the
+store's ``cancel`` included): one ``UPDATE`` that must match exactly one row,
+and the event that records it.
 """
 
 from __future__ import annotations
@@ -74,10 +79,38 @@ _RENEW = (
 _BY_IDS = sa.select(jobs).where(jobs.c.id.in_(_b("b_ids", expanding=True)))
 
 
-class Attempts:
-    """Transitions of a job's attempts; needs ``self.engine`` (see ``JobStore``)."""
+def move(
+    c: sa.Connection,
+    job_id: str,
+    where: list[Any],
+    status: str,
+    detail: str = "",
+    at: float | None = None,
+    **values: Any,
+) -> bool:
+    """Move ``job_id`` to ``status`` if it matches ``where``, and record the event.
 
-    engine: sa.Engine
+    False (and nothing written) if no row matched: the guard said the job is
+    no longer where the caller thought.
+    """
+    res = c.execute(
+        jobs.update().where(jobs.c.id == job_id, *where).values(status=status, **values)
+    )
+    if res.rowcount != 1:
+        return False
+    c.execute(
+        job_events.insert().values(
+            job_id=job_id, status=status, at=at or time.time(), detail=detail
+        )
+    )
+    return True
+
+
+class Attempts:
+    """The transitions of jobs' attempts, each one guarded statement on ``engine``."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
 
     def expired(self, now: float) -> list[dict[str, Any]]:
         with self.engine.connect() as c:
@@ -87,28 +120,6 @@ class Attempts:
                 )
             )
             return [dict(r._mapping) for r in rows]
-
-    def _move(
-        self,
-        c: sa.Connection,
-        job_id: str,
-        where: list,
-        status: str,
-        detail: str = "",
-        at: float | None = None,
-        **values,
-    ) -> bool:
-        res = c.execute(
-            jobs.update().where(jobs.c.id == job_id, *where).values(status=status, **values)
-        )
-        if res.rowcount != 1:
-            return False
-        c.execute(
-            job_events.insert().values(
-                job_id=job_id, status=status, at=at or time.time(), detail=detail
-            )
-        )
-        return True
 
     def dispatch(self, job_id: str, dispatch_hash: str) -> int | None:
         """Start a new attempt of a pending job; returns its number, or None if not pending."""
@@ -131,7 +142,7 @@ class Attempts:
         """Take the lease of a pending job for one attempt; None if someone else holds it."""
         now = time.time()
         with self.engine.begin() as c:
-            ok = self._move(
+            ok = move(
                 c,
                 job_id,
                 [
@@ -240,7 +251,7 @@ class Attempts:
         if allowed is None:
             return False
         with self.engine.begin() as c:
-            return self._move(
+            return move(
                 c,
                 job_id,
                 [
@@ -252,52 +263,30 @@ class Attempts:
                 lease_until=time.time() + lease_s,
             )
 
-    def finish(
-        self,
-        job_id: str,
-        attempt: int,
-        dispatch_hash: str,
-        ok: bool,
-        reason: str,
-        traceback: str,
-        timings: dict[str, float | None],
-        outputs: list[dict[str, Any]],
-        has_result: bool,
-        retry_if_failed: bool,
-        phases: list[tuple[str, float]] = (),
-    ) -> str | None:
-        """Record an attempt's end. A failure with retries left goes back to pending.
-
-        ``phases`` are ``(status, at)`` the runner passed without reporting them
-        (a short job's ``processing`` and ``staging_outputs``): they are recorded
-        first, in the same transaction, so the history stays complete and forward.
-        Returns the new status, or None if this attempt no longer holds the job.
-        """
-        report = dict(
-            job_id=job_id, attempt=attempt, dispatch_hash=dispatch_hash, ok=ok, reason=reason,
-            traceback=traceback, timings=timings, outputs=outputs, has_result=has_result,
-            retry=retry_if_failed, phases=phases,
-        )  # fmt: skip
-        ended = self.finish_many([report])[0]
-        return ended["status"] if ended else None
-
     def finish_many(
         self,
         reports: list[dict[str, Any]],
         before: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
         max_requeues: int = d.MAX_REQUEUES,
     ) -> list[dict[str, Any] | None]:
-        """:meth:`finish` for many attempts in one transaction (a slot's batch of ends).
+        """Record the ends of attempts, one or a slot's batch, in one transaction.
 
-        Each report holds :meth:`finish`'s arguments by name (``retry_if_failed``
-        as ``retry``), and may say ``requeue``: the attempt was lost to the runner's
-        side, so the job goes back to pending while it has requeues left
-        (``max_requeues``, as for a lost worker) instead of spending a retry. ``before(job, report)`` is called for each attempt that
+        Each report names its attempt (``job_id``, ``attempt``, ``dispatch_hash``)
+        and says how it ended: ``ok``, ``reason``, ``traceback``, ``timings``
+        (``stage_in``, ``run``, ``stage_out``), ``outputs``, ``has_result``;
+        ``retry``: a failure with retries left goes back to pending; ``requeue``
+        (optional): the attempt was lost to the runner's side, so the job goes
+        back to pending while it has requeues left (``max_requeues``, as for a
+        lost worker) instead of spending a retry; ``phases``: ``(status, at)``
+        the runner passed without reporting them (a short job's ``processing``
+        and ``staging_outputs``), recorded first so the history stays complete
+        and forward. ``before(job, report)`` is called for each attempt that
         still holds its job, before its end is written (the server stores the
-        attempt's inline files there, so a completed job's files exist). Returns,
-        per report, the job's ``id``, ``owner``, ``queue``, ``name``, ``jobtype``,
-        ``submitted_at``, new ``status``, ``reason`` and ``ended_at``; None
-        where the attempt no longer holds its job.
+        attempt's inline files there, so a completed job's files exist).
+
+        Returns, per report, the job's ``id``, ``owner``, ``queue``, ``name``,
+        ``jobtype``, ``submitted_at``, new ``status``, ``reason`` and
+        ``ended_at``; None where the attempt no longer holds its job.
         """
         now = time.time()
         out: list[dict[str, Any] | None] = []
@@ -379,7 +368,7 @@ class Attempts:
         now = time.time()
         with self.engine.begin() as c:
             guard = [jobs.c.status.in_(d.ACTIVE_STATUSES), jobs.c.attempt == attempt]
-            if self._move(
+            if move(
                 c,
                 job_id,
                 [*guard, jobs.c.requeues < max_requeues],
@@ -390,7 +379,7 @@ class Attempts:
             ):
                 return d.PENDING
             full = f"{reason} ({max_requeues} times; giving up)"
-            if self._move(
+            if move(
                 c, job_id, guard, d.FAILED, detail=full, reason=full, ended_at=now, lease_until=None
             ):
                 return d.FAILED
@@ -399,7 +388,7 @@ class Attempts:
     def fail_pending(self, job_id: str, attempt: int, reason: str) -> bool:
         """Fail a job whose dispatch could not run at all (e.g. no worker has its queue)."""
         with self.engine.begin() as c:
-            return self._move(
+            return move(
                 c,
                 job_id,
                 [jobs.c.status.in_((d.PENDING, *d.ACTIVE_STATUSES)), jobs.c.attempt == attempt],

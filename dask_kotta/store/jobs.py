@@ -2,7 +2,8 @@
 
 It is the queue and the source of truth. This module holds what users drive
 (submission, reads, cancel); the transitions of a job's attempts, each one
-guarded statement so the lifecycle only moves forward, are in ``attempts.py``.
+guarded statement so the lifecycle only moves forward, are an
+:class:`~.attempts.Attempts` the store holds as ``store.attempts``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import defaults as d
-from .attempts import Attempts
+from .attempts import Attempts, move
 from .schema import job_events, job_row, jobs, metadata, tokens, users
 
 
@@ -65,12 +66,21 @@ def engine_for(url_or_path: str) -> sa.Engine:
     return sa.create_engine(url_or_path, pool_pre_ping=True)
 
 
-class JobStore(Attempts):
+class JobStore:
     """All reads and writes of the job database, one method per statement."""
 
     def __init__(self, url_or_path: str):
         self.engine = engine_for(url_or_path)
         metadata.create_all(self.engine)
+        #: The attempts' transitions: dispatch, claim, heartbeat, phases, end, requeue.
+        self.attempts = Attempts(self.engine)
+        # The server calls them on the store itself.
+        a = self.attempts
+        self.dispatch, self.claim, self.claim_next = a.dispatch, a.claim, a.claim_next
+        self.runner_job, self.pending_count, self.expired = a.runner_job, a.pending_count, a.expired
+        self.renew, self.heartbeat, self.advance = a.renew, a.heartbeat, a.advance
+        self.finish_many, self.requeue_or_fail = a.finish_many, a.requeue_or_fail
+        self.fail_pending, self.extend_leases = a.fail_pending, a.extend_leases
 
     def close(self) -> None:
         self.engine.dispose()
@@ -230,7 +240,7 @@ class JobStore(Attempts):
     def cancel(self, job_id: str, owner: int) -> bool:
         """Cancel a pending or running job of ``owner``; False if it already ended."""
         with self.engine.begin() as c:
-            return self._move(
+            return move(
                 c,
                 job_id,
                 [jobs.c.owner == owner, jobs.c.status.in_((d.PENDING, *d.ACTIVE_STATUSES))],

@@ -1,0 +1,170 @@
+"""How a job attempt tells the server about itself: the strategy a runner is given.
+
+A runner's steps (``runner.py``: claim -> stage_inputs -> run_child ->
+stage_outputs -> report) are the same however the job reached it. Where the
+two dispatch modes differ is only *when and how* the job's progress reaches
+the server, and that is one object, a :class:`Reporting`, with a method for
+each point:
+
+==================  ===========================  =======================================
+the point           :class:`Direct`              ``SlotReporting`` (``slot_reporting.py``)
+                    (one dask task per job,      (a slot's job, the default)
+                    ``DASK_KOTTA_DISPATCH=tasks``)
+==================  ===========================  =======================================
+``keep_lease``      a heartbeat thread           a timer on the worker's shared thread
+``fetch_payload``   ``GET /payload``             the bytes that came with the claim
+``report_phase``    ``POST /phase`` now          only if the job is still in it 0.2 s on;
+                                                 otherwise it rides with the end
+``plan_uploads``    ``POST /uploads``            nothing to ask on a local store
+``send_output``     ``PUT /files/<name>``        a small one is kept for the end (inline)
+``send_result``     ``PUT /result``              a small one is kept for the end (inline)
+``report_end``      ``POST /finish`` now,        handed to the slot, which sends a batch
+                    returns the job's status     of ends with its next request;
+                                                 returns ``"reported"``
+==================  ===========================  =======================================
+
+Whatever does not differ (a dependency's result, the headers staged inputs
+are fetched with, a multipart upload's completion) the runner asks the
+attempt's :class:`~dask_kotta.runner.api.RunnerAPI` directly, as ``reporting.api``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, BinaryIO, Protocol
+
+from .api import LostJob, RunnerAPI
+
+
+class Lease(Protocol):
+    """What keeps a job's lease while it runs; ``lost`` says why it was taken away, if it was."""
+
+    lost: str | None
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class Reporting(Protocol):
+    """The points where the runner talks to the server about its job; see the module docstring."""
+
+    #: The attempt's runner API, for the calls every strategy makes the same way.
+    api: RunnerAPI
+
+    def keep_lease(self, interval: float) -> Lease:
+        """Start renewing the job's lease every ``interval`` seconds."""
+        ...
+
+    def fetch_payload(self, dest: BinaryIO) -> None:
+        """Write the job's pickled payload into ``dest``."""
+        ...
+
+    def report_phase(self, status: str) -> None:
+        """The job moved on to ``status`` (``processing``, ``staging_outputs``)."""
+        ...
+
+    def plan_uploads(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """How to send each ``{"name", "size"}``: a presigned plan, or None for the server."""
+        ...
+
+    def send_output(self, name: str, f: BinaryIO) -> int:
+        """Send output ``name`` that goes through the server; returns its size."""
+        ...
+
+    def send_result(self, f: BinaryIO) -> int:
+        """Send the job's pickled result; returns its size."""
+        ...
+
+    def report_end(self, **report: Any) -> str:
+        """The attempt's end (``ok``, ``reason``, ``timings``, ``outputs``...); returns a word
+        for the dask dashboard."""
+        ...
+
+    def close(self) -> None:
+        """Release the attempt's connections."""
+        ...
+
+
+def beat(api: RunnerAPI) -> str | None:
+    """Renew the lease once; returns why the job was taken away (cancel, requeue), if it was."""
+    try:
+        api.heartbeat()
+    except LostJob as e:
+        return f"job taken away: {e}"
+    except Exception:  # server briefly unreachable: the lease has room for that
+        pass
+    return None
+
+
+class Heartbeat(threading.Thread):
+    """A :class:`Lease` on a thread of its own: renews, and notices a cancel or requeue."""
+
+    def __init__(self, api: RunnerAPI, interval: float):
+        super().__init__(daemon=True, name="kotta-heartbeat")
+        self.api, self.interval = api, interval
+        self.lost: str | None = None
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while self.lost is None and not self._stop_event.wait(self.interval):
+            self.lost = beat(self.api)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+class Direct:
+    """Each report is its own request, made at once: a job that is its own dask task."""
+
+    def __init__(self, api: RunnerAPI):
+        self.api = api
+
+    def keep_lease(self, interval: float) -> Lease:
+        lease = Heartbeat(self.api, interval)
+        lease.start()
+        return lease
+
+    def fetch_payload(self, dest: BinaryIO) -> None:
+        self.api.download_payload(dest)
+
+    def report_phase(self, status: str) -> None:
+        self.api.phase(status)
+
+    def plan_uploads(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        return self.api.upload_plans(files)
+
+    def send_output(self, name: str, f: BinaryIO) -> int:
+        return self.api.upload(name, f)
+
+    def send_result(self, f: BinaryIO) -> int:
+        return self.api.upload_result(f)
+
+    def report_end(self, **report: Any) -> str:
+        return self.api.finish(**report)
+
+    def close(self) -> None:
+        self.api.close()
+
+
+class OutputChannel:
+    """What ``stage_out.stage_outputs`` sends a job's outputs through.
+
+    Plans and whole-file sends are the strategy's (a slot keeps small files for
+    the end); a multipart upload's completion goes straight to the API.
+    """
+
+    def __init__(self, reporting: Reporting):
+        self.reporting = reporting
+
+    def upload_plans(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        return self.reporting.plan_uploads(files)
+
+    def upload(self, name: str, f: BinaryIO) -> int:
+        return self.reporting.send_output(name, f)
+
+    def complete_upload(self, name: str, upload_id: str, etags: list[str]) -> None:
+        self.reporting.api.complete_upload(name, upload_id, etags)
+
+    def abort_upload(self, name: str, upload_id: str) -> None:
+        self.reporting.api.abort_upload(name, upload_id)
