@@ -1,44 +1,12 @@
-"""The ``dask-kotta`` command line."""
+"""The ``dask-kotta`` command line: the group (``group.py``) and its commands.
+
+The service's commands are in ``service.py``, the client's in ``client.py``;
+each registers itself on :func:`main` as it is imported.
+"""
 
 from __future__ import annotations
 
-import logging
-import sys
+from . import client, service  # noqa: F401  (they register their commands)
+from .group import main
 
-import click
-
-from ..errors import KottaError
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.WARNING,
-        format="%(asctime)s %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stdout,
-    )
-    logging.getLogger("dask_kotta").setLevel(logging.INFO)
-
-
-class _Group(click.Group):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except KottaError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-
-
-@click.group(cls=_Group)
-@click.version_option(package_name="dask-kotta")
-def main() -> None:
-    """dask-kotta: a Kotta job service on dask.distributed, and its client.
-
-    Start everything on this machine with `dask-kotta up`; then use the other
-    commands (or Python: `from kotta import Kotta`) with the credentials file
-    it writes.
-    """
-
-
-# The commands register themselves on `main` as they are imported.
-from . import client, service  # noqa: E402, F401
+__all__ = ["main"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import defaults as d
-from . import main
+from .group import main
 
 _auth = click.option(
     "--auth-file", type=click.Path(dir_okay=False), default=d.AUTH_FILE, show_default=True,

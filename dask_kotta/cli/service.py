@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from .. import defaults as d
-from . import _setup_logging, main
+from .group import _setup_logging, main
 
 
 def _load_policy(ctx, param, value):

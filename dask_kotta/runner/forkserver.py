@@ -43,11 +43,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# Lives with the template, which must not import this module; re-exported for process.py.
-from .template import open_logs as open_logs
+from .process import Outcome, monitor
 
 log = logging.getLogger("dask_kotta.runner")
 
@@ -243,3 +243,30 @@ def spawn(
     except OSError as e:
         log.warning("fork server failed (%s); using a fresh interpreter", e)
         return None
+
+
+def run_forked(
+    private: str,
+    cwd: str,
+    stdout_path: str,
+    stderr_path: str,
+    env: dict[str, str],
+    walltime_s: float,
+    memory_bytes: int | None,
+    stop_reason: Callable[[], str | None] = lambda: None,
+    argv: list[str] | None = None,
+    sandbox: dict | None = None,
+) -> Outcome | None:
+    """Run a job's child forked from the warm template; None if no template is available.
+
+    The child runs the python job in ``private``, or execs ``argv``, in the
+    sandbox ``sandbox`` describes if given. The caller falls back to
+    :func:`process.run_process` on None, so a broken fork server slows jobs down but
+    never fails them.
+    """
+    start = time.monotonic()
+    child = spawn(private, cwd, stdout_path, stderr_path, env, argv, sandbox)
+    if child is None:
+        return None
+    with child:
+        return monitor(child, start, walltime_s, memory_bytes, stop_reason)

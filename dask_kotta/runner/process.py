@@ -1,7 +1,7 @@
 """Run one child process in its own process group, under walltime, memory limit and stop requests.
 
 A child is either started fresh (:func:`run_process`, ``subprocess.Popen``)
-or forked from the warm template process (:func:`run_forked`, see
+or forked from the warm template process (``forkserver.run_forked``, see
 ``forkserver.py`` and ``template.py``). Both are watched by the same loop,
 :func:`monitor`, and whatever way a child ends, its whole group (and any
 descendant that moved to a group of its own) is killed and verified gone
@@ -22,7 +22,7 @@ from typing import Protocol
 import psutil
 
 from .. import defaults as d
-from .forkserver import open_logs
+from .template import open_logs
 
 WALLTIME = "walltime exceeded"
 MEMORY = "memory limit exceeded"
@@ -170,35 +170,6 @@ def run_process(
         if err != out:
             os.close(err)
     return monitor(_Popened(proc), start, walltime_s, memory_bytes, stop_reason)
-
-
-def run_forked(
-    private: str,
-    cwd: str,
-    stdout_path: str,
-    stderr_path: str,
-    env: dict[str, str],
-    walltime_s: float,
-    memory_bytes: int | None,
-    stop_reason: Callable[[], str | None] = lambda: None,
-    argv: list[str] | None = None,
-    sandbox: dict | None = None,
-) -> Outcome | None:
-    """Run a job's child forked from the warm template; None if no template is available.
-
-    The child runs the python job in ``private``, or execs ``argv``, in the
-    sandbox ``sandbox`` describes if given. The caller falls back to
-    :func:`run_process` on None, so a broken fork server slows jobs down but
-    never fails them.
-    """
-    from . import forkserver
-
-    start = time.monotonic()
-    child = forkserver.spawn(private, cwd, stdout_path, stderr_path, env, argv, sandbox)
-    if child is None:
-        return None
-    with child:
-        return monitor(child, start, walltime_s, memory_bytes, stop_reason)
 
 
 def monitor(

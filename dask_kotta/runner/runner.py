@@ -37,7 +37,8 @@ from ..paths import resolve_inside
 from ..transfer.common import StagingError
 from . import envs, isolation
 from .api import LostJob, RunnerAPI
-from .process import run_forked, run_process
+from .forkserver import run_forked
+from .process import run_process
 from .reporting import Direct, Lease, OutputChannel, Reporting
 from .stage_in import stage_inputs
 from .stage_out import stage_outputs
