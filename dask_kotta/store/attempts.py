@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -92,11 +92,11 @@ class Attempts:
         self,
         c: sa.Connection,
         job_id: str,
-        where: list,
+        where: list[Any],
         status: str,
         detail: str = "",
         at: float | None = None,
-        **values,
+        **values: Any,
     ) -> bool:
         res = c.execute(
             jobs.update().where(jobs.c.id == job_id, *where).values(status=status, **values)
@@ -264,7 +264,7 @@ class Attempts:
         outputs: list[dict[str, Any]],
         has_result: bool,
         retry_if_failed: bool,
-        phases: list[tuple[str, float]] = (),
+        phases: Sequence[tuple[str, float]] = (),
     ) -> str | None:
         """Record an attempt's end. A failure with retries left goes back to pending.
 

@@ -18,7 +18,8 @@ import io
 import math
 import threading
 import time
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from typing import IO, Any
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, NotFoundError, UnsafePathError
@@ -37,7 +38,7 @@ GET_EXPIRES_S = 6 * 3600
 PUT_EXPIRES_S = 6 * 3600
 
 
-def s3_client(**kw: Any):
+def s3_client(**kw: Any) -> Any:
     """A boto3 S3 client from boto3's standard chain, with bounded timeouts and retries.
 
     Timeouts are bounded so an endpoint that went away fails a call in seconds
@@ -221,7 +222,7 @@ class S3ObjectStore:
 
     # -- reading and writing --------------------------------------------------------------
 
-    def put_stream(self, key: str, stream: BinaryIO) -> int:
+    def put_stream(self, key: str, stream: IO[bytes]) -> int:
         from boto3.s3.transfer import TransferConfig
 
         counted = _Counting(stream)
@@ -243,7 +244,7 @@ class S3ObjectStore:
         with self.open_read(key) as f:
             return f.read()
 
-    def open_read(self, key: str) -> BinaryIO:
+    def open_read(self, key: str) -> io.IOBase:
         import botocore.exceptions as bx
 
         try:
@@ -352,7 +353,7 @@ class S3ObjectStore:
 class _Counting(io.RawIOBase):
     """Counts the bytes read from a stream (boto3 does not say how much it uploaded)."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: IO[bytes]):
         self.stream, self.n = stream, 0
 
     def readable(self) -> bool:
@@ -376,7 +377,7 @@ class _Body(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         return self.body.read(None if size is None or size < 0 else size)
 
-    def readinto(self, b) -> int:
+    def readinto(self, b: Any) -> int:
         data = self.body.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -384,7 +385,7 @@ class _Body(io.RawIOBase):
     def readall(self) -> bytes:
         return self.body.read()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self.body.iter_chunks(1024 * 1024))
 
     def close(self) -> None:
