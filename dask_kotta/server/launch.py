@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigError
+from ..store.objects import open_store
 from .auth import hash_token, new_token
 
-if TYPE_CHECKING:  # imported by `up` before it starts its cluster: keep this module light
+# `up` imports this module before it starts its cluster: nothing heavy (sqlalchemy, uvicorn)
+# is imported at its top.
+if TYPE_CHECKING:
     from ..store.jobs import JobStore
     from .service import ServerConfig
 
@@ -93,8 +96,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def check_store(config: ServerConfig) -> None:
     """Open the object store once before serving, so an unreachable S3 endpoint or a
     refused bucket is a one-line error instead of a traceback from the server's start."""
-    from ..store.objects import open_store  # see TYPE_CHECKING above: kept light
-
     open_store(config.store, config.data_dir)
 
 

@@ -26,6 +26,9 @@ from ..errors import ConfigError, NotFoundError, UnsafePathError
 from ..paths import safe_relpath
 from .presign import presigner
 
+# boto3 and botocore are imported inside the functions that use them: they take ~0.2 s to
+# import, and a service on a local store (or a worker) never needs them.
+
 #: Objects up to this size are written with one presigned PUT; larger ones in parts.
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 #: Smallest part of a multipart upload (S3's minimum is 5 MiB).
