@@ -7,8 +7,11 @@
     ├── SerializationError     a function or argument cannot be pickled (client side)
     ├── UnsafePathError        a path that would escape its job's directory or prefix
     ├── ContainmentError       a worker cannot contain a job that must be contained
-    ├── APIError               the server answered 4xx/5xx; ``.status`` is the HTTP status
+    ├── APIError               the server answered 4xx/5xx: ``.detail`` says why, ``.status``
+    │   │                          is the HTTP status (shown by ``str()`` only)
     │   ├── AuthenticationError    401: unknown or malformed token
+    │   ├── ForbiddenError         403: a valid token, but not allowed this (another user's
+    │   │                          files, an ungranted bucket, a service that is not yours)
     │   ├── NotFoundError          404: no such job (or not yours)
     │   ├── InvalidRequestError    400/422: the request names something invalid
     │   ├── ConflictError          409: the job is not in a state that allows this
@@ -20,6 +23,10 @@
         ├── JobTimeoutError        waiting gave up before the job ended
         ├── ResultError            the result could not be unpickled here
         └── RemoteError            the remote function raised; see ``remote_traceback``
+
+The server raises these same classes; its one exception handler answers
+``{"detail": exc.detail}`` with ``exc.status``, and the client turns the answer
+back into the class for that status (``error_for_status``).
 
 A ``RemoteError`` raised to the caller is also an instance of the remote
 exception's own class where that class can be subclassed, so
@@ -50,20 +57,47 @@ class ContainmentError(KottaError):
 
 
 class APIError(KottaError):
-    """The server refused a request; ``status`` is the HTTP status code."""
+    """The server refused a request: ``detail`` says why, ``status`` is the HTTP status code.
+
+    ``str()`` shows both (``"no job 'x' (HTTP 404)"``); the server answers with
+    ``detail`` alone, and a caller that shows the reason to a person uses it too.
+    """
 
     status: int = 500
 
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
+    def __init__(self, detail: str, status: int | None = None):
+        super().__init__(detail)
+        self.detail = detail
         if status is not None:
             self.status = status
+
+    def __str__(self) -> str:
+        return f"{self.detail} (HTTP {self.status})"
+
+    def __reduce__(self) -> tuple[type[APIError], tuple[str, int]]:
+        # Keep a status that differs from the class's (an APIError for a 503) across pickling.
+        return (type(self), (self.detail, self.status))
 
 
 class AuthenticationError(APIError):
     """The token is missing, malformed or unknown to the server."""
 
     status = 401
+
+
+class ForbiddenError(APIError):
+    """The token is valid, but its user may not do this (403).
+
+    Not a subclass of ``AuthenticationError``: that one means "who are you?"
+    (401, make new credentials), while here the server knows the user and
+    refuses the request itself (an input in another user's part of the store,
+    an ``s3://`` bucket no grant covers, a service that serves only its
+    operator). A caller that re-authenticates on ``AuthenticationError`` must
+    not do so for this. Earlier versions raised a 403 as ``AuthenticationError``,
+    against the documented tree; code that must run with both catches ``APIError``.
+    """
+
+    status = 403
 
 
 class NotFoundError(APIError):
@@ -183,7 +217,7 @@ def remote_error(
 _BY_STATUS: dict[int, type[APIError]] = {
     400: InvalidRequestError,
     401: AuthenticationError,
-    403: AuthenticationError,
+    403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,
@@ -194,4 +228,4 @@ _BY_STATUS: dict[int, type[APIError]] = {
 def error_for_status(status: int, detail: str) -> APIError:
     """The ``APIError`` subclass instance for an HTTP status and its detail."""
     cls = _BY_STATUS.get(status, APIError)
-    return cls(f"{detail} (HTTP {status})", status)
+    return cls(detail, status)

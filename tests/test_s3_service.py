@@ -23,7 +23,7 @@ from kotta_testing import DaskCluster, Service, policy_args
 from kotta_testing import run_script as run
 from s3server import HTTPFiles
 
-from dask_kotta.errors import AuthenticationError, InvalidRequestError
+from dask_kotta.errors import AuthenticationError, ForbiddenError, InvalidRequestError
 from kotta import Kotta, KottaJob, KOut
 
 pytestmark = pytest.mark.timeout(300)
@@ -206,12 +206,13 @@ def test_another_users_files_are_refused_at_submit(svc, k, mallory, tmp_path):
     mine = run(k, outputs="out.txt", script="#!/bin/bash\necho private > out.txt")
     job_file = outputs(mine)["out.txt"].s3_url
     for url in (upload, job_file):
-        with pytest.raises(AuthenticationError) as e:
+        with pytest.raises(ForbiddenError) as e:
             KottaJob(jobtype="script", script="cat *", inputs=url).submit(mallory)
         assert e.value.status == 403 and url in str(e.value)
+        assert not isinstance(e.value, AuthenticationError)  # 401 means a bad token, not this
     if is_s3(svc):
         uid = k.user["id"]
-        with pytest.raises(AuthenticationError, match="outside your own prefix"):
+        with pytest.raises(ForbiddenError, match="outside your own prefix"):
             KottaJob(script="true", inputs=f"s3://{BUCKET}/jobs/u{uid}/x/y.txt").submit(mallory)
         with pytest.raises(InvalidRequestError, match=r"'\.\.'"):
             KottaJob(

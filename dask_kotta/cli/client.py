@@ -142,7 +142,7 @@ def cancel(auth_file, job_id):
         konn.cancel_job(job_id)
         click.echo(f"job {job_id} cancelled")
     except ConflictError as e:
-        raise click.ClickException(str(e).split(" (HTTP")[0]) from None
+        raise click.ClickException(e.detail) from None
 
 
 @main.command(name="ls")

@@ -93,7 +93,7 @@ class KOut:
             r = self._get(f"{self._konn.url}/api/v1/objects", params={"url": self._store_url})
         if r.status_code == 404:
             r.close()
-            raise NotFoundError(f"{self._url} was not found (HTTP 404)")
+            raise NotFoundError(f"{shown_url(self._url)} was not found")
         if r.status_code >= 400:
             r.close()
             raise KottaError(

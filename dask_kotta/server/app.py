@@ -1,7 +1,15 @@
-"""The ASGI application: routes, JSON errors, and the service's start and stop."""
+"""The ASGI application: routes, JSON errors, and the service's start and stop.
+
+Three routers, one per audience (``routes_jobs``: users' jobs, ``routes_runner``:
+runners and slots, ``routes_files``: users' uploads and objects), over one
+:class:`~.service.Service`. Routes and the modules under them raise the domain
+errors of ``dask_kotta.errors``; the handlers here are the one place that turns
+an exception into an HTTP answer, always ``{"detail": "..."}``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,7 +28,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The Kotta API for one configuration; its service starts with the app."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = Service(config)
         app.state.svc = svc
         await svc.start()
@@ -41,14 +49,20 @@ def create_app(config: ServerConfig) -> FastAPI:
         # The page holds no data: it asks for a token and reads the API with it.
         return HTMLResponse(page)
 
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own: no such route (404), wrong method (405)
         return JSONResponse(
             {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
         )
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
@@ -56,11 +70,10 @@ def create_app(config: ServerConfig) -> FastAPI:
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
 
     @app.exception_handler(APIError)
-    async def api_error(request: Request, exc: APIError):
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     @app.exception_handler(UnsafePathError)
-    async def path_error(request: Request, exc: UnsafePathError):
+    async def path_error(request: Request, exc: UnsafePathError) -> JSONResponse:
+        # A name in the request (an output, an upload, a store key) that would escape its place
         return JSONResponse({"detail": str(exc)}, status_code=400)
-
-    return app

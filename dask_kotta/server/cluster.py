@@ -32,8 +32,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+
+# distributed, dask and cryptography are imported where they are used: `up` imports this
+# module before it starts anything, and they are slow to import.
+if TYPE_CHECKING:
+    from distributed.security import Security
 
 log = logging.getLogger("dask_kotta.server")
 
@@ -52,7 +58,7 @@ class TLSFiles:
     cert: str
     key: str
 
-    def security(self, role: str = "all"):
+    def security(self, role: str = "all") -> Security:
         """A ``distributed.Security`` that requires TLS, for a client or for every role."""
         from distributed.security import Security
 
@@ -65,7 +71,9 @@ class TLSFiles:
         return Security(require_encryption=True, tls_ca_file=self.ca_file, **kw)
 
 
-def _given_tls(scheduler: str, ca_file, cert, key, role: str) -> bool:
+def _given_tls(
+    scheduler: str, ca_file: str | None, cert: str | None, key: str | None, role: str
+) -> bool:
     """Check the TLS options for ``scheduler``; True if certificate files were given.
 
     Without options, a tls:// scheduler needs dask's configuration
@@ -78,7 +86,8 @@ def _given_tls(scheduler: str, ca_file, cert, key, role: str) -> bool:
             from distributed.security import Security
 
             sec = Security()
-            if not (sec.tls_ca_file and getattr(sec, f"tls_{role}_cert")):
+            # Security sets its tls_* fields from dask's config by name: mypy cannot see them.
+            if not (sec.tls_ca_file and getattr(sec, f"tls_{role}_cert")):  # type: ignore[attr-defined]
                 raise ConfigError(
                     f"the scheduler {scheduler} uses TLS: give --tls-ca-file, --tls-cert and "
                     f"--tls-key (or distributed.comm.tls.ca-file and .{role}.cert/.key in dask's config)"
@@ -98,7 +107,9 @@ def _given_tls(scheduler: str, ca_file, cert, key, role: str) -> bool:
     return True
 
 
-def client_security(scheduler: str, ca_file: str | None, cert: str | None, key: str | None):
+def client_security(
+    scheduler: str, ca_file: str | None, cert: str | None, key: str | None
+) -> Security | None:
     """The ``Security`` the API server reaches ``scheduler`` with: None for plain tcp://, or
     for a tls:// one given no files (``Client`` then reads dask's configuration)."""
     if not _given_tls(scheduler, ca_file, cert, key, "client"):
@@ -110,7 +121,9 @@ def client_security(scheduler: str, ca_file: str | None, cert: str | None, key: 
     )
 
 
-def worker_tls_check(scheduler: str, ca_file: str | None, cert: str | None, key: str | None):
+def worker_tls_check(
+    scheduler: str, ca_file: str | None, cert: str | None, key: str | None
+) -> None:
     """Refuse TLS options ``dask worker`` could not use, with a reason (before exec'ing it)."""
     _given_tls(scheduler, ca_file, cert, key, "worker")
 
@@ -235,6 +248,9 @@ class LocalClusterProcess:
         self.proc = subprocess.Popen(
             args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both piped
+        #: Its lifeline (closing it ends the cluster) and where it says its address.
+        self._lifeline, self._out = self.proc.stdin, self.proc.stdout
         self._address: str | None = None
         self._closing = False
         #: The cluster's exit status if it ended while `up` still served (then `up` stops).
@@ -245,7 +261,7 @@ class LocalClusterProcess:
         if self._address is None:
             deadline = time.monotonic() + timeout
             line = b""
-            fd = self.proc.stdout.fileno()
+            fd = self._out.fileno()
             while not line.endswith(b"\n"):
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -266,7 +282,7 @@ class LocalClusterProcess:
         without its cluster would take jobs that nothing runs.
         """
 
-        def watch():
+        def watch() -> None:
             status = self.proc.wait()
             if not self._closing:
                 self.died = status
@@ -280,7 +296,7 @@ class LocalClusterProcess:
         self._closing = True
         if self.proc.poll() is None:
             try:
-                self.proc.stdin.close()
+                self._lifeline.close()
             except OSError:
                 pass
             try:
@@ -289,7 +305,7 @@ class LocalClusterProcess:
                 log.warning("the local dask cluster did not stop within %ss; killing it", timeout)
                 self.proc.kill()
                 self.proc.wait()
-        self.proc.stdout.close()
+        self._out.close()
 
 
 def start_local_cluster(
@@ -349,7 +365,7 @@ def _run(opts: argparse.Namespace) -> None:
         os.write(out, (json.dumps({"address": cluster.scheduler_address}) + "\n").encode())
         os.close(out)
 
-        def lifeline():
+        def lifeline() -> None:
             # EOF on stdin: `up` closed us, or died (even of SIGKILL).
             while os.read(0, 4096):
                 pass

@@ -35,11 +35,13 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from distributed import Client, fire_and_forget
+from distributed import Client, Future, Security, fire_and_forget
 
 from ..runner.runner import run_job
+from ..runner.slots import end_slots, run_slot
 from ..store.jobs import JobStore
 from .auth import hash_token
 from .notify import Notifier
@@ -64,8 +66,8 @@ class Engine:
         queues: list[str] | None = None,
         notifier: Notifier | None = None,
         mode: str | None = None,
-        security=None,
-    ):
+        security: Security | None = None,
+    ) -> None:
         self.store = store
         self.scheduler = scheduler
         #: ``distributed.Security`` for a tls:// scheduler; None: plain tcp or dask's config.
@@ -106,18 +108,21 @@ class Engine:
             t.cancel()
         if self.client is not None:
             if self.mode == "slots":
-                from ..runner.slots import end_slots
-
                 try:
                     await asyncio.wait_for(self.client.run(end_slots, self._slot_token), 5)
                 except Exception:  # workers gone or slow: their slots end on their own
                     log.debug("could not end the slots", exc_info=True)
             await self.client.close()
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _started(self) -> tuple[asyncio.AbstractEventLoop, Client]:
+        if self._loop is None or self.client is None:
+            raise RuntimeError("the engine has not been started")
+        return self._loop, self.client
 
     # -- dispatch -----------------------------------------------------------------------
 
@@ -132,15 +137,16 @@ class Engine:
         if self.mode == "slots":
             self.notifier.notify(f"queue:{queue}")
             return None
+        loop, client = self._started()
         if threading.get_ident() != self._loop_thread:
             # A sync route (thread pool): the dask client and the watchers live on the loop.
-            self._loop.call_soon_threadsafe(self.dispatch, job_id, queue)
+            loop.call_soon_threadsafe(self.dispatch, job_id, queue)
             return None
         token = secrets.token_urlsafe(24)
         attempt = self.store.dispatch(job_id, hash_token(token))
         if attempt is None:
             return None
-        fut = self.client.submit(
+        fut = client.submit(
             run_job,
             self.public_url,
             job_id,
@@ -156,7 +162,7 @@ class Engine:
         self._spawn(self._watch(job_id, attempt, fut))
         return attempt
 
-    async def _watch(self, job_id: str, attempt: int, fut) -> None:
+    async def _watch(self, job_id: str, attempt: int, fut: Future) -> None:
         try:
             await fut
         except asyncio.CancelledError:
@@ -194,15 +200,14 @@ class Engine:
         await self.notifier.wait([f"queue:{queue}"], timeout)
 
     async def _keep_slots(self) -> None:
-        from ..runner.slots import run_slot
-
+        _, client = self._started()
         while True:
             try:
                 units = await self.capacity()
                 for queue in self.queues:
                     live = [f for f in self._slots[queue] if not f.done()]
                     for _ in range(units.get(queue, 0) - len(live)):
-                        fut = self.client.submit(
+                        fut = client.submit(
                             run_slot, self.public_url, queue, self._slot_token,
                             key=f"kotta-slot-{queue}-{secrets.token_hex(6)}",
                             resources={queue: 1}, pure=False, retries=0,
@@ -220,9 +225,10 @@ class Engine:
 
     async def _identity(self) -> dict:
         # An asynchronous client's scheduler_info() is a cache without the workers: ask.
-        if self.client is None:
+        scheduler = self.client.scheduler if self.client is not None else None
+        if scheduler is None:  # not connected (yet)
             return {"workers": {}}
-        return await self.client.scheduler.identity(n_workers=-1)
+        return await scheduler.identity(n_workers=-1)
 
     async def capacity(self) -> dict[str, int]:
         """Resource units (job slots) per queue across the cluster's workers now."""

@@ -9,13 +9,17 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ..errors import ConfigError
+from ..store.objects import open_store
 from .auth import hash_token, new_token
 
-if TYPE_CHECKING:  # imported by `up` before it starts its cluster: keep this module light
+# `up` imports this module before it starts its cluster: nothing heavy (sqlalchemy, uvicorn)
+# is imported at its top.
+if TYPE_CHECKING:
     from ..store.jobs import JobStore
+    from .service import ServerConfig
 
 log = logging.getLogger("dask_kotta.server")
 
@@ -89,11 +93,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def check_store(config) -> None:
+def check_store(config: ServerConfig) -> None:
     """Open the object store once before serving, so an unreachable S3 endpoint or a
     refused bucket is a one-line error instead of a traceback from the server's start."""
-    from ..store.objects import open_store
-
     open_store(config.store, config.data_dir)
 
 
@@ -108,7 +110,7 @@ def check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _interrupt(signum, frame):
+def _interrupt(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt
 
 
@@ -121,9 +123,9 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-def serve(app, host: str, port: int) -> None:
+def serve(app: Any, host: str, port: int) -> None:
     """Run the API until Ctrl-C or SIGTERM; a server that stopped that way returns normally."""
-    import uvicorn
+    import uvicorn  # only a server needs it, not `up` before its cluster runs
 
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"

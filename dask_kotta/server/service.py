@@ -1,4 +1,10 @@
-"""The server's state: configuration, stores, engine, and the loops that keep jobs moving."""
+"""The server's state: configuration, stores, engine, and the loops that keep jobs moving.
+
+One :class:`Service` per server process. What the API does with it lives in
+modules over it, one per audience: ``jobs`` (users' jobs), ``claims`` (runners'
+attempts), ``inputs`` and ``files`` (where inputs come from, uploads and outputs);
+the routes (``routes_*``) only turn requests into calls of those.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import defaults as d
+from ..s3client import s3_client
 from ..store.jobs import JobStore
 from ..store.objects import ObjectStore, open_store
+from ..store.presign import Presigner, presigner
 from .engine import Engine
 from .notify import Notifier
 from .policy import Policy, load_policy
@@ -67,16 +75,12 @@ class Service:
         self._reaper: asyncio.Task | None = None
         self._user_cache: dict[str, dict] = {}
 
-    def grant_presigner(self):
+    def grant_presigner(self) -> Presigner:
         """Signs GETs of users' granted ``s3://`` inputs: the store's S3 client, or one from
         boto3's standard chain when the store is a local directory."""
-        from ..store.presign import presigner
-
         if self._grant_client is None:
             client = getattr(self.objects, "client", None)
             if client is None:
-                from ..s3client import s3_client
-
                 client = s3_client()
             self._grant_client = client
         return presigner(self._grant_client)
@@ -133,12 +137,15 @@ class Service:
                 "runner stopped heart-beating (worker lost?)",
                 self.config.max_requeues,
             )
+            if status not in (d.PENDING, d.FAILED):
+                continue  # the runner reported meanwhile
+            full = self.store.get(job["id"])
+            assert full is not None  # jobs are never deleted
             if status == d.PENDING:
-                full = self.store.get(job["id"])
                 log.warning("job %s: lease expired, requeued", job["id"])
                 self.engine.dispatch(full["id"], full["queue"])
-            elif status == d.FAILED:
-                self.finished(self.store.get(job["id"]))
+            else:
+                self.finished(full)
 
     async def _reap_forever(self) -> None:
         while True:

@@ -8,6 +8,7 @@ guarded statement so the lifecycle only moves forward, are an
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import secrets
@@ -54,7 +55,7 @@ def engine_for(url_or_path: str) -> sa.Engine:
         )
 
         @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             # NORMAL under WAL survives a process crash; only an OS crash can lose the last commits.
@@ -91,9 +92,11 @@ class JobStore:
         with self.engine.begin() as c:
             uid = c.execute(sa.select(users.c.id).where(users.c.name == name)).scalar()
             if uid is None:
-                uid = c.execute(
+                key = c.execute(
                     users.insert().values(name=name, created_at=time.time())
-                ).inserted_primary_key[0]
+                ).inserted_primary_key
+                assert key is not None  # a one-row INSERT always reports its key
+                uid = key[0]
             return int(uid)
 
     def add_token(self, user_id: int, token_hash: str) -> None:
@@ -221,7 +224,8 @@ class JobStore:
             keys = list(res.keys())
             return [job_row(r, keys) for r in res.all()]
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
+    # `list` is a method from here on: the annotations below name the builtin.
+    def events(self, job_id: str) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as c:
             rows = c.execute(
                 sa.select(job_events.c.status, job_events.c.at, job_events.c.detail)
@@ -230,7 +234,7 @@ class JobStore:
             ).all()
         return [dict(r._mapping) for r in rows]
 
-    def pending(self) -> list[dict[str, Any]]:
+    def pending(self) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as c:
             rows = c.execute(
                 sa.select(jobs).where(jobs.c.status == d.PENDING).order_by(jobs.c.submitted_at)

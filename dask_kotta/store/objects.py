@@ -8,15 +8,17 @@ keeps them in a bucket. Both refuse keys that would escape their root.
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 from ..errors import NotFoundError
 from ..paths import safe_relpath
+from .s3 import S3ObjectStore
 
 CHUNK = 1024 * 1024
 _parts = itertools.count()
@@ -27,6 +29,11 @@ def job_prefix(user_id: int, job_id: str) -> str:
     return f"u{int(user_id)}/{safe_relpath(job_id, 'job id')}"
 
 
+def job_key(user_id: int, job_id: str, name: str) -> str:
+    """The key of one of a job's objects (``name`` is already a safe relative path)."""
+    return f"{job_prefix(user_id, job_id)}/{name}"
+
+
 def user_prefix(user_id: int) -> str:
     """The key prefix of one user's objects."""
     return f"u{int(user_id)}"
@@ -35,10 +42,11 @@ def user_prefix(user_id: int) -> str:
 class ObjectStore(Protocol):
     """What the server needs from a place to keep job files."""
 
-    def put_stream(self, key: str, stream: BinaryIO) -> int: ...
+    def put_stream(self, key: str, stream: IO[bytes]) -> int: ...
     def put_bytes(self, key: str, data: bytes) -> int: ...
     def get_bytes(self, key: str) -> bytes: ...
-    def open_read(self, key: str) -> BinaryIO: ...
+    # A binary file to read, iterate over in chunks, and close (a file, or S3's body).
+    def open_read(self, key: str) -> io.IOBase: ...
     def size(self, key: str) -> int | None: ...
     def local_path(self, key: str) -> Path | None: ...
     def presigned_get(self, key: str, expires_s: int = 3600) -> str | None: ...
@@ -96,7 +104,7 @@ class LocalObjectStore:
             except FileExistsError:
                 pass
 
-    def put_stream(self, key: str, stream: BinaryIO) -> int:
+    def put_stream(self, key: str, stream: IO[bytes]) -> int:
         path = self._path(key)
         # Write beside, then rename: a reader never sees half an object, a crash leaves none.
         fd, tmp = self._open_part(path)
@@ -132,7 +140,7 @@ class LocalObjectStore:
         with self.open_read(key) as f:
             return f.read()
 
-    def open_read(self, key: str) -> BinaryIO:
+    def open_read(self, key: str) -> io.IOBase:
         path = self._path(key)
         try:
             return open(path, "rb")
@@ -175,7 +183,5 @@ class LocalObjectStore:
 def open_store(spec: str | None, data_dir: str | os.PathLike) -> ObjectStore:
     """The object store named by ``spec`` (``s3://bucket/prefix`` or a directory)."""
     if spec and spec.startswith("s3://"):
-        from .s3 import S3ObjectStore
-
         return S3ObjectStore.from_url(spec)
     return LocalObjectStore(spec or Path(data_dir) / "objects")

@@ -44,7 +44,7 @@ class Presigner:
         )
 
     def _sign(
-        self, method: str, origin: str, path: str, amz_date: str, expires_s: int, creds
+        self, method: str, origin: str, path: str, amz_date: str, expires_s: int, creds: Any
     ) -> str:
         day = amz_date[:8]
         scope = f"{day}/{self.region}/s3/aws4_request"

@@ -18,13 +18,17 @@ import io
 import math
 import threading
 import time
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from typing import IO, Any
 from urllib.parse import urlparse
 
 from ..errors import ConfigError, NotFoundError, UnsafePathError
 from ..paths import safe_relpath
 from ..s3client import s3_client
 from .presign import presigner
+
+# boto3 and botocore are imported inside the functions that use them: they take ~0.2 s to
+# import, and a service on a local store (or a worker) never needs them.
 
 #: Objects up to this size are written with one presigned PUT; larger ones in parts.
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
@@ -195,7 +199,7 @@ class S3ObjectStore:
 
     # -- reading and writing --------------------------------------------------------------
 
-    def put_stream(self, key: str, stream: BinaryIO) -> int:
+    def put_stream(self, key: str, stream: IO[bytes]) -> int:
         from boto3.s3.transfer import TransferConfig
 
         counted = _Counting(stream)
@@ -217,7 +221,7 @@ class S3ObjectStore:
         with self.open_read(key) as f:
             return f.read()
 
-    def open_read(self, key: str) -> BinaryIO:
+    def open_read(self, key: str) -> io.IOBase:
         import botocore.exceptions as bx
 
         try:
@@ -326,7 +330,7 @@ class S3ObjectStore:
 class _Counting(io.RawIOBase):
     """Counts the bytes read from a stream (boto3 does not say how much it uploaded)."""
 
-    def __init__(self, stream: BinaryIO):
+    def __init__(self, stream: IO[bytes]):
         self.stream, self.n = stream, 0
 
     def readable(self) -> bool:
@@ -350,7 +354,7 @@ class _Body(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         return self.body.read(None if size is None or size < 0 else size)
 
-    def readinto(self, b) -> int:
+    def readinto(self, b: Any) -> int:
         data = self.body.read(len(b))
         b[: len(data)] = data
         return len(data)
@@ -358,7 +362,7 @@ class _Body(io.RawIOBase):
     def readall(self) -> bytes:
         return self.body.read()
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[bytes]:
         return iter(self.body.iter_chunks(1024 * 1024))
 
     def close(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, overload
 
 import sqlalchemy as sa
 
@@ -77,6 +77,14 @@ job_events = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("detail", sa.Text, nullable=False, default=""),
 )
+
+
+@overload
+def job_row(row: sa.Row, keys: list[str] | None = None) -> dict[str, Any]: ...
+@overload
+def job_row(row: None, keys: list[str] | None = None) -> None: ...
+@overload
+def job_row(row: sa.Row | None, keys: list[str] | None = None) -> dict[str, Any] | None: ...
 
 
 def job_row(row: sa.Row | None, keys: list[str] | None = None) -> dict[str, Any] | None:

@@ -1,0 +1,168 @@
+"""What a user does with their own jobs: submit, wait for, read from and cancel them.
+
+Each function takes the :class:`~.service.Service` and the user's id (or
+record), and raises a domain error (``NotFoundError``, ``ConflictError``, ...)
+that the app's one handler answers with. Another user's job answers exactly
+like a missing one (``NotFoundError``).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from .. import defaults as d
+from ..errors import (
+    APIError,
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    UnsafePathError,
+    error_for_status,
+)
+from ..paths import safe_relpath
+from ..store.objects import job_key
+from .inputs import place_inputs
+from .service import Service
+from .validate import check_spec, input_host_refusals
+
+
+def own_job(s: Service, user_id: int, job_id: str) -> dict[str, Any]:
+    """The user's job ``job_id``; ``NotFoundError`` if there is none (or it is not theirs)."""
+    job = s.store.get(job_id, owner=user_id)
+    if job is None:
+        raise NotFoundError(f"no job {job_id!r}")
+    return job
+
+
+def _for_job(e: APIError | UnsafePathError, i: int) -> APIError:
+    """The same refusal, naming which job of a batch it is about."""
+    if isinstance(e, APIError):
+        return error_for_status(e.status, f"job {i}: {e.detail}")
+    return InvalidRequestError(f"job {i}: {e}")
+
+
+async def submit(
+    s: Service,
+    user: dict[str, Any],
+    items: list[tuple[dict[str, Any], bytes | None]],
+    hosts: set[str],
+) -> list[tuple[dict[str, Any], bool]]:
+    """Check, store and dispatch job descriptions with their payloads, in one transaction.
+
+    ``hosts`` are the names this server is reached under (its own URLs name
+    the store). Returns ``(job, created)`` per description, in order: a
+    description whose ``idempotency_key`` this user already used gets the job
+    made the first time, with ``created`` false. A refused description refuses
+    the whole batch; the error names its index when the batch has more than one.
+    """
+    specs = []
+    for i, (raw, payload) in enumerate(items):
+        try:
+            spec = check_spec(raw, s.queues, payload is not None)
+            # 403 for an input in another user's part of the store or in an ungranted bucket
+            input_keys, granted = place_inputs(s, user, spec["inputs"], hosts)
+        except (APIError, UnsafePathError) as e:
+            if len(items) == 1:
+                raise
+            raise _for_job(e, i) from None
+        if input_keys:
+            spec["input_keys"] = input_keys
+        if granted:
+            spec["granted_inputs"] = granted
+        spec["has_payload"] = payload is not None
+        specs.append(spec)
+    # http(s) inputs other than the service's own must not lead into the service's network.
+    refused = await input_host_refusals(
+        (
+            (i, url)
+            for i, spec in enumerate(specs)
+            for j, url in enumerate(spec["inputs"])
+            if str(j) not in spec.get("input_keys", {})
+        ),
+        list(s.policy.allow_input_networks),
+    )
+    if refused is not None:
+        i, why = refused
+        raise InvalidRequestError((f"job {i}: " if len(items) > 1 else "") + why)
+    payloads = [payload for _, payload in items]
+
+    def write_payloads(rows: list[tuple[dict[str, Any], bool]]) -> None:
+        for (job, created), payload in zip(rows, payloads, strict=True):
+            if created and payload is not None:
+                s.objects.put_bytes(job_key(user["id"], job["id"], d.PAYLOAD_OBJECT), payload)
+
+    rows = s.store.insert_jobs(user["id"], specs, before_commit=write_payloads)
+    for job, created in rows:
+        if created:
+            s.engine.dispatch(job["id"], job["queue"])
+    return rows
+
+
+async def wait(
+    s: Service, user_id: int, ids: list[str], timeout: float, any_: bool
+) -> list[dict[str, Any]]:
+    """The jobs ``ids`` once any (or all) of them ended, or as they are after ``timeout`` s."""
+    deadline = time.monotonic() + min(max(timeout, 0.0), d.LONGPOLL_MAX_S)
+    want = list(dict.fromkeys(ids))
+    ended: dict[str, dict[str, Any]] = {}  # a terminal record never changes again: read it once
+    while True:
+        todo = [i for i in want if i not in ended]
+        jobs = s.store.get_many(todo, user_id) if todo else []
+        if len(jobs) != len(todo):
+            missing = sorted(set(todo) - {j["id"] for j in jobs})
+            raise NotFoundError(f"no job {missing[0]!r}")
+        live: dict[str, dict[str, Any]] = {}
+        for j in jobs:
+            (ended if j["status"] in d.TERMINAL_STATUSES else live)[j["id"]] = j
+        left = deadline - time.monotonic()
+        if (ended if any_ else not live) or left <= 0:
+            return [ended.get(i) or live[i] for i in want]
+        # Any: wake on any of them. All: on the last one still running (jobs mostly end in
+        # the order they were submitted), so a batch of thousands is re-read a few times,
+        # not once per job that ends.
+        running = [i for i in want if i in live]
+        await s.notifier.wait(running if any_ else running[-1:], min(left, 1.0))
+
+
+def inline_results(s: Service, jobs: list[dict[str, Any]]) -> dict[str, str]:
+    """Base64 of the small results of ended jobs, where the object store is local."""
+    out = {}
+    for j in jobs:
+        if j["status"] in d.TERMINAL_STATUSES and j["has_result"]:
+            path = s.objects.local_path(job_key(j["owner"], j["id"], d.RESULT_OBJECT))
+            if path is not None and path.stat().st_size <= d.INLINE_MAX_BYTES:
+                out[j["id"]] = base64.b64encode(path.read_bytes()).decode()
+    return out
+
+
+def result_key(s: Service, user_id: int, job_id: str) -> str:
+    """The store key of a python job's pickled result; ``NotFoundError`` until it has one."""
+    job = own_job(s, user_id, job_id)
+    if not job["has_result"]:
+        raise NotFoundError(f"job {job_id} has no result (status {job['status']})")
+    return job_key(user_id, job_id, d.RESULT_OBJECT)
+
+
+def output_key(s: Service, user_id: int, job_id: str, name: str) -> tuple[str, str]:
+    """``(key, file name)`` of one of a job's outputs; ``NotFoundError`` if it has no such one."""
+    job = own_job(s, user_id, job_id)
+    name = safe_relpath(name, "output")
+    if name not in {o["name"] for o in job["outputs"]}:
+        raise NotFoundError(f"job {job_id} has no output {name!r} (status {job['status']})")
+    return job_key(user_id, job_id, name), name.rsplit("/", 1)[-1]
+
+
+async def cancel(s: Service, user_id: int, job_id: str) -> dict[str, Any]:
+    """Cancel a pending or running job and return it; ``ConflictError`` if it already ended."""
+    own_job(s, user_id, job_id)
+    if not s.store.cancel(job_id, user_id):
+        job = s.store.get(job_id)
+        status = job["status"] if job is not None else "?"
+        raise ConflictError(f"job {job_id} already ended as {status}; nothing was changed")
+    await s.engine.cancel(job_id)
+    job = s.store.get(job_id)
+    assert job is not None  # jobs are never deleted
+    s.finished(job)
+    return job
