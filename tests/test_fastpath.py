@@ -181,29 +181,42 @@ def test_a_job_cancelled_while_waiting_in_a_batch_never_starts(konn, service):
     marks = service.shared / f"marks-{uuid.uuid4().hex}"
     marks.mkdir()
     marks.chmod(0o777)
-    # Short jobs grow the slots' batches; the long one's slot holds the jobs claimed after it
-    # in the same batch until it ends. Those are cancelled while they wait.
-    items = [(inc, (i,)) for i in range(60)] + [(time.sleep, (3,))]
-    items += [(mark, (str(marks), i)) for i in range(60)]
+    # Short jobs grow the slots' batches; a long one's slot holds the jobs claimed after it
+    # in the same batch until it ends. Those are cancelled while they wait. Where a batch
+    # ends depends on timing, so three long jobs each get a run of marking jobs after them:
+    # at least one of those runs shares its long job's batch.
+    items: list = [(inc, (i,)) for i in range(60)]
+    longs, waiting = [], []
+    for _ in range(3):
+        longs.append(len(items))
+        items.append((time.sleep, (3,)))
+        for _ in range(20):
+            waiting.append(len(items))
+            items.append((mark, (str(marks), len(items))))
     jobs = konn.submit_many(items, walltime=5)
-    long = jobs[60]
     deadline = time.monotonic() + 60
-    while long.status(konn) != "processing" and time.monotonic() < deadline:
+    while (
+        not all(jobs[i].status(konn) == "processing" for i in longs) and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     cancelled = set()
-    for i, job in enumerate(jobs[61:]):
+    for i in waiting:
         try:
-            konn.cancel_job(job.job_id)
+            konn.cancel_job(jobs[i].job_id)
             cancelled.add(i)
         except ConflictError:
             pass  # already ended
-    konn.gather([long], timeout=60)
+    konn.gather([jobs[i] for i in longs], timeout=60)
     time.sleep(2)  # a waiting job started after all would have made its mark by now
     records = {j["id"]: j for j in konn.jobs(limit=1000)}
-    start = records[long.job_id]["started_at"]
-    # Claimed in the long job's batch (one transaction, one start stamp), after it.
-    behind = {i for i, job in enumerate(jobs[61:]) if records[job.job_id]["started_at"] == start}
-    assert behind, "no job waited behind the long one: the case was not exercised"
+
+    def start(i):
+        return records[jobs[i].job_id]["started_at"]
+
+    # Claimed in a long job's batch (one transaction, one start stamp), after it: a batch
+    # runs in submission order, so the ones before it in its batch ran first.
+    behind = {i for i in waiting for long in longs if i > long and start(i) == start(long)}
+    assert behind, "no job waited behind a long one: the case was not exercised"
     assert behind <= cancelled
     marked = {int(p.name) for p in marks.iterdir()}
     assert not behind & marked, f"cancelled jobs {sorted(behind & marked)} ran anyway"
