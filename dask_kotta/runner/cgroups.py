@@ -272,8 +272,17 @@ class Group:
 
     @property
     def procs(self) -> list[str]:
-        """The files the job's first process writes ``0`` to, to join this group."""
-        return [str(d / "cgroup.procs") for d in self.dirs]
+        """The files the job's first process writes ``0`` to, to join this group.
+
+        On cgroup v1 only the hierarchies whose limit this job has: each move
+        into a group takes a lock every fork on the host waits for, so a job
+        without a CPU limit stays in its worker's ``cpu`` group.
+        """
+        if self.tree.version == 2:
+            return [str(d / "cgroup.procs") for d in self.dirs]
+        wanted = {"memory": self.limits.memory_bytes, "pids": self.limits.max_processes,
+                  "cpu": self.limits.cpus}  # fmt: skip
+        return [str(d / "cgroup.procs") for c, v in wanted.items() if v and (d := self._dir(c))]
 
     def pids(self) -> set[int]:
         """The processes in this group (in any of its hierarchies)."""

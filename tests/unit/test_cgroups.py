@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from kotta_testing import wait_for
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux cgroups")
 
@@ -45,6 +44,13 @@ def _in_group(group: cgroups.Group, body) -> int:
         finally:
             os._exit(code)
     return pid
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def _status(pid: int) -> int:
@@ -136,11 +142,13 @@ def test_closing_a_v2_group_kills_a_daemon_its_job_left(monkeypatch):
         assert len(group.dirs) == 1
 
         def daemonize():
-            if os.fork() == 0:
+            middle = os.fork()
+            if middle == 0:
                 os.setsid()
                 if os.fork() == 0:
                     time.sleep(120)
                 os._exit(0)
+            os.waitpid(middle, 0)  # the daemon is forked once its parent is gone
             return 0
 
         assert _status(_in_group(group, daemonize)) == 0
@@ -150,9 +158,10 @@ def test_closing_a_v2_group_kills_a_daemon_its_job_left(monkeypatch):
         assert not group.dirs[0].exists()
         assert not Path(f"/proc/{daemon}").exists() or _zombie(daemon)
     finally:
-        for d in sorted(base.rglob("*"), reverse=True):
-            if d.is_dir():
-                d.rmdir()
+        for d in sorted((p for p in base.rglob("*") if p.is_dir()), reverse=True):
+            (d / "cgroup.kill").write_text("1")  # whatever a failed test left running
+            wait_for(lambda d=d: not (d / "cgroup.procs").read_text(), 5, f"{d} to empty")
+            d.rmdir()
         base.rmdir()
 
 
