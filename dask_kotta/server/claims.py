@@ -27,6 +27,7 @@ from ..errors import (
     NotFoundError,
 )
 from ..paths import safe_relpath
+from ..store.attempts import EndReport
 from ..store.objects import LocalObjectStore, job_key
 from .auth import hash_token
 from .inputs import input_plan
@@ -150,16 +151,15 @@ def record_ends(s: Service, ends: list[tuple[str, int, str, Finish]]) -> list[st
     """
     decoded = [_decoded(body) for *_, body in ends]
 
-    def write_files(job: dict[str, Any], report: dict[str, Any]) -> None:
-        files, result = decoded[report["index"]]
+    def write_files(job: dict[str, Any], i: int) -> None:
+        files, result = decoded[i]
         for name, data in files.items():
             s.objects.put_bytes(job_key(job["owner"], job["id"], name), data)
         if result is not None:
             s.objects.put_bytes(job_key(job["owner"], job["id"], d.RESULT_OBJECT), result)
 
     reports = [
-        dict(
-            index=i,
+        EndReport(
             job_id=job_id,
             attempt=attempt,
             dispatch_hash=h,
@@ -172,8 +172,8 @@ def record_ends(s: Service, ends: list[tuple[str, int, str, Finish]]) -> list[st
             retry=b.retry,
             requeue=b.requeue,
             phases=[(p.status, p.at) for p in b.phases],
-        )
-        for i, (job_id, attempt, h, b) in enumerate(ends)
+        )  # fmt: skip
+        for job_id, attempt, h, b in ends
     ]
     ended = s.store.finish_many(reports, before=write_files, max_requeues=s.config.max_requeues)
     for job in ended:

@@ -18,13 +18,43 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 
 from .. import defaults as d
 from .schema import job_events, job_row, jobs
+
+
+@dataclass(frozen=True)
+class EndReport:
+    """How one attempt ended, as :meth:`Attempts.finish_many` records it.
+
+    It names its attempt (``job_id``, ``attempt``, ``dispatch_hash``) and says
+    how it ended. ``retry``: a failure with retries left goes back to pending.
+    ``requeue``: the attempt was lost to the runner's side (its fork server
+    died), so the job goes back to pending while it has requeues left, as for a
+    lost worker, instead of spending a retry. ``phases``: ``(status, at)`` the
+    runner passed without reporting them (a short job's ``processing`` and
+    ``staging_outputs``), recorded first so the history stays complete and
+    forward. ``timings`` has ``stage_in``, ``run`` and ``stage_out``.
+    """
+
+    job_id: str
+    attempt: int
+    dispatch_hash: str
+    ok: bool
+    reason: str = ""
+    traceback: str = ""
+    timings: Mapping[str, float | None] = field(default_factory=dict)
+    outputs: Sequence[Mapping[str, Any]] = ()
+    has_result: bool = False
+    retry: bool = True
+    requeue: bool = False
+    phases: Sequence[tuple[str, float]] = ()
+
 
 # Runner-reported phases may only follow each other in this order.
 _FORWARD = {
@@ -265,24 +295,16 @@ class Attempts:
 
     def finish_many(
         self,
-        reports: list[dict[str, Any]],
-        before: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+        reports: Sequence[EndReport],
+        before: Callable[[dict[str, Any], int], None] | None = None,
         max_requeues: int = d.MAX_REQUEUES,
     ) -> list[dict[str, Any] | None]:
         """Record the ends of attempts, one or a slot's batch, in one transaction.
 
-        Each report names its attempt (``job_id``, ``attempt``, ``dispatch_hash``)
-        and says how it ended: ``ok``, ``reason``, ``traceback``, ``timings``
-        (``stage_in``, ``run``, ``stage_out``), ``outputs``, ``has_result``;
-        ``retry``: a failure with retries left goes back to pending; ``requeue``
-        (optional): the attempt was lost to the runner's side, so the job goes
-        back to pending while it has requeues left (``max_requeues``, as for a
-        lost worker) instead of spending a retry; ``phases``: ``(status, at)``
-        the runner passed without reporting them (a short job's ``processing``
-        and ``staging_outputs``), recorded first so the history stays complete
-        and forward. ``before(job, report)`` is called for each attempt that
-        still holds its job, before its end is written (the server stores the
+        ``before(job, i)`` is called for each attempt that still holds its job,
+        before the end of ``reports[i]`` is written (the server stores the
         attempt's inline files there, so a completed job's files exist).
+        Requeues spend ``max_requeues``, as for a lost worker.
 
         Returns, per report, the job's ``id``, ``owner``, ``queue``, ``name``,
         ``jobtype``, ``submitted_at``, new ``status``, ``reason`` and
@@ -291,20 +313,20 @@ class Attempts:
         now = time.time()
         out: list[dict[str, Any] | None] = []
         with self.engine.begin() as c:
-            ids = list({r["job_id"] for r in reports})
+            ids = list({r.job_id for r in reports})
             held = {row.id: row for row in c.execute(_ENDING, {"b_ids": ids}).all()}
             events: list[dict[str, Any]] = []
-            for r in reports:
-                row = held.get(r["job_id"])
+            for i, r in enumerate(reports):
+                row = held.get(r.job_id)
                 if (
                     row is None
                     or row.status not in d.ACTIVE_STATUSES
-                    or (row.attempt, row.dispatch_hash) != (r["attempt"], r["dispatch_hash"])
+                    or (row.attempt, row.dispatch_hash) != (r.attempt, r.dispatch_hash)
                 ):
                     out.append(None)
                     continue
                 if before is not None:
-                    before(dict(row._mapping), r)
+                    before(dict(row._mapping), i)
                 ended = self._end(c, row, r, now, events, max_requeues)
                 if ended is not None:
                     held.pop(row.id)  # the same attempt reported twice in one batch: once
@@ -317,41 +339,41 @@ class Attempts:
     def _end(
         c: sa.Connection,
         row: sa.Row,
-        r: dict[str, Any],
+        r: EndReport,
         now: float,
         events: list[dict],
         max_requeues: int,
     ) -> dict[str, Any] | None:
-        reason = r["reason"][:4000]
+        reason = r.reason[:4000]
         requeues = row.requeues
-        if r["ok"]:
+        if r.ok:
             status, failures, ended_at, detail = d.COMPLETED, row.failures, now, ""
-        elif r.get("requeue") and row.requeues < max_requeues:
+        elif r.requeue and row.requeues < max_requeues:
             # Lost to the runner's side (its fork server died), not the job's own failure: it
             # spends the requeue budget of a lost worker, not the user's retries.
             status, failures, ended_at = d.PENDING, row.failures, None
             requeues, detail = row.requeues + 1, f"requeued: {reason[:200]}"
-        elif r.get("requeue"):
+        elif r.requeue:
             reason = f"{reason} ({max_requeues} times; giving up)"
             status, failures, ended_at, detail = d.FAILED, row.failures, now, reason[:200]
-        elif r["retry"] and row.failures < row.retries:
+        elif r.retry and row.failures < row.retries:
             status, failures, ended_at = d.PENDING, row.failures + 1, None
             detail = f"retrying after: {reason[:200]}"
         else:
             status, failures, ended_at, detail = d.FAILED, row.failures + 1, now, reason[:200]
-        timings = r["timings"]
+        timings = r.timings
         values = dict(
             b_id=row.id, b_seen=row.status, b_attempt=row.attempt, b_hash=row.dispatch_hash,
-            status=status, reason=reason, traceback=r["traceback"][-100_000:],
+            status=status, reason=reason, traceback=r.traceback[-100_000:],
             t_stage_in=timings.get("stage_in"), t_run=timings.get("run"),
-            t_stage_out=timings.get("stage_out"), outputs=json.dumps(r["outputs"]),
-            has_result=r["has_result"], failures=failures, requeues=requeues, ended_at=ended_at,
+            t_stage_out=timings.get("stage_out"), outputs=json.dumps(list(r.outputs)),
+            has_result=r.has_result, failures=failures, requeues=requeues, ended_at=ended_at,
         )  # fmt: skip
         if c.execute(_END, values).rowcount != 1:
             return None  # changed since it was read (cancelled meanwhile)
         # The phases it passed without reporting, if still ahead of where the job was.
         current = row.status
-        for phase, at in r["phases"]:
+        for phase, at in r.phases:
             if current in _FORWARD.get(phase, ()):
                 events.append(dict(job_id=row.id, status=phase, at=min(at, now), detail=""))
                 current = phase

@@ -6,6 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from dask_kotta import defaults as d
+from dask_kotta.store.attempts import EndReport
 from dask_kotta.store.jobs import JobStore
 from dask_kotta.store.schema import jobs
 
@@ -50,7 +51,7 @@ def make(open_store, **spec):
 
 def end(store, job_id, attempt, dispatch_hash, ok=True, reason=""):
     """Record an attempt's end the way the server records a runner's report; its new status."""
-    report = dict(
+    report = EndReport(
         job_id=job_id, attempt=attempt, dispatch_hash=dispatch_hash, ok=ok, reason=reason,
         traceback="", timings={}, outputs=[], has_result=False, retry=True, requeue=False,
         phases=[],

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from dask_kotta import defaults as d
+from dask_kotta.store.attempts import EndReport
 from dask_kotta.store.jobs import JobStore
 
 SPEC = {"jobtype": "script", "queue": "Test", "walltime_min": 1, "script": "true"}
@@ -101,7 +102,7 @@ def test_ends_lost_on_the_runners_side_spend_the_requeue_budget(store, owner, ma
     (jid,) = submit(store, owner, 1, retries=5)
     for n in range(max_requeues + 1):
         (job,) = store.claim_next("Test", [f"h{n}"], 60, "w")
-        report = dict(
+        report = EndReport(
             job_id=jid, attempt=job["attempt"], dispatch_hash=f"h{n}", ok=False,
             reason="fork server died", traceback="", timings={}, outputs=[],
             has_result=False, retry=True, phases=[], requeue=True,
@@ -120,7 +121,7 @@ def test_a_failing_job_runs_retries_plus_one_times(store, owner, retries):
     while store.get(jid)["status"] == d.PENDING:
         (job,) = store.claim_next("Test", [f"h{runs}"], 60, "w")
         runs += 1
-        report = dict(
+        report = EndReport(
             job_id=jid, attempt=job["attempt"], dispatch_hash=f"h{runs - 1}", ok=False,
             reason="bad", traceback="", timings={}, outputs=[], has_result=False, retry=True,
             phases=[],

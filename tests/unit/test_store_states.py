@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from dask_kotta import defaults as d
+from dask_kotta.store.attempts import EndReport
 from dask_kotta.store.schema import jobs
 
 H = "h"  # the dispatch hash of attempt 1
@@ -26,7 +27,7 @@ def new_job(store, owner, **spec) -> str:
 
 def end(store, jid, attempt=1, dispatch_hash=H, ok=True, retry=False, requeue=False, **kw):
     """One attempt's end report through ``finish_many``, as a runner's slot sends it."""
-    report = dict(
+    report = EndReport(
         job_id=jid, attempt=attempt, dispatch_hash=dispatch_hash, ok=ok,
         reason="" if ok else "it broke", traceback="", timings={}, outputs=[],
         has_result=False, retry=retry, phases=[], requeue=requeue,
@@ -160,7 +161,7 @@ def test_a_retried_job_runs_as_a_new_attempt(store, owner):
 
 def test_unreported_phases_are_recorded_in_order(store, owner):
     jid = reach(store, owner, d.STAGING_INPUTS)
-    report = dict(
+    report = EndReport(
         job_id=jid, attempt=1, dispatch_hash=H, ok=True, reason="", traceback="", timings={},
         outputs=[], has_result=False, retry=False,
         phases=[(d.PROCESSING, 1.0), (d.STAGING_OUTPUTS, 2.0), (d.PROCESSING, 3.0)],
@@ -173,11 +174,11 @@ def test_unreported_phases_are_recorded_in_order(store, owner):
 
 def test_the_same_end_reported_twice_in_one_batch_counts_once(store, owner):
     jid = reach(store, owner, d.PROCESSING)
-    report = dict(
+    report = EndReport(
         job_id=jid, attempt=1, dispatch_hash=H, ok=False, reason="x", traceback="", timings={},
         outputs=[], has_result=False, retry=True, phases=[],
     )  # fmt: skip
-    first, second = store.finish_many([report, dict(report)])
+    first, second = store.finish_many([report, report])
     assert first["status"] == d.PENDING and second is None
     assert store.get(jid)["failures"] == 1
 
