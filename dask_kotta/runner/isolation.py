@@ -281,6 +281,10 @@ class Box:
             "uid": self.uid,
             "network": bool(self.job.get("network", True)),
             "cgroup": self.group.procs if self.group else [],
+            # cgroup v2: PID 1 starts in its group (clone3), with no move into it.
+            "cgroup_dir": str(self.group.dirs[0])
+            if self.group and self.group.tree.version == 2
+            else None,
             # RLIMIT_NPROC counts per uid: it bounds a job only where the job has a uid of its own.
             "nproc": (self.job.get("max_processes") or DEFAULT_NPROC)
             if self.uid and not (self.group and self.group.enforces("pids"))

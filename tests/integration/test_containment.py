@@ -364,6 +364,46 @@ def test_up_without_containment_serves_only_its_first_user(tmp_path):
         svc.stop()
 
 
+def sleep_and_say(seconds):
+    import time
+
+    time.sleep(seconds)
+    return "done"
+
+
+def test_jobs_of_a_worker_given_a_cgroup_v2_directory_run_in_groups_under_it(tmp_path):
+    """``KOTTA_CGROUP``: jobs start in a group under it (clone3), emptied and reused after."""
+    from pathlib import Path
+
+    from kotta_testing import Service
+
+    from dask_kotta.runner import cgroups
+
+    mount = next(m for m in cgroups._mounts() if m[2] == "cgroup2")
+    base = Path(mount[1]) / f"kotta-test-svc-{os.getpid()}"
+    base.mkdir()
+    svc = Service(tmp_path / "svc", workers=1, env={"KOTTA_CGROUP": str(base)}).start()
+    try:
+        assert re.search(r"limits by cgroup v2 \(", svc.log()), svc.log()[-2000:]
+        konn = svc.konn()
+        job = konn.submit_many([(sleep_and_say, (3,))], walltime=2)[0]
+
+        def busy_groups():
+            groups = [d for d in base.glob("dask-kotta/*") if d.is_dir()]
+            return [d for d in groups if (d / "cgroup.procs").read_text()]
+
+        wait_for(busy_groups, 60, "the job's process in a group under KOTTA_CGROUP")
+        assert job.get_results(konn, timeout=60) == "done"
+        wait_for(lambda: not busy_groups(), 10, "the group to be emptied after its job")
+    finally:
+        svc.stop()
+        for d in sorted((p for p in base.rglob("*") if p.is_dir()), reverse=True):
+            (d / "cgroup.kill").write_text("1")
+            wait_for(lambda d=d: not (d / "cgroup.procs").read_text(), 5, f"{d} to empty")
+            d.rmdir()
+        base.rmdir()
+
+
 def test_a_worker_that_cannot_contain_fails_a_job_that_must_be(tmp_path):
     from kotta_testing import DaskCluster, Service
 

@@ -210,3 +210,28 @@ def test_a_reused_group_takes_the_next_jobs_limits_and_counts_its_own_ooms(tree)
     again.limit(cgroups.Limits(memory_bytes=32 * MiB, max_processes=3))
     assert _status(_in_group(again, hog)) == -signal.SIGKILL and again.oom_killed()
     assert again.close()
+
+
+def test_a_job_on_cgroup_v2_starts_in_its_group_without_moving():
+    """``sandbox.clone`` with ``cgroup_dir``: clone3(CLONE_INTO_CGROUP), wherever cgroup2 is."""
+    from dask_kotta.runner import sandbox
+
+    base = _cgroup2_base() / f"kotta-test-into-{os.getpid()}"
+    base.mkdir()
+    try:
+        group = cgroups.Group(cgroups._v2(base), cgroups.Limits(max_processes=100))
+        spec = {"cgroup_dir": str(group.dirs[0]), "cgroup": group.procs}
+        pid = sandbox.clone(spec)
+        if pid == 0:  # the job's PID 1, in its own namespaces; it writes no cgroup.procs
+            code = 0 if spec["cgroup"] == [] else 3  # told it need not move
+            time.sleep(0.5)
+            os._exit(code)
+        assert spec["cgroup"] == group.procs  # the parent's spec is untouched
+        wait_for(lambda: group.pids() == {pid}, 5, "the child in its group")
+        assert _status(pid) == 0
+        assert group.close()
+    finally:
+        for d in sorted((p for p in base.rglob("*") if p.is_dir()), reverse=True):
+            (d / "cgroup.kill").write_text("1")
+            d.rmdir()
+        base.rmdir()
