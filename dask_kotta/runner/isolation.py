@@ -234,7 +234,7 @@ class Box:
         return self.job.get("memory_bytes")
 
     def ended(self, outcome: Outcome) -> None:
-        """Name the cgroup's OOM kill as the reason a job that failed by a signal failed."""
+        """Name the cgroup's OOM kill as the reason a failed job failed (the kernel killed it)."""
         if self.group is None or outcome.killed or outcome.returncode == 0:
             return
         if self.group.oom_killed():
@@ -307,7 +307,7 @@ class _Releaser(threading.Thread):
     """Gives uids back to the pool once no process of theirs is left (checked, not assumed).
 
     One thread per worker process. Each ended job's cgroup is emptied (what is
-    left is killed) and removed; the uids of the jobs that ended within
+    left is killed) and goes back to the worker's pool; the uids of the jobs that ended within
     ``RELEASE_S`` share one /proc scan (a scan costs ~0.5 ms of CPU, a trivial
     job ~3).
     """
