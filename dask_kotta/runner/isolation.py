@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..claim import Claim
 from ..errors import ContainmentError
 from . import cgroups
 from .process import MEMORY, Outcome, proc_stat
@@ -63,7 +64,7 @@ def passed_env() -> dict[str, str]:
     return env
 
 
-def job_env(job: dict[str, Any], workdir: Path) -> dict[str, str]:
+def job_env(job: Claim, workdir: Path) -> dict[str, str]:
     """A job's environment: the allow-list, the job's own ``KOTTA_*``, and its queue's additions."""
     env = passed_env()
     env.update(
@@ -204,7 +205,7 @@ def _zombie(pid: int) -> bool:
 class Box:
     """One job's containment, from lease to check; a context manager."""
 
-    def __init__(self, job: dict[str, Any], workdir: Path, private: Path):
+    def __init__(self, job: Claim, workdir: Path, private: Path):
         self.job, self.workdir, self.private = job, workdir, private
         self.uid: int | None = None
         self._lock_fd: int | None = None

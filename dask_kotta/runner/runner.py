@@ -29,9 +29,10 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from .. import defaults as d
+from ..claim import Claim
 from ..errors import ContainmentError, UnsafePathError
 from ..paths import resolve_inside
 from ..transfer.common import StagingError
@@ -57,7 +58,7 @@ def _work_root() -> Path:
     return Path(root)
 
 
-def _command(job: dict[str, Any], workdir: Path, private: Path) -> list[str]:
+def _command(job: Claim, workdir: Path, private: Path) -> list[str]:
     if job["jobtype"] == "python":
         return [sys.executable, "-m", "dask_kotta.runner.child", str(private)]
     script = job.get("script")
@@ -73,7 +74,7 @@ def _command(job: dict[str, Any], workdir: Path, private: Path) -> list[str]:
     )
 
 
-def _contained(job: dict[str, Any]) -> bool:
+def _contained(job: Claim) -> bool:
     """Whether ``job`` runs in a sandbox here; raises if it must and cannot."""
     why = isolation.available()
     if why is None:
@@ -87,7 +88,7 @@ def _contained(job: dict[str, Any]) -> bool:
 
 
 def _run_child(
-    job: dict,
+    job: Claim,
     lease: Lease,
     workdir: Path,
     private: Path,
@@ -149,7 +150,7 @@ def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
     return run_claimed(job, Direct(api))
 
 
-def run_claimed(job: dict[str, Any], reporting: Reporting) -> str:
+def run_claimed(job: Claim, reporting: Reporting) -> str:
     """Run a claimed ``job`` (by ``run_job`` or by a slot), telling the server through
     ``reporting``; closes it at the end."""
     job_id, attempt = job["id"], job["attempt"]
@@ -213,7 +214,7 @@ def read_job_file(workdir: Path, name: str) -> str:
         return f.read().decode()
 
 
-def _start_failure(workdir: Path, job: dict[str, Any]) -> str | None:
+def _start_failure(workdir: Path, job: Claim) -> str | None:
     """Why the child never started its command, from the line it left on STDERR (exit 126/127).
 
     Lines starting with ``kotta: `` come from the sandbox and the template; the
@@ -247,7 +248,7 @@ def _stage_deps(api: RunnerAPI, deps: list[str], private: Path) -> None:
 
 def _run(
     reporting: Reporting,
-    job: dict,
+    job: Claim,
     lease: Lease,
     workdir: Path,
     private: Path,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import defaults as d
+from ..claim import Claim
 from ..errors import (
     AuthenticationError,
     ConflictError,
@@ -52,7 +53,7 @@ def held(s: Service, a: Attempt) -> dict[str, Any]:
     return job
 
 
-def claim(s: Service, a: Attempt, worker: str) -> dict[str, Any]:
+def claim(s: Service, a: Attempt, worker: str) -> Claim:
     """Take the lease of a dispatched job for attempt ``a`` and say what to run."""
     job = s.store.claim(a.job_id, a.attempt, a.token_hash, s.config.lease_s, worker)
     if job is None:
@@ -61,7 +62,7 @@ def claim(s: Service, a: Attempt, worker: str) -> dict[str, Any]:
     return claim_info(s, job)
 
 
-def claim_info(s: Service, job: dict[str, Any]) -> dict[str, Any]:
+def claim_info(s: Service, job: dict[str, Any]) -> Claim:
     """What a runner needs to know about a job it has just claimed."""
     queue = s.queues[job["queue"]]
     spec = job["spec"]

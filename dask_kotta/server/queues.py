@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 from dask.utils import format_bytes, parse_bytes
 
+from ..claim import Sandbox
 from ..errors import ConfigError
 
 GiB = 1024**3
@@ -57,7 +58,7 @@ class Queue:
         out["mounts"] = [f"{p}:rw" if w else p for p, w in self.mounts]
         return out
 
-    def sandbox(self) -> dict:
+    def sandbox(self) -> Sandbox:
         """What a runner needs to contain a job of this queue (see ``runner/isolation.py``)."""
         return {
             "network": self.network,

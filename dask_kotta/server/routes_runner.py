@@ -54,7 +54,8 @@ async def next_job(
 
 @router.post(JOB + "/claim")
 def claim(request: Request, a: Auth, worker: str = "") -> dict:
-    return claims.claim(svc(request), a, worker)
+    # A plain dict to FastAPI: a TypedDict return would become a response schema.
+    return dict(claims.claim(svc(request), a, worker))
 
 
 @router.get(JOB + "/payload")
