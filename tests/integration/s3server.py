@@ -117,6 +117,15 @@ def apply_env(env: dict[str, str]) -> dict[str, str]:
     return old
 
 
+def restore_env(old: dict[str, str | None]) -> None:
+    """Undo :func:`apply_env`: put back the old values, and unset what was not set."""
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 class HTTPFiles:
     """Files of a directory over HTTP on loopback, served from a thread, for staging tests.
 

@@ -8,7 +8,6 @@ for the runner, which holds no S3 credentials of its own for it.
 from __future__ import annotations
 
 import collections
-import os
 import sys
 
 import boto3
@@ -17,7 +16,7 @@ import dask
 import pandas as pd
 import pytest
 from kotta_testing import Service, policy_args
-from s3server import apply_env
+from s3server import apply_env, restore_env
 
 import dask_kotta.bag as kb
 from dask_kotta import KottaScheduler
@@ -53,11 +52,7 @@ def s3env(s3_server):
         # (not empty: an empty PUT stalls SeaweedFS for a minute)
         c.put_object(Bucket=BUCKET, Key=f"bin/blob-{i}.bin", Body=bytes(range(1 + i * 10)))
     yield s3_server
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    restore_env(old)
 
 
 @pytest.fixture(scope="module")

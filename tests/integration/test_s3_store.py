@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 from kotta_testing import free_port
-from s3server import apply_env
+from s3server import apply_env, restore_env
 
 from dask_kotta.errors import ConfigError, NotFoundError, UnsafePathError
 from dask_kotta.runner import stage_in
@@ -28,11 +28,7 @@ def s3env(s3_server):
     """boto3's standard chain in this process points at the test server."""
     old = apply_env(s3_server.env)
     yield s3_server
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    restore_env(old)
 
 
 @pytest.fixture(scope="module")
