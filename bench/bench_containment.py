@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_latency import KottaUp, free_port, inc, ms, pct, timed  # noqa: E402
 
 
-def measure(svc: KottaUp, jobs: int, batch: int) -> tuple[list[float], float]:
+def measure(svc: KottaUp, jobs: int, batch: int) -> tuple[list[float], float, dict[str, float]]:
     from kotta import Kotta, kottajob
 
     konn = Kotta((svc.base / "auth.file").read_text())
@@ -38,11 +38,13 @@ def measure(svc: KottaUp, jobs: int, batch: int) -> tuple[list[float], float]:
     for i in range(10):  # warm: templates, connections
         assert remote_inc(i) == i + 1
     lat = timed(lambda i: remote_inc(i), jobs)
-    t = time.perf_counter()
+    cpu0, t = svc.cpu(), time.perf_counter()
     results = konn.gather(konn.submit_many([(inc, (i,)) for i in range(batch)], walltime=5))
     thr = batch / (time.perf_counter() - t)
+    cpu1 = svc.cpu()
     assert results == [i + 1 for i in range(batch)]
-    return lat, thr
+    # CPU per job is steadier than wall time on a shared machine: it counts the work only.
+    return lat, thr, {k: (cpu1[k] - cpu0[k]) / batch for k in cpu0}
 
 
 def main() -> None:
@@ -70,13 +72,17 @@ def main() -> None:
     print(f"# bench_containment  {time.strftime('%Y-%m-%d %H:%M')}  dir={base}", flush=True)
     lat: dict[str, list[float]] = {k: [] for k in kinds}
     thr: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     try:
         for _ in range(args.rounds):
             for name, svc in services.items():
-                one_lat, one_thr = measure(svc, args.jobs, args.batch)
+                one_lat, one_thr, one_cpu = measure(svc, args.jobs, args.batch)
                 lat[name] += one_lat
                 thr[name].append(one_thr)
-                print(f"{name:12} p50 {ms(pct(one_lat, 0.5))}  {one_thr:,.0f} jobs/s", flush=True)
+                cpu[name].append(one_cpu)
+                per = "  ".join(f"{k} {ms(v)}" for k, v in one_cpu.items())
+                print(f"{name:12} p50 {ms(pct(one_lat, 0.5))}  {one_thr:,.0f} jobs/s  "
+                      f"CPU/job: {per}", flush=True)  # fmt: skip
     finally:
         for svc in services.values():
             svc.stop()
@@ -92,6 +98,9 @@ def main() -> None:
                   f"| {ms(b)} | {a / b:.2f}x |")  # fmt: skip
         a, b = statistics.median(thr[kind]), statistics.median(thr["uncontained"])
         print(f"| throughput, {args.batch} jobs batched | {a:,.0f} jobs/s | {b:,.0f} jobs/s "
+              f"| {a / b:.2f}x |")  # fmt: skip
+        a, b = (statistics.median(sum(c.values()) for c in cpu[k]) for k in (kind, "uncontained"))
+        print(f"| CPU per batched job (service, all processes) | {ms(a)} | {ms(b)} "
               f"| {a / b:.2f}x |")  # fmt: skip
         print()
 

@@ -20,6 +20,25 @@ def pytest_addoption(parser):
     )
 
 
+def pytest_configure(config):
+    # The seed is drawn once, by the controller: xdist's workers must all collect one order.
+    worker = getattr(config, "workerinput", None)
+    if worker is not None:
+        config.option.order = worker["kotta_order"]
+    elif config.getoption("--order") == "random":
+        config.option.order = f"random:{random.randrange(10**6)}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    node.workerinput["kotta_order"] = node.config.getoption("--order")
+
+
+def pytest_report_header(config):
+    order = config.getoption("--order")
+    return f"--order={order}" if order.startswith("random") else None
+
+
 def pytest_collection_modifyitems(config, items):
     order = config.getoption("--order")
     if order == "file":
@@ -34,8 +53,7 @@ def pytest_collection_modifyitems(config, items):
         for g in groups:
             g.reverse()
     elif order.startswith("random"):
-        seed = int(order.partition(":")[2] or random.randrange(10**6))
-        print(f"--order=random:{seed}")
+        seed = int(order.partition(":")[2])
         rng = random.Random(seed)
         rng.shuffle(groups)
         for g in groups:

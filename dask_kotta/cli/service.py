@@ -22,7 +22,27 @@ def _load_policy(ctx, param, value):
     return value
 
 
+def _lease(ctx, param, value):
+    # Kept aside like --policy, so _config's long argument list does not grow.
+    if value is not None and value < 3 * d.HEARTBEAT_S:
+        raise click.BadParameter(
+            f"must be at least {3 * d.HEARTBEAT_S:g} s (3 runner heartbeats)", param=param
+        )
+    ctx.meta["dask_kotta.lease"] = value
+    return value
+
+
 def _server_options(f):
+    f = click.option(
+        "--lease",
+        envvar="DASK_KOTTA_LEASE_S",
+        type=float,
+        expose_value=False,
+        callback=_lease,
+        metavar="SECONDS",
+        help=f"A running job whose runner is silent this long goes back to pending "
+        f"(a dead worker's jobs rerun after it). [default: {d.LEASE_S:g}]",
+    )(f)
     f = click.option(
         "--allow-uncontained",
         is_flag=True,
@@ -116,11 +136,12 @@ def _config(
         ) from None
 
     url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    meta = click.get_current_context().meta
     return ServerConfig(
         data_dir=Path(data_dir), scheduler=scheduler or "", public_url=url, database=database,
         store=store, queues_file=queues_file, max_payload_bytes=limit,
-        allow_uncontained=allow_uncontained,
-        policy_file=click.get_current_context().meta.get("dask_kotta.policy"),
+        allow_uncontained=allow_uncontained, policy_file=meta.get("dask_kotta.policy"),
+        lease_s=meta.get("dask_kotta.lease") or d.LEASE_S,
     )  # fmt: skip
 
 

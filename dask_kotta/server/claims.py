@@ -248,8 +248,8 @@ async def next_jobs(
         if left <= 0:
             break
         await s.engine.wait_for_work(queue, left)
-        if await gone():
-            break  # nobody to hand a job to: leave it pending
+        if s.notifier.closed or await gone():
+            break  # stopping, or nobody to hand a job to: leave it pending
     local = isinstance(s.objects, LocalObjectStore)
     out = []
     for job, dispatch in claimed:

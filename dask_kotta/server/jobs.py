@@ -117,7 +117,7 @@ async def wait(
         for j in jobs:
             (ended if j["status"] in d.TERMINAL_STATUSES else live)[j["id"]] = j
         left = deadline - time.monotonic()
-        if (ended if any_ else not live) or left <= 0:
+        if (ended if any_ else not live) or left <= 0 or s.notifier.closed:
             return [ended.get(i) or live[i] for i in want]
         # Any: wake on any of them. All: on the last one still running (jobs mostly end in
         # the order they were submitted), so a batch of thousands is re-read a few times,

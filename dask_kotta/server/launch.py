@@ -127,10 +127,19 @@ def serve(app: Any, host: str, port: int) -> None:
     """Run the API until Ctrl-C or SIGTERM; a server that stopped that way returns normally."""
     import uvicorn  # only a server needs it, not `up` before its cluster runs
 
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            # uvicorn waits for the requests in flight before the app's own shutdown: end
+            # the long polls (runners' and clients') now, not at their timeouts.
+            svc = getattr(app.state, "svc", None)
+            if svc is not None:
+                svc.notifier.close()
+            await super().shutdown(sockets)
+
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
     )
-    server = uvicorn.Server(config)
+    server = Server(config)
     try:
         server.run()
     except KeyboardInterrupt:

@@ -20,6 +20,8 @@ class Notifier:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
+        #: The server is stopping: every wait returns at once, so no long poll holds it up.
+        self.closed = False
 
     def notify(self, key: str) -> None:
         """Wake every waiter on ``key``."""
@@ -37,8 +39,20 @@ class Notifier:
         for ev in self._waiters.pop(key, ()):
             ev.set()
 
+    def close(self) -> None:
+        """Wake every waiter, and make every later :meth:`wait` return at once.
+
+        Called in the loop when the server starts to stop: it then waits for the
+        requests in flight, and a long poll would hold it up for its whole timeout.
+        """
+        self.closed = True
+        for key in list(self._waiters):
+            self._wake(key)
+
     async def wait(self, keys: list[str], timeout: float) -> None:
-        """Until one of ``keys`` is notified, or ``timeout`` seconds."""
+        """Until one of ``keys`` is notified, or ``timeout`` seconds (at once once closed)."""
+        if self.closed:
+            return
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()

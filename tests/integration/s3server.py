@@ -58,6 +58,8 @@ class S3Server:
             # Each bucket is a collection that grows 7 volumes at its first write; the default
             # of 8 volumes in all leaves room for one bucket. Small volumes, and many of them.
             "-volume.max=300", "-master.volumeSizeLimitMB=1024",
+            # A restart elects its single master after this (default 10 s: most of a restart).
+            "-master.electionTimeout=1s",
         ]  # fmt: skip
         # With identities configured SeaweedFS checks signatures; without, it lets anyone in.
         config = self.base / "s3.json"

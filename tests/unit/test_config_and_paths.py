@@ -134,3 +134,30 @@ def test_policy_file(tmp_path):
     assert load_policy(None).s3_grants == {} and load_policy("").networks() == []
     with pytest.raises(ConfigError, match="cannot read it"):
         load_policy(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("command", ["up", "server"])
+@pytest.mark.parametrize(
+    "value, error", [("1", "must be at least 3 s"), ("soon", "'soon' is not a valid float")]
+)
+def test_a_lease_too_short_or_not_a_number_stops_the_service_before_it_starts(
+    command, value, error, tmp_path
+):
+    from click.testing import CliRunner
+
+    from dask_kotta.cli import main
+
+    r = CliRunner().invoke(main, [command, "--lease", value, "--data-dir", str(tmp_path / "d")])
+    assert r.exit_code == 2 and error in r.output and "--lease" in r.output, r.output
+    assert not (tmp_path / "d").exists()  # nothing started, nothing made
+
+
+def test_the_lease_reaches_the_server_config(tmp_path):
+    import click
+
+    from dask_kotta.cli.service import _config, _lease
+
+    with click.Context(click.Command("server")) as ctx:
+        _lease(ctx, None, 7.5)
+        config = _config(tmp_path, 1, "127.0.0.1", None, None, None, "", None, "1MiB")
+    assert config.lease_s == 7.5
