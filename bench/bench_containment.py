@@ -2,6 +2,7 @@
 
     python bench/bench_containment.py [--jobs 200] [--batch 2000] [--rounds 2]
                                       [--kinds contained,no-cgroup,uncontained]
+                                      [--dir /var/tmp]
 
 Starts ``dask-kotta up`` services side by side (2 workers each, temp data
 dirs): ``contained`` as shipped (every job in its sandbox, ``runner/sandbox.py``,
@@ -53,12 +54,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--kinds", default="contained,no-cgroup,uncontained")
+    ap.add_argument("--dir", default="/var/tmp", help="where the services' data go")
     args = ap.parse_args()
     import bench_latency
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(bench_latency)
-    base = Path(tempfile.mkdtemp(prefix="kotta-bench-box-"))
+    # Not under /tmp: the env cache is in it, and a read-only path under /tmp gets its mount
+    # point made in every job's private /tmp, on disk (the default cache, ~/.cache, does not).
+    base = Path(tempfile.mkdtemp(prefix="kotta-bench-box-", dir=args.dir))
     known = {"contained": ((), {}),
              "no-cgroup": ((), {"KOTTA_CGROUP": "off"}),
              "uncontained": (("--allow-uncontained",), {"KOTTA_SANDBOX": "off"})}  # fmt: skip

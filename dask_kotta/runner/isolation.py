@@ -52,6 +52,8 @@ DEFAULT_NPROC = 2048
 _DIRTY, _CLEAN = b"1", b"0"
 #: How long ended jobs' uids wait to be checked together, in seconds.
 RELEASE_S = 0.05
+#: Checked-clean uids a worker process keeps locked for its next jobs (of 4096 by default).
+KEEP_UIDS = 32
 log = logging.getLogger("dask_kotta.runner")
 
 
@@ -242,6 +244,10 @@ class Box:
             outcome.killed = MEMORY
 
     def _lease_uid(self) -> None:
+        kept = _releaser().reuse()
+        if kept is not None:
+            self.uid, self._lock_fd = kept
+            return
         locks = _private_dir("uids")
         for uid in _uid_range():
             fd = os.open(locks / f"{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -310,7 +316,7 @@ class _Releaser(threading.Thread):
     One thread per worker process. Each ended job's cgroup is emptied (what is
     left is killed) and goes back to the worker's pool; the uids of the jobs that ended within
     ``RELEASE_S`` share one /proc scan (a scan costs ~0.5 ms of CPU, a trivial
-    job ~3).
+    job ~3). Up to ``KEEP_UIDS`` clean uids stay leased to this process, for its next jobs.
     """
 
     def __init__(self) -> None:
@@ -318,6 +324,18 @@ class _Releaser(threading.Thread):
         self._cond = threading.Condition()
         self._due: dict[int, int] = {}  # uid -> its lock's descriptor
         self._groups: list[cgroups.Group] = []
+        # Checked clean and still locked by us: the next job takes one with no scan of the
+        # lock files (one open and flock per uid in use on the host). Freed when we exit.
+        self._clean: list[tuple[int, int]] = []
+
+    def reuse(self) -> tuple[int, int] | None:
+        """A uid (and its lock) this process checked clean, marked leased again; or None."""
+        with self._cond:
+            if not self._clean:
+                return None
+            uid, lock_fd = self._clean.pop()
+        os.pwrite(lock_fd, _DIRTY, 0)
+        return uid, lock_fd
 
     def put(self, uid: int | None, lock_fd: int | None, group: cgroups.Group | None) -> None:
         with self._cond:
@@ -349,6 +367,10 @@ class _Releaser(threading.Thread):
                                 len(left))  # fmt: skip
                 if not left or kill_uid(uid):
                     os.pwrite(lock_fd, _CLEAN, 0)
+                    with self._cond:
+                        if len(self._clean) < KEEP_UIDS:
+                            self._clean.append((uid, lock_fd))
+                            continue
                     os.close(lock_fd)
                 # else: the lock (and the uid) stays out of the pool for this process's life.
 

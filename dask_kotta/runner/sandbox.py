@@ -200,6 +200,16 @@ def _view(spec: dict[str, Any]) -> None:
     """
     root, workdir = spec["root"], spec["workdir"]
     _bind(root, spec["tmp"], "/tmp", writable=True)
+    # What shows under /tmp (the jobs' directory, e.g. dask's scratch space; read-only paths;
+    # the queue's mounts) needs mount points in this job's /tmp, which is on disk: made
+    # there, each directory on the way costs every job a create and a delete (~0.1 ms each).
+    # One per top-level name, with a tmpfs of the job's own on it for the rest.
+    mounts = [m[0] for m in spec.get("mounts") or ()]
+    under = [p for p in [spec["work_root"], *spec["ro"], *mounts] if p.startswith("/tmp/")
+             and "/" in p[5:]]  # fmt: skip
+    for top in sorted({"/tmp/" + p[5:].split("/", 1)[0] for p in under}):
+        os.makedirs(root + top, mode=0o755, exist_ok=True)
+        _mount("tmpfs", root + top, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
     for path in spec["ro"]:
         if path.startswith("/tmp/") and os.path.lexists(path):
             _bind(root, path, path, writable=False)  # under the job's /tmp, which hid it

@@ -323,6 +323,31 @@ def test_only_the_working_directory_and_tmp_are_writable(mallory):
     assert set(seen.values()) <= {"OSError", "PermissionError"}, seen
 
 
+def tmp_view():
+    import os
+
+    with open("/tmp/mine.txt", "w") as f:
+        f.write("x" * 100_000)
+    here = os.environ["KOTTA_WORKDIR"]
+    return {
+        "here": here,
+        "tmp": sorted(os.listdir("/tmp")),
+        # Where the jobs' directories are under /tmp (dask's scratch space, as in `up`): the
+        # way down to this job's is a tmpfs of its own, not directories in its /tmp on disk.
+        "way": os.stat("/" + here.split("/")[1] + "/" + here.split("/")[2]).st_dev
+        != os.stat("/tmp").st_dev,
+        "own": os.path.getsize(os.path.join(here, ".kotta", "tmp", "mine.txt")),
+    }
+
+
+def test_a_jobs_tmp_is_its_own_directory_on_disk(mallory):
+    seen = _run(mallory, tmp_view)
+    assert seen["own"] == 100_000, seen  # /tmp is <workdir>/.kotta/tmp, on the host's disk
+    if seen["here"].startswith("/tmp/"):
+        assert seen["here"].split("/")[2] in seen["tmp"], seen  # the way to its directory ...
+        assert seen["way"], seen  # ... not made on disk, in its /tmp
+
+
 def test_an_output_that_links_outside_its_directory_is_not_uploaded(mallory, service):
     db = service.data_dir.resolve() / "jobs.sqlite"
     job = KottaJob(script=f"ln -s {db} leak.txt; ln {db} hard.txt || true",
