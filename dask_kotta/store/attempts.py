@@ -151,6 +151,16 @@ class Attempts:
             )
             return [dict(r._mapping) for r in rows]
 
+    def running_on(self) -> list[dict[str, Any]]:
+        """Active attempts whose runner said which dask worker it runs on (``HOST ADDRESS``)."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.worker).where(
+                    jobs.c.status.in_(d.ACTIVE_STATUSES), jobs.c.worker.contains(" ")
+                )
+            )
+            return [dict(r._mapping) for r in rows]
+
     def dispatch(self, job_id: str, dispatch_hash: str) -> int | None:
         """Start a new attempt of a pending job; returns its number, or None if not pending."""
         with self.engine.begin() as c:
@@ -317,19 +327,30 @@ class Attempts:
             held = {row.id: row for row in c.execute(_ENDING, {"b_ids": ids}).all()}
             events: list[dict[str, Any]] = []
             for i, r in enumerate(reports):
-                row = held.get(r.job_id)
-                if (
-                    row is None
-                    or row.status not in d.ACTIVE_STATUSES
-                    or (row.attempt, row.dispatch_hash) != (r.attempt, r.dispatch_hash)
-                ):
-                    out.append(None)
-                    continue
-                if before is not None:
-                    before(dict(row._mapping), i)
-                ended = self._end(c, row, r, now, events, max_requeues)
-                if ended is not None:
-                    held.pop(row.id)  # the same attempt reported twice in one batch: once
+                ended = None
+                # A phase of this attempt (``advance``) may land between the read and the
+                # guarded write: the write then matches nothing. Read again and retry: by
+                # then this transaction writes, so nothing else moves the row (SQLite), or
+                # the new status is read (PostgreSQL). An end is never dropped for a phase.
+                for _ in range(3):
+                    row = held.get(r.job_id)
+                    if (
+                        row is None
+                        or row.status not in d.ACTIVE_STATUSES
+                        or (row.attempt, row.dispatch_hash) != (r.attempt, r.dispatch_hash)
+                    ):
+                        break
+                    if before is not None:
+                        before(dict(row._mapping), i)
+                    ended = self._end(c, row, r, now, events, max_requeues)
+                    if ended is not None:
+                        held.pop(row.id)  # the same attempt reported twice in one batch: once
+                        break
+                    fresh = c.execute(_ENDING, {"b_ids": [r.job_id]}).first()
+                    if fresh is None:
+                        held.pop(r.job_id, None)
+                    else:
+                        held[r.job_id] = fresh
                 out.append(ended)
             if events:
                 c.execute(job_events.insert(), events)

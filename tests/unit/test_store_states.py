@@ -183,6 +183,36 @@ def test_the_same_end_reported_twice_in_one_batch_counts_once(store, owner):
     assert store.get(jid)["failures"] == 1
 
 
+def test_an_end_is_recorded_when_a_phase_lands_between_its_read_and_its_write(store, owner):
+    """The deferred ``processing`` report of a short job races its end (issue 13, item 1)."""
+    from dask_kotta.store.jobs import JobStore
+
+    jid = reach(store, owner, d.STAGING_INPUTS)
+    other = JobStore(str(store.engine.url.database))  # another connection, as a second request
+    landed: list[bool] = []
+
+    def phase_lands(job, i):
+        # Called after finish_many read the row and before it writes the end.
+        if not landed:
+            landed.append(other.advance(jid, 1, H, d.PROCESSING, 60))
+
+    report = EndReport(
+        job_id=jid, attempt=1, dispatch_hash=H, ok=True, reason="", traceback="", timings={},
+        outputs=[], has_result=False, retry=False, phases=[(d.PROCESSING, 1.0)],
+    )  # fmt: skip
+    try:
+        (ended,) = store.finish_many([report], before=phase_lands)
+    finally:
+        other.close()
+    assert landed == [True]
+    assert ended is not None and ended["status"] == d.COMPLETED
+    assert store.get(jid)["status"] == d.COMPLETED
+    # The phase is in the history once, from whichever report recorded it.
+    assert [e["status"] for e in store.events(jid)] == [
+        d.PENDING, d.STAGING_INPUTS, d.PROCESSING, d.COMPLETED,
+    ]  # fmt: skip
+
+
 def test_the_database_knows_exactly_the_python_statuses(store, owner):
     with store.engine.connect() as c:
         ddl = c.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'jobs'")).scalar()
