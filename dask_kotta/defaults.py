@@ -37,6 +37,8 @@ HEARTBEAT_S = 1.0
 MAX_REQUEUES = 3
 #: How often the server looks for expired leases, in seconds.
 REAPER_S = 1.0
+#: Every how many of those it asks the scheduler which workers are gone (their jobs requeue).
+ORPHAN_CHECK_TICKS = 2
 #: Longest single long-poll wait the server grants, in seconds.
 LONGPOLL_MAX_S = 30.0
 #: How long a runner keeps retrying an unreachable server, in seconds.

@@ -17,6 +17,23 @@ from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
 
+
+def worker_name() -> str:
+    """``HOST DASK-ADDRESS`` of the worker a runner runs on, as its claims record it.
+
+    The server shows the host; the address tells it, from the scheduler's list of
+    live workers, that a job's worker is gone (then the job is requeued at once,
+    not at its lease's end). Outside a dask worker, the host only.
+    """
+    host = socket.gethostname()
+    try:
+        from distributed import get_worker
+
+        return f"{host} {get_worker().address}"
+    except (ImportError, ValueError):
+        return host
+
+
 #: A request that never got its whole answer: the server went away (a restart) mid-response.
 BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 
@@ -97,7 +114,7 @@ class RunnerAPI:
             return r
 
     def claim(self) -> dict[str, Any]:
-        return self._call("POST", "/claim", params={"worker": socket.gethostname()}).json()
+        return self._call("POST", "/claim", params={"worker": worker_name()}).json()
 
     def heartbeat(self) -> None:
         # A short timeout: slots beat on one shared timer thread, which must not hang.

@@ -47,7 +47,6 @@ flushes; the pool for their requests; the servers that have stopped) is one
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -58,7 +57,7 @@ from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
 from . import forkserver
-from .api import BROKEN, RunnerAPI
+from .api import BROKEN, RunnerAPI, worker_name
 from .runner import run_claimed
 from .slot_host import SlotHost, process_host
 from .slot_reporting import SlotReporting
@@ -109,7 +108,7 @@ class Slot:
         self.session.mount("https://", self.adapter)
         self.session.headers["Authorization"] = f"Bearer {token}"
         self.token = token
-        self.worker = socket.gethostname()
+        self.worker = worker_name()
         self._lock = threading.Lock()  # the reports: the timer thread flushes them too
         self._reports: list[dict[str, Any]] = []
         self._flush_due = False

@@ -230,6 +230,17 @@ class Engine:
             return {"workers": {}}
         return await scheduler.identity(n_workers=-1)
 
+    async def live_workers(self) -> set[str] | None:
+        """Addresses of the workers the scheduler has now; None if it cannot be asked."""
+        if self.client is None or self.client.scheduler is None:
+            return None
+        try:
+            info = await self._identity()
+        except Exception:  # the scheduler is unreachable: that says nothing about workers
+            log.debug("could not ask the scheduler for its workers", exc_info=True)
+            return None
+        return set(info.get("workers", {}))
+
     async def capacity(self) -> dict[str, int]:
         """Resource units (job slots) per queue across the cluster's workers now."""
         info = await self._identity()

@@ -131,26 +131,47 @@ class Service:
 
     def requeue_expired(self) -> None:
         for job in self.store.expired(time.time()):
-            status = self.store.requeue_or_fail(
-                job["id"],
-                job["attempt"],
-                "runner stopped heart-beating (worker lost?)",
-                self.config.max_requeues,
-            )
-            if status not in (d.PENDING, d.FAILED):
-                continue  # the runner reported meanwhile
-            full = self.store.get(job["id"])
-            assert full is not None  # jobs are never deleted
-            if status == d.PENDING:
-                log.warning("job %s: lease expired, requeued", job["id"])
-                self.engine.dispatch(full["id"], full["queue"])
-            else:
-                self.finished(full)
+            self._take_back(job, "runner stopped heart-beating (worker lost?)", "lease expired")
+
+    async def requeue_orphans(self) -> None:
+        """Take back at once the jobs whose dask worker left the cluster (killed, lost).
+
+        Their leases would expire too, but only ``lease_s`` after the last heartbeat,
+        and a server restart meanwhile renews them (it cannot tell a runner that could
+        not reach it from one that is gone); the scheduler can.
+        """
+        running = self.store.running_on()
+        if not running:
+            return
+        live = await self.engine.live_workers()
+        if live is None:
+            return
+        for job in running:
+            if job["worker"].rpartition(" ")[2] not in live:
+                self._take_back(job, "its dask worker left the cluster", "worker gone")
+
+    def _take_back(self, job: dict[str, Any], reason: str, why: str) -> None:
+        status = self.store.requeue_or_fail(
+            job["id"], job["attempt"], reason, self.config.max_requeues
+        )
+        if status not in (d.PENDING, d.FAILED):
+            return  # the runner reported meanwhile
+        full = self.store.get(job["id"])
+        assert full is not None  # jobs are never deleted
+        if status == d.PENDING:
+            log.warning("job %s: %s, requeued", job["id"], why)
+            self.engine.dispatch(full["id"], full["queue"])
+        else:
+            self.finished(full)
 
     async def _reap_forever(self) -> None:
+        tick = 0
         while True:
             await asyncio.sleep(d.REAPER_S)
+            tick += 1
             try:
                 self.requeue_expired()
+                if tick % d.ORPHAN_CHECK_TICKS == 0:
+                    await self.requeue_orphans()
             except Exception:
                 log.exception("lease reaper failed; trying again")

@@ -47,7 +47,7 @@ def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[s
         },
         "outputs": outputs,
         "has_result": bool(job["has_result"]),
-        "worker": job["worker"],
+        "worker": job["worker"].partition(" ")[0],  # the host; not the worker's dask address
         "inputs": spec.get("inputs", []),
         "declared_outputs": spec.get("outputs", []),
         "stdout": spec.get("stdout"),

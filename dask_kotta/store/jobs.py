@@ -79,6 +79,7 @@ class JobStore:
         a = self.attempts
         self.dispatch, self.claim, self.claim_next = a.dispatch, a.claim, a.claim_next
         self.runner_job, self.pending_count, self.expired = a.runner_job, a.pending_count, a.expired
+        self.running_on = a.running_on
         self.renew, self.heartbeat, self.advance = a.renew, a.heartbeat, a.advance
         self.finish_many, self.requeue_or_fail = a.finish_many, a.requeue_or_fail
         self.fail_pending, self.extend_leases = a.fail_pending, a.extend_leases

@@ -101,8 +101,8 @@ def test_pending_jobs_survive_a_stop(services, tmp_path):
 
 def test_worker_killed_mid_job_requeues_it(cluster, services, tmp_path):
     """A runner that dies with its worker loses the lease; the job runs again elsewhere."""
-    # A short lease: the job reruns this long after its worker died (20 s by default).
-    svc = services(tmp_path / "svc", scheduler=cluster.address, extra=("--lease", "4"))
+    # The default lease (20 s): the scheduler, not the lease, tells the server the worker died.
+    svc = services(tmp_path / "svc", scheduler=cluster.address)
     konn = svc.konn()
     marks = svc.shared
 
@@ -130,9 +130,13 @@ def test_worker_killed_mid_job_requeues_it(cluster, services, tmp_path):
     assert "dask_worker" in " ".join(parent.parent().cmdline()), "expected a worker under its nanny"
     parent.kill()
     assert job.get_results(konn, timeout=120) == 1
-    events = [e["status"] for e in konn.events(job.job_id)]
-    assert events.count("pending") == 2 and events[-1] == "completed"
+    events = konn.events(job.job_id)
+    assert [e["status"] for e in events].count("pending") == 2
+    assert events[-1]["status"] == "completed"
+    requeued = [e for e in events if e["status"] == "pending"][-1]
+    assert "its dask worker left the cluster" in requeued["detail"], events
     assert konn.job(job.job_id)["requeues"] == 1
+    assert konn.job(job.job_id)["worker"] and " " not in konn.job(job.job_id)["worker"]
 
 
 def test_a_long_poll_does_not_hold_up_a_stop(services, tmp_path):
