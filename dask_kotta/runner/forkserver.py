@@ -32,10 +32,12 @@ next job starts a new template.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -110,7 +112,11 @@ class ForkServer:
     def __init__(self, view: dict[str, Any] | None = None) -> None:
         """Start a template; with ``view`` (``isolation.base_spec()``) it prepares the base of
         every job's sandbox once, so each contained job costs a few mounts, not dozens."""
+        sweep_stale_dirs()
         self.dir = Path(tempfile.mkdtemp(prefix="kotta-fs-"))
+        # Held while this worker process lives: a directory whose lock is free is a dead one's.
+        self._owner = os.open(self.dir / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._owner, fcntl.LOCK_EX)
         self.path = str(self.dir / "sock")
         read_end, self._keepalive = os.pipe()
         try:
@@ -182,11 +188,40 @@ class ForkServer:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-        import shutil
-
         shutil.rmtree(self.dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.close(self._owner)
 
 
+def sweep_stale_dirs(older_than_s: float = 60.0) -> int:
+    """Remove the template directories of worker processes that died (killed, crashed).
+
+    A live owner holds its directory's lock; one that was just made may not hold it
+    yet, hence the age. Returns how many were removed.
+    """
+    removed = 0
+    now = time.time()
+    for path in Path(tempfile.gettempdir()).glob("kotta-fs-*"):
+        try:
+            if not path.is_dir() or path.is_symlink() or now - path.stat().st_mtime < older_than_s:
+                continue
+            fd = os.open(path / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            continue  # another user's, or gone meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its worker lives
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    if removed:
+        log.info("removed %d fork-server directories of dead workers", removed)
+    return removed
+
+
+_OWNER_LOCK = "owner.lock"
 _lock = threading.Lock()
 _server: ForkServer | None = None
 _broken_until = 0.0
