@@ -274,7 +274,12 @@ def serve(path: str, keepalive_fd: int, view: dict[str, Any] | None = None) -> N
                     sys.stderr.flush()
                     try:
                         if view is not None and request.get("sandbox"):
-                            pid = sandbox.clone(request["sandbox"])
+                            spec = request["sandbox"]
+                            # Planned before the fork (see sandbox.plan); a path that is not
+                            # there fails in the job's PID 1 instead, which says so on STDERR.
+                            with contextlib.suppress(OSError):
+                                spec["steps"] = sandbox.plan(spec)
+                            pid = sandbox.clone(spec)
                         else:
                             pid = os.fork()
                     except OSError as e:

@@ -55,3 +55,42 @@ def test_a_template_holds_its_directory_until_it_closes(tmp_root):
     finally:
         server.close()
     assert not server.dir.exists()
+
+
+def test_the_way_to_a_jobs_directory_under_tmp_is_one_mount_point_on_disk(tmp_path):
+    """The directories on the way down to a job's directory under /tmp are made on a tmpfs
+    of the job's own: only the top-level one is made in its /tmp, on disk."""
+    import tempfile
+
+    from dask_kotta.runner import sandbox
+
+    base = tempfile.mkdtemp(prefix="kotta-plan-", dir="/tmp")
+    try:
+        work_root = os.path.join(base, "scratch", "kotta-jobs")
+        workdir = os.path.join(work_root, "job-1")
+        os.makedirs(os.path.join(workdir, ".kotta", "tmp"))
+        spec = {"root": str(tmp_path / "root"), "ro": ["/usr"], "workdir": workdir,
+                "work_root": work_root, "tmp": os.path.join(workdir, ".kotta", "tmp"),
+                "mounts": [], "shm": "1024"}  # fmt: skip
+        steps = sandbox.plan(spec)
+        root = spec["root"]
+        made_in_tmp = [s[1] for s in steps if s[0] in (sandbox._DIR, sandbox._FILE)
+                       and s[1].startswith(root + "/tmp/")]  # fmt: skip
+        top = root + "/tmp/" + base.split("/")[2]
+        # The top-level name (on disk), then the rest below it, after a tmpfs went on it.
+        assert made_in_tmp[0] == top, made_in_tmp
+        assert all(p == top or p.startswith(top + "/") for p in made_in_tmp)
+        on_top = [i for i, s in enumerate(steps)
+                  if s[0] == sandbox._MOUNT and s[3] == b"tmpfs" and s[2] == os.fsencode(top)]  # fmt: skip
+        below = [i for i, s in enumerate(steps)
+                 if s[0] in (sandbox._DIR, sandbox._FILE) and s[1].startswith(top + "/")]  # fmt: skip
+        assert on_top and below and on_top[0] < min(below), steps
+        # Binds read-only unless asked; the job's own directory and /tmp writable.
+        binds = {s[2]: s[4] for s in steps if s[0] == sandbox._MOUNT and s[1] is None
+                 and s[4] & sandbox.MS_REMOUNT}  # fmt: skip
+        assert not binds[os.fsencode(root + workdir)] & sandbox.MS_RDONLY
+        assert binds[os.fsencode(root)] & sandbox.MS_RDONLY
+    finally:
+        import shutil
+
+        shutil.rmtree(base)
