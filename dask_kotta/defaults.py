@@ -35,6 +35,10 @@ LEASE_S = 20.0
 HEARTBEAT_S = 1.0
 #: Times a job whose runner vanished is put back to pending before it fails.
 MAX_REQUEUES = 3
+#: Days an ended job (its record and files) is kept before it is deleted; 0: for ever.
+KEEP_DAYS = 30.0
+#: How often the server deletes the jobs past their keep time, in seconds.
+SWEEP_S = 600.0
 #: How often the server looks for expired leases, in seconds.
 REAPER_S = 1.0
 #: Every how many of those it asks the scheduler which workers are gone (their jobs requeue).

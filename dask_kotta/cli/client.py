@@ -1,7 +1,8 @@
-"""The client's commands: ``submit``, ``status``, ``logs``, ``cancel``, ``ls``."""
+"""The client's commands: ``submit``, ``status``, ``logs``, ``cancel``, ``rm``, ``ls``."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -143,6 +144,26 @@ def cancel(auth_file, job_id):
         click.echo(f"job {job_id} cancelled")
     except ConflictError as e:
         raise click.ClickException(e.detail) from None
+
+
+@main.command()
+@_auth
+@click.argument("job_ids", metavar="JOB_ID...", nargs=-1, required=True)
+def rm(auth_file, job_ids):
+    """Delete ended jobs for good: their records, logs, outputs and results."""
+    from ..errors import ConflictError, NotFoundError
+
+    konn = _konn(auth_file)
+    failed = False
+    for job_id in job_ids:
+        try:
+            konn.delete(job_id)
+            click.echo(f"job {job_id} deleted")
+        except (ConflictError, NotFoundError) as e:
+            click.echo(f"error: {e.detail}", err=True)
+            failed = True
+    if failed:
+        sys.exit(1)
 
 
 @main.command(name="ls")

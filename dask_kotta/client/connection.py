@@ -254,6 +254,23 @@ class Kotta:
         """Cancel a job; raises ``ConflictError`` if it already ended."""
         return self.request("POST", f"/api/v1/jobs/{job_id}/cancel").json()
 
+    def delete(self, jobs: KottaJob | str | Iterable[KottaJob | str]) -> None:
+        """Delete ended jobs for good: their records, logs, outputs and results.
+
+        Takes a job, a job id, or several. The server deletes every ended job
+        itself after a time (``dask-kotta up --keep DAYS``, 30 days by default).
+        Raises ``ConflictError`` for a job still pending or running (cancel it
+        first) and ``NotFoundError`` for one that is not yours or not there;
+        the jobs before it in the list are deleted by then.
+        """
+        if isinstance(jobs, (str, KottaJob)):
+            jobs = [jobs]
+        for job in jobs:
+            job_id = job if isinstance(job, str) else job.job_id
+            if not job_id:
+                raise ValueError(f"{job!r} was never submitted: it has no job id to delete")
+            self.request("DELETE", f"/api/v1/jobs/{job_id}")
+
     def result_bytes(self, job_id: str) -> bytes:
         """The pickled result of a python job."""
         return self.request("GET", f"/api/v1/jobs/{job_id}/result").content

@@ -22,6 +22,7 @@ from ..errors import (
     error_for_status,
 )
 from ..paths import safe_relpath
+from ..store import retention
 from ..store.objects import job_key
 from .inputs import place_inputs
 from .service import Service
@@ -163,6 +164,16 @@ async def cancel(s: Service, user_id: int, job_id: str) -> dict[str, Any]:
         raise ConflictError(f"job {job_id} already ended as {status}; nothing was changed")
     await s.engine.cancel(job_id)
     job = s.store.get(job_id)
-    assert job is not None  # jobs are never deleted
+    if job is None:  # deleted by its owner the moment it ended
+        raise NotFoundError(f"no job {job_id!r}")
     s.finished(job)
     return job
+
+
+def delete(s: Service, user_id: int, job_id: str) -> None:
+    """Delete an ended job of ``user_id`` and its files; ``ConflictError`` while it runs."""
+    job = own_job(s, user_id, job_id)
+    if not retention.delete_jobs(s.store.retention, s.objects, [job_id], user_id):
+        raise ConflictError(
+            f"job {job_id} is {job['status']}: only an ended job can be deleted (cancel it first)"
+        )

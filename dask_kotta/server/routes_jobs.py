@@ -1,4 +1,4 @@
-"""The user API: submit, look at, wait for, download from and cancel your own jobs.
+"""The user API: submit, look at, wait for, download from, cancel and delete your own jobs.
 
 Another user's job answers exactly like a missing one (404). Each route reads
 the request and calls ``jobs``; refusals are domain errors that ``app``
@@ -155,6 +155,14 @@ def output_file(request: Request, user: User, job_id: str, name: str) -> Respons
 @router.post("/jobs/{job_id}/cancel", summary="Cancel a pending or running job")
 async def cancel(request: Request, user: User, job_id: str) -> dict:
     return _view(request, await jobs.cancel(svc(request), user["id"], job_id))
+
+
+@router.delete(
+    "/jobs/{job_id}", summary="Delete an ended job: its record, history and files", status_code=204
+)
+def delete(request: Request, user: User, job_id: str) -> Response:
+    jobs.delete(svc(request), user["id"], job_id)
+    return Response(status_code=204)
 
 
 @router.get("/health", summary="Liveness, without auth")

@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import defaults as d
 from ..s3client import s3_client
+from ..store import retention
 from ..store.jobs import JobStore
 from ..store.objects import ObjectStore, open_store
 from ..store.presign import Presigner, presigner
@@ -42,6 +43,8 @@ class ServerConfig:
     lease_s: float = d.LEASE_S
     heartbeat_s: float = d.HEARTBEAT_S
     max_requeues: int = d.MAX_REQUEUES
+    #: Days an ended job is kept (``--keep``); 0 keeps every job for ever.
+    keep_days: float = d.KEEP_DAYS
     #: Run jobs uncontained on workers that cannot contain them (``--allow-uncontained``).
     allow_uncontained: bool = False
     #: The only user served, when jobs here cannot be contained (``uncontained`` says why).
@@ -157,15 +160,26 @@ class Service:
         if status not in (d.PENDING, d.FAILED):
             return  # the runner reported meanwhile
         full = self.store.get(job["id"])
-        assert full is not None  # jobs are never deleted
+        if full is None:
+            return  # it failed, and its owner deleted it meanwhile
         if status == d.PENDING:
             log.warning("job %s: %s, requeued", job["id"], why)
             self.engine.dispatch(full["id"], full["queue"])
         else:
             self.finished(full)
 
+    def sweep(self) -> int:
+        """Delete the jobs that ended more than ``keep_days`` ago, with their files."""
+        if not self.config.keep_days:
+            return 0
+        n = retention.sweep(self.store.retention, self.objects, self.config.keep_days * 86400)
+        if n:
+            log.info("deleted %d job(s) that ended more than %g days ago", n,
+                     self.config.keep_days)  # fmt: skip
+        return n
+
     async def _reap_forever(self) -> None:
-        tick = 0
+        tick, swept = 0, 0.0
         while True:
             await asyncio.sleep(d.REAPER_S)
             tick += 1
@@ -173,5 +187,9 @@ class Service:
                 self.requeue_expired()
                 if tick % d.ORPHAN_CHECK_TICKS == 0:
                     await self.requeue_orphans()
+                if time.monotonic() - swept > d.SWEEP_S:
+                    swept = time.monotonic()
+                    # A thread: a first sweep of a large backlog must not stall the API.
+                    await asyncio.to_thread(self.sweep)
             except Exception:
                 log.exception("lease reaper failed; trying again")

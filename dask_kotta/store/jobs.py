@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from .. import defaults as d
 from .attempts import Attempts, move
+from .retention import Retention
 from .schema import job_events, job_row, jobs, metadata, tokens, users
 
 
@@ -83,6 +84,8 @@ class JobStore:
         self.renew, self.heartbeat, self.advance = a.renew, a.heartbeat, a.advance
         self.finish_many, self.requeue_or_fail = a.finish_many, a.requeue_or_fail
         self.fail_pending, self.extend_leases = a.fail_pending, a.extend_leases
+        #: Deleting ended jobs (``retention.py``).
+        self.retention = Retention(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()

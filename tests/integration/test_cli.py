@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-COMMANDS = ["up", "server", "worker", "token", "submit", "status", "logs", "cancel", "ls"]
+COMMANDS = ["up", "server", "worker", "token", "submit", "status", "logs", "cancel", "rm", "ls",
+            "gc"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -50,6 +51,43 @@ def test_cancel_and_cancel_again(service, tmp_path):
     assert again.returncode == 1 and "already ended as cancelled" in again.stderr
 
 
+def test_rm_deletes_an_ended_job_and_nothing_else(service, tmp_path):
+    script = tmp_path / "out.sh"
+    script.write_text("echo kept > out.txt\n")
+    args = ("submit", str(script), "--walltime", "0.5", "--outputs", "out.txt")
+    done = service.cli(*args, "--wait", check=True).stdout.strip().splitlines()[0]
+    slow = tmp_path / "slow.sh"
+    slow.write_text("sleep 30\n")
+    running = service.cli("submit", str(slow), check=True).stdout.strip()
+    out = service.cli("rm", done, running)
+    assert out.returncode == 1 and f"job {done} deleted" in out.stdout
+    assert "cancel it first" in out.stderr
+    assert "no job" in service.cli("status", done).stderr
+    assert (
+        "pending" in service.cli("status", running).stdout
+        or "processing" in service.cli("status", running).stdout
+    )
+    again = service.cli("rm", done)
+    assert again.returncode == 1 and "no job" in again.stderr
+    service.cli("cancel", running, check=True)
+    assert service.cli("rm", running, check=True).returncode == 0
+
+
+def test_konn_delete_takes_jobs_or_ids(service):
+    from dask_kotta.errors import NotFoundError
+    from kotta import KottaJob
+
+    konn = service.konn()
+    jobs = [KottaJob(script=f"echo {i}", walltime=0.5) for i in range(2)]
+    for j in jobs:
+        j.submit(konn)
+    assert all(j.wait(konn, maxwait=120) for j in jobs)
+    konn.delete([jobs[0], jobs[1].job_id])
+    for j in jobs:
+        with pytest.raises(NotFoundError):
+            konn.job(j.job_id)
+
+
 def test_status_of_unknown_job(service):
     out = service.cli("status", "0123456789abcdef")
     assert out.returncode == 1 and "no job '0123456789abcdef'" in out.stderr
@@ -73,3 +111,59 @@ def test_token_makes_working_credentials(service, tmp_path):
     theirs = service.cli("ls", "--limit", "1000", auth=path)
     assert theirs.returncode == 0 and job_id in theirs.stdout, theirs.stderr
     assert job_id not in service.cli("ls", "--limit", "1000", check=True).stdout, "carol's own"
+
+
+def test_old_jobs_are_deleted_by_gc_or_by_the_server_unless_keep_is_0(tmp_path):
+    import sqlite3
+    import time
+
+    from kotta_testing import Service, wait_for
+
+    from kotta import KottaJob
+
+    svc = Service(tmp_path / "svc", workers=1, extra=["--keep", "0"]).start()
+    try:
+        konn = svc.konn()
+        old, new = (KottaJob(script="echo x > x.txt", outputs="x.txt", walltime=0.5) for _ in "ab")
+        for j in (old, new):
+            j.submit(konn)
+            assert j.wait(konn, maxwait=120)
+    finally:
+        svc.stop()
+    db = svc.data_dir / "jobs.sqlite"
+
+    def age(job, days):
+        with sqlite3.connect(db) as c:
+            c.execute("UPDATE jobs SET ended_at = ? WHERE id = ?",
+                      (time.time() - days * 86400, job.job_id))  # fmt: skip
+
+    def ids():
+        return {j["id"] for j in svc.konn().jobs(limit=100)}
+
+    age(old, 40)
+    svc.start()  # --keep 0: kept for ever
+    time.sleep(3)  # the server sweeps a second after it starts
+    assert old.job_id in ids()
+    svc.stop()
+    owner_dir = next((svc.data_dir / "objects").glob(f"u*/{old.job_id}")).parent
+
+    def gc(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "dask_kotta.cli", "gc", "--data-dir", str(svc.data_dir), *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    bad = gc("--keep", "0")
+    assert bad.returncode == 2 and "--keep" in bad.stderr  # gc is for deleting: 0 makes no sense
+    out = gc("--keep", "30")
+    assert out.returncode == 0 and "deleted 1 job(s)" in out.stdout, out
+    assert not (owner_dir / old.job_id).exists() and (owner_dir / new.job_id).exists()
+    # A server with the default --keep (30 days) sweeps on its own.
+    age(new, 31)
+    svc.extra = [a for a in svc.extra if a not in ("--keep", "0")]
+    svc.start()
+    try:
+        wait_for(lambda: new.job_id not in ids(), 30, "the server to delete the old job")
+        assert not (owner_dir / new.job_id).exists()
+    finally:
+        svc.stop()

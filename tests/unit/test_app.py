@@ -159,6 +159,55 @@ def test_cancel_a_pending_job_once(server, client):
     assert "already ended as cancelled" in detail(again, 409)
 
 
+def test_an_ended_job_is_deleted_with_its_history_and_files(server, client):
+    svc = server[2]
+    jid = script_job(server)
+    job = svc.store.get(jid)
+    key = f"u{job['owner']}/{jid}/STDOUT.txt"
+    svc.objects.put_bytes(key, b"hi\n")  # as a runner's log, uploaded at the job's end
+    payload = svc.objects.local_path(key)
+    assert payload is not None and payload.exists()
+    running = client.delete(f"/api/v1/jobs/{jid}", headers=auth(server))
+    assert "only an ended job can be deleted (cancel it first)" in detail(running, 409)
+    assert svc.store.get(jid) is not None and payload.exists()  # nothing lost
+    client.post(f"/api/v1/jobs/{jid}/cancel", headers=auth(server))
+    # Another user's job is not theirs to delete: a 404, as for a job that is not there.
+    assert "no job" in detail(
+        client.delete(f"/api/v1/jobs/{jid}", headers=auth(server, "bob")), 404
+    )
+    r = client.delete(f"/api/v1/jobs/{jid}", headers=auth(server))
+    assert r.status_code == 204, r.text
+    assert svc.store.get(jid) is None and svc.store.events(jid) == []
+    assert not payload.exists() and not payload.parent.exists()
+    assert "no job" in detail(client.get(f"/api/v1/jobs/{jid}", headers=auth(server)), 404)
+    assert "no job" in detail(client.delete(f"/api/v1/jobs/{jid}", headers=auth(server)), 404)
+
+
+def test_jobs_past_their_keep_time_are_swept_and_no_other(server, client):
+    import time
+
+    import sqlalchemy as sa
+
+    from dask_kotta.store.schema import jobs
+
+    svc = server[2]
+    old, recent, live = script_job(server), script_job(server, "bob"), script_job(server)
+    for jid in (old, recent):
+        client.post(
+            f"/api/v1/jobs/{jid}/cancel", headers=auth(server, "bob" if jid == recent else "alice")
+        )
+    days_ago = time.time() - (svc.config.keep_days + 1) * 86400
+    with svc.store.engine.begin() as c:  # `old` ended a day before the keep time began
+        c.execute(jobs.update().where(jobs.c.id == old).values(ended_at=days_ago))
+        # `live` is pending, however old: never swept
+        c.execute(jobs.update().where(jobs.c.id == live).values(submitted_at=days_ago))
+    assert svc.sweep() >= 1
+    assert svc.store.get(old) is None
+    assert svc.store.get(recent) is not None and svc.store.get(live) is not None
+    with svc.store.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).where(jobs.c.id == old)).scalar() == 0
+
+
 @pytest.mark.parametrize(
     "files, status, fragment",
     [

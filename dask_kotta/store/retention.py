@@ -1,0 +1,80 @@
+"""Deleting ended jobs: the user's own, on request, and everyone's once they expire.
+
+A job's record, its history and its objects (payload, logs, outputs, result) go
+together. The rows go first, in one transaction: a crash before the objects are
+removed leaves objects no job names (space, not a wrong answer), never a job
+whose files are missing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+
+from .. import defaults as d
+from .objects import ObjectStore, job_prefix
+from .schema import job_events, jobs
+
+
+class Retention:
+    """The deletions of the job database (``JobStore`` exposes them)."""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    def delete_ended(
+        self, job_ids: Sequence[str], owner: int | None = None
+    ) -> list[tuple[str, int]]:
+        """Delete the ended ones of ``job_ids`` (only ``owner``'s when given), with their history.
+
+        Returns ``(job id, owner)`` of each job deleted; a job still pending or
+        running, another user's or unknown is left alone (and not returned).
+        """
+        if not job_ids:
+            return []
+        ended = jobs.c.status.in_(d.TERMINAL_STATUSES)
+        with self.engine.begin() as c:
+            q = sa.select(jobs.c.id, jobs.c.owner).where(jobs.c.id.in_(list(job_ids)), ended)
+            if owner is not None:
+                q = q.where(jobs.c.owner == owner)
+            rows = c.execute(q).all()
+            ids = [r.id for r in rows]
+            if ids:
+                # History first: it refers to the job (a foreign key SQLite enforces here).
+                c.execute(job_events.delete().where(job_events.c.job_id.in_(ids)))
+                c.execute(jobs.delete().where(jobs.c.id.in_(ids), ended))
+            return [(r.id, r.owner) for r in rows]
+
+    def ended_before(self, cutoff: float, limit: int = 500) -> list[str]:
+        """Ids of jobs that ended before ``cutoff`` (a Unix time), oldest first."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.status.in_(d.TERMINAL_STATUSES), jobs.c.ended_at < cutoff)
+                .order_by(jobs.c.ended_at)
+                .limit(limit)
+            )
+            return [r.id for r in rows]
+
+
+def delete_jobs(
+    retention: Retention, objects: ObjectStore, job_ids: Sequence[str], owner: int | None = None
+) -> list[str]:
+    """Delete ended jobs and their objects; returns the ids deleted (see ``delete_ended``)."""
+    deleted = retention.delete_ended(job_ids, owner)
+    for job_id, job_owner in deleted:
+        objects.delete_prefix(job_prefix(job_owner, job_id))
+    return [job_id for job_id, _ in deleted]
+
+
+def sweep(
+    retention: Retention, objects: ObjectStore, keep_s: float, now: float | None = None
+) -> int:
+    """Delete every job that ended more than ``keep_s`` seconds ago; returns how many."""
+    cutoff = (time.time() if now is None else now) - keep_s
+    total = 0
+    while ids := retention.ended_before(cutoff):
+        total += len(delete_jobs(retention, objects, ids))
+    return total
