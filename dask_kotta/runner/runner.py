@@ -22,10 +22,8 @@ import contextlib
 import json
 import os
 import shlex
-import shutil
 import stat
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -43,19 +41,7 @@ from .process import run_process
 from .reporting import Direct, Lease, OutputChannel, Reporting
 from .stage_in import stage_inputs
 from .stage_out import stage_outputs
-
-
-def _work_root() -> Path:
-    root = os.environ.get("KOTTA_WORK_DIR")
-    if not root:
-        try:
-            from distributed import get_worker
-
-            root = os.path.join(get_worker().local_directory, "kotta-jobs")
-        except (ImportError, ValueError):
-            root = os.path.join(tempfile.gettempdir(), "kotta-jobs")
-    Path(root).mkdir(parents=True, exist_ok=True)
-    return Path(root)
+from .workdirs import Workdir
 
 
 def _command(job: Claim, workdir: Path, private: Path) -> list[str]:
@@ -155,7 +141,8 @@ def run_claimed(job: Claim, reporting: Reporting) -> str:
     ``reporting``; closes it at the end."""
     job_id, attempt = job["id"], job["attempt"]
     lease = reporting.keep_lease(job["heartbeat_s"])
-    workdir = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=_work_root()))
+    made = Workdir(job_id, attempt)
+    workdir = made.path
     private = workdir / ".kotta"
     private.mkdir()
     timings: dict[str, float | None] = {}
@@ -175,7 +162,7 @@ def run_claimed(job: Claim, reporting: Reporting) -> str:
         return "runner error"
     finally:
         lease.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        made.remove()
         reporting.close()
 
 

@@ -190,6 +190,11 @@ class Slot:
                 if r is not None and r.status_code == 200:
                     sent = True
                     answer = r.json()
+                    for report, status in zip(reports, answer.get("done") or (), strict=False):
+                        if status is None:  # said, not silently dropped: see issue 13
+                            log.warning("job %s: its end (attempt %s) came after the job was "
+                                        "taken from this attempt (cancelled or requeued)",
+                                        report.get("id"), report.get("attempt"))  # fmt: skip
                     return answer["jobs"], set(answer["lost"])
                 if time.monotonic() > deadline:
                     raise SlotEnded(f"server unreachable for {SLOT_PATIENCE_S:.0f} s")

@@ -94,3 +94,28 @@ def test_the_way_to_a_jobs_directory_under_tmp_is_one_mount_point_on_disk(tmp_pa
         import shutil
 
         shutil.rmtree(base)
+
+
+def test_job_directories_of_dead_runners_are_swept_live_and_new_ones_kept(tmp_path, monkeypatch):
+    from dask_kotta.runner import workdirs
+
+    monkeypatch.setenv("KOTTA_WORK_DIR", str(tmp_path))
+    workdirs._swept.cache_clear()
+    live = workdirs.Workdir("live", 1)  # a runner holds it
+    (live.path / "data.csv").write_text("x")
+    dead = tmp_path / "dead-1-abc"  # its runner died: nothing holds its lock
+    (dead / ".kotta").mkdir(parents=True)
+    young = tmp_path / "young-1-abc"  # just made: maybe not locked yet
+    young.mkdir()
+    old = time.time() - 600
+    for d in (live.path, dead):
+        os.utime(d, (old, old))
+    assert workdirs.sweep(tmp_path) == 1
+    assert not dead.exists() and live.path.exists() and young.exists()
+    live.remove()
+    assert not live.path.exists() and not (tmp_path / ".locks" / f"{live.path.name}.lock").exists()
+    # A worker process sweeps its root once, at its first job there.
+    os.utime(young, (old, old))
+    workdirs._swept.cache_clear()
+    workdirs.Workdir("next", 1).remove()
+    assert not young.exists()

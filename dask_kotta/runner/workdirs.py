@@ -1,0 +1,97 @@
+"""Jobs' working directories on a worker: made per attempt, removed after, swept after a crash.
+
+A runner removes its job's directory when the attempt ends; a worker killed
+mid-job cannot. So each directory has a lock, held by its runner for the
+attempt's life, in ``.locks`` beside the directories (where the job, which owns
+its own directory, cannot touch it). The first job a worker process runs in a
+root removes the directories, older than a minute, whose lock nobody holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("dask_kotta.runner")
+_LOCKS = ".locks"
+
+
+def root() -> Path:
+    """Where this worker's jobs get their directories (``KOTTA_WORK_DIR``, else the dask
+    worker's local directory, else the temp dir), swept once per process."""
+    path = os.environ.get("KOTTA_WORK_DIR")
+    if not path:
+        try:
+            from distributed import get_worker
+
+            path = os.path.join(get_worker().local_directory, "kotta-jobs")
+        except (ImportError, ValueError):
+            path = os.path.join(tempfile.gettempdir(), "kotta-jobs")
+    _swept(path)
+    return Path(path)
+
+
+@functools.cache
+def _swept(path: str) -> None:
+    Path(path, _LOCKS).mkdir(parents=True, exist_ok=True)
+    sweep(Path(path))
+
+
+class Workdir:
+    """One attempt's directory, locked until :meth:`remove`."""
+
+    def __init__(self, job_id: str, attempt: int):
+        base = root()
+        self.path = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=base))
+        self._lock = base / _LOCKS / f"{self.path.name}.lock"
+        self._fd = os.open(self._lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(self._lock)
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+def sweep(base: Path, older_than_s: float = 60.0) -> int:
+    """Remove the job directories under ``base`` that no live runner holds; returns how many.
+
+    One made less than ``older_than_s`` ago may not be locked yet: it is left alone.
+    """
+    locks = base / _LOCKS
+    removed, now = 0, time.time()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return 0
+    for entry in entries:
+        if entry.name == _LOCKS or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
+                continue
+            fd = os.open(locks / f"{entry.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # its runner lives
+        shutil.rmtree(entry.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.unlink(locks / f"{entry.name}.lock")
+        os.close(fd)
+        removed += 1
+    if removed:
+        log.info("removed %d working directories of jobs whose worker died", removed)
+    return removed
