@@ -64,9 +64,11 @@ class Status:
 
 def alembic_config(url: str | None = None, location: Path | None = None) -> Config:
     """An Alembic config for the store's migrations; ``url`` only for Alembic's own commands
-    (``command.revision(alembic_config(url), "message", autogenerate=True)``)."""
+    (``command.revision(alembic_config(url), "message", rev_id="0002", autogenerate=True)``)."""
     cfg = Config()
     cfg.set_main_option("script_location", str(location or MIGRATIONS))
+    # A module name mypy and ruff accept (not one starting with a digit): v0002_add_x.py.
+    cfg.set_main_option("file_template", "v%%(rev)s_%%(slug)s")
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
@@ -227,7 +229,12 @@ def _shape(
     return {
         t: (
             frozenset(c["name"] for c in insp.get_columns(t)),
-            frozenset(i["name"] for i in insp.get_indexes(t) if i["name"]),
+            # PostgreSQL also lists the indexes behind unique constraints: not ours to compare.
+            frozenset(
+                i["name"]
+                for i in insp.get_indexes(t)
+                if i["name"] and not i.get("duplicates_constraint")
+            ),
         )
         for t in names
     }

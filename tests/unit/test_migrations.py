@@ -211,3 +211,17 @@ def test_db_commands(release_db, tmp_path):
     for cmd in ("upgrade", "current"):
         r = run(main, ["db", cmd, "--help"])
         assert r.exit_code == 0 and "--database" in r.stdout and "--data-dir" in r.stdout
+
+
+def test_stores_opening_one_new_database_at_once_make_it_once(tmp_path):
+    """The write lock is taken before looking: one makes the tables, the others find them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "jobs.sqlite"
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: JobStore(str(path)), range(4)))
+    for s in stores:
+        s.close()
+    with sqlite3.connect(path) as c:
+        assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+    c.close()
