@@ -7,6 +7,8 @@
     ├── SerializationError     a function or argument cannot be pickled (client side)
     ├── UnsafePathError        a path that would escape its job's directory or prefix
     ├── ContainmentError       a worker cannot contain a job that must be contained
+    ├── SchemaError            the job database's schema is not this code's: older (the
+    │                              message names the upgrade command) or newer
     ├── APIError               the server answered 4xx/5xx: ``.detail`` says why, ``.status``
     │   │                          is the HTTP status (shown by ``str()`` only)
     │   ├── AuthenticationError    401: unknown or malformed token
@@ -54,6 +56,11 @@ class UnsafePathError(KottaError, ValueError):
 
 class ContainmentError(KottaError):
     """A job must run contained and this worker cannot contain it; the message says why."""
+
+
+class SchemaError(KottaError):
+    """The job database is at a schema revision this code does not run on; the message says
+    which and what to do (upgrade it, or run the newer dask-kotta that made it)."""
 
 
 class APIError(KottaError):

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from .. import defaults as d
+from .db import open_database, upgrade_asked, upgrade_db_option
 from .group import _setup_logging, main
 
 
@@ -40,6 +41,7 @@ def _keep(ctx, param, value):
 
 
 def _server_options(f):
+    f = upgrade_db_option(f)
     f = click.option(
         "--keep",
         envvar="DASK_KOTTA_KEEP_DAYS",
@@ -286,7 +288,9 @@ def up(
             allow_uncontained,
         )  # fmt: skip
         check_store(config)
-        jobstore = JobStore(config.database_url)
+        # The embedded SQLite database is this service's alone: upgraded as it starts.
+        own = not database or database.startswith("sqlite")
+        jobstore = JobStore(config.database_url, upgrade=own or upgrade_asked())
         made = ensure_credentials(jobstore, user, Path(auth_file), config.public_url)
         jobstore.close()
         if cluster is not None:
@@ -346,6 +350,7 @@ def server(
     )  # fmt: skip
     config.security = security
     check_store(config)
+    open_database(config.database_url, upgrade=upgrade_asked())
     click.echo(
         f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"
     )

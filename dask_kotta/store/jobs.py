@@ -21,8 +21,9 @@ import sqlalchemy as sa
 
 from .. import defaults as d
 from .attempts import Attempts, move
+from .migrate import prepare
 from .retention import Retention
-from .schema import job_events, job_row, jobs, metadata, tokens, users
+from .schema import job_events, job_row, jobs, tokens, users
 
 
 def private_sqlite_file(path: str | Path) -> None:
@@ -71,9 +72,19 @@ def engine_for(url_or_path: str) -> sa.Engine:
 class JobStore:
     """All reads and writes of the job database, one method per statement."""
 
-    def __init__(self, url_or_path: str):
+    def __init__(self, url_or_path: str, upgrade: bool = False):
+        """Open the store, making its tables in a new database.
+
+        A database made before migrations is stamped; one at an older schema revision is
+        upgraded if ``upgrade``, else refused (:class:`~dask_kotta.errors.SchemaError`
+        names the command), and so is one newer than this code (:mod:`.migrate`).
+        """
         self.engine = engine_for(url_or_path)
-        metadata.create_all(self.engine)
+        try:
+            prepare(self.engine.url, upgrade=upgrade)
+        except BaseException:
+            self.engine.dispose()
+            raise
         #: The attempts' transitions: dispatch, claim, heartbeat, phases, end, requeue.
         self.attempts = Attempts(self.engine)
         # The server calls them on the store itself.

@@ -1,0 +1,158 @@
+"""Schema migrations against the real things: PostgreSQL, the `server` command, `up` restarts.
+
+The SQLite cases (new, stamped, upgraded, refused) are unit tests (tests/unit/test_migrations.py).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from kotta_testing import Service, free_port
+
+from dask_kotta.store import migrate
+from dask_kotta.store.jobs import JobStore
+from dask_kotta.store.schema import metadata
+from kotta import KottaJob
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
+TABLES = ("users", "tokens", "jobs", "job_events")
+
+
+@pytest.fixture
+def pg_database(pg_server, request):
+    """A database of its own on the session's PostgreSQL server, for one test."""
+    name = request.node.name.lower().replace("[", "_").replace("]", "")[:60]
+    admin = sa.create_engine(pg_server.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return pg_server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def pg_rows(url: str) -> dict[str, list[tuple]]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            return {
+                t: sorted((tuple(r) for r in c.execute(sa.text(f"SELECT * FROM {t}"))), key=repr)
+                for t in TABLES
+            }
+    finally:
+        engine.dispose()  # a pooled connection left to the GC is psycopg's ResourceWarning
+
+
+def test_the_revisions_build_exactly_the_schema_of_schema_py_on_postgres(pg_database):
+    url = pg_database
+    created_url = url + "_created"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{created_url.rsplit("/", 1)[1]}"'))
+    admin.dispose()
+    migrated, created = sa.create_engine(url), sa.create_engine(created_url)
+    try:
+        with migrated.begin() as c:
+            cfg = migrate.alembic_config()
+            cfg.attributes["connection"] = c
+            command.upgrade(cfg, "head")
+        metadata.create_all(created)
+        with migrated.connect() as m, created.connect() as k:
+            ctx = MigrationContext.configure(
+                m, opts={"compare_type": True, "compare_server_default": True}
+            )
+            assert compare_metadata(ctx, metadata) == []
+            mi, ki = sa.inspect(m), sa.inspect(k)
+            for table in TABLES:
+                for what in ("check_constraints", "unique_constraints", "foreign_keys",
+                             "indexes", "pk_constraint", "columns"):  # fmt: skip
+                    got = getattr(mi, f"get_{what}")(table)
+                    assert repr(got) == repr(getattr(ki, f"get_{what}")(table)), (table, what)
+    finally:
+        migrated.dispose()
+        created.dispose()
+
+
+def test_a_postgres_database_made_by_create_all_is_stamped_and_keeps_every_row(pg_database):
+    """As 0.1.0 left it: create_all, no alembic_version; filled with the release fixture's rows."""
+    url = pg_database
+    engine = sa.create_engine(url)
+    metadata.create_all(engine)
+    with sqlite3.connect(FIXTURE) as src, engine.begin() as c:
+        for table in metadata.sorted_tables:
+            cur = src.execute(f"SELECT * FROM {table.name}")
+            names = [d[0] for d in cur.description]
+            c.execute(table.insert(), [dict(zip(names, r, strict=True)) for r in cur])
+        for table in ("users", "job_events"):  # the serial sequences go on after the copied ids
+            c.execute(sa.text(f"SELECT setval('{table}_id_seq', (SELECT max(id) FROM {table}))"))
+    src.close()
+    engine.dispose()
+    before = pg_rows(url)
+    assert len(before["jobs"]) == 28
+
+    assert migrate.status(sa.make_url(url)).state == "unversioned"
+    store = JobStore(url)
+    assert migrate.status(store.engine.url).revision == "0001"
+    assert pg_rows(url) == before
+    assert store.user_for_token(f"{1:064x}")["name"] == "bob"
+    owner = store.get_or_create_user("dave")
+    ((job, created),) = store.insert_jobs(owner, [{"jobtype": "script", "queue": "Test",
+                                                    "walltime_min": 1, "script": "true"}])  # fmt: skip
+    assert created and store.get(job["id"])["status"] == "pending"
+    store.close()
+    JobStore(url).close()  # a second open finds it at head and changes nothing
+    assert migrate.status(sa.make_url(url)).state == "current"
+
+
+def test_server_refuses_a_database_newer_than_itself_in_one_line(tmp_path):
+    data = tmp_path / "data"
+    JobStore(str(data / "jobs.sqlite")).close()
+    with sqlite3.connect(data / "jobs.sqlite") as c:
+        c.execute("UPDATE alembic_version SET version_num = 'ffff'")
+    c.close()
+    run = subprocess.run(
+        [sys.executable, "-m", "dask_kotta.cli", "server", "--scheduler", "tcp://127.0.0.1:9",
+         "--port", str(free_port()), "--data-dir", str(data)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("error: the job database sqlite:///") and "revision ffff" in line
+
+
+def test_up_restart_on_a_data_dir_made_before_migrations_keeps_its_jobs(tmp_path):
+    """`up` on a data dir whose job store has no revision (as every 0.1.0 data dir) stamps it
+    and serves its jobs: dropping ``alembic_version`` turns this service's store into one."""
+    svc = Service(tmp_path / "svc", workers=1)
+    try:
+        svc.start()
+        konn = svc.konn()
+        job = KottaJob(script="echo kept > k.txt", outputs="k.txt", walltime=0.5)
+        job.submit(konn)
+        job.wait(konn)
+        svc.stop()
+        db = svc.data_dir / "jobs.sqlite"
+        with sqlite3.connect(db) as c:
+            c.execute("DROP TABLE alembic_version")
+            jobs_before = sorted(c.execute("SELECT * FROM jobs").fetchall())
+        c.close()
+
+        svc.start()
+        konn = svc.konn()
+        assert job.status(konn) == "completed"
+        assert {o.file: o.read() for o in job.outputs}["k.txt"] == "kept\n"
+        with sqlite3.connect(db) as c:
+            assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+            assert sorted(c.execute("SELECT * FROM jobs").fetchall()) == jobs_before
+        c.close()
+        again = KottaJob(script="echo new", walltime=0.5)
+        again.submit(konn)
+        assert again.wait(konn, maxwait=120) and again.status(konn) == "completed"
+    finally:
+        svc.stop()
