@@ -111,6 +111,24 @@ def test_submits_through_a_kill9_each_make_one_job(service):
     assert sorted(seen) == sorted(names)
 
 
+def test_a_wait_cut_short_by_a_restart_waits_only_what_was_left(service):
+    konn = service.konn()
+    job = KottaJob(script="sleep 60", walltime=2)
+    job.submit(konn)
+    wait_for(lambda: job.status(konn) == "processing", 60, "the job to run")
+    t0 = time.monotonic()
+    waiting, waited = in_thread(lambda: job.wait(konn, maxwait=25))  # one 25 s long poll
+    time.sleep(1)
+    restart(service, down_s=1)
+    back = time.monotonic() - t0
+    assert back < 22, f"the restart took {back:.1f} s: too long for this test to tell"
+    waiting.join(30)
+    took = time.monotonic() - t0
+    assert waited == [False], waited
+    # Starting the poll over after the restart would have held it for 25 s more.
+    assert took < 28, (took, back)
+
+
 def test_a_server_that_stays_down_fails_the_call_after_the_window(service):
     konn = Kotta(service.creds(), retry_window=3)
     assert konn.retry_window == 3
