@@ -62,6 +62,11 @@ MONITOR_S = 0.05
 #: Connect and read timeouts of client HTTP calls, in seconds.
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0
+#: How long a client call that is safe to repeat keeps retrying an unreachable or unavailable
+#: server (a restart takes seconds), in seconds from the first failure.
+RETRY_WINDOW_S = 60.0
+#: The ``Retry-After`` the server sends with a 503 when its job database is unreachable, in seconds.
+DB_RETRY_AFTER_S = 2
 
 #: Object names the service gives a job's internal files, under the job's prefix.
 PAYLOAD_OBJECT = ".kotta/payload.pkl"

@@ -18,7 +18,8 @@
     │   ├── InvalidRequestError    400/422: the request names something invalid
     │   ├── ConflictError          409: the job is not in a state that allows this
     │   └── PayloadTooLargeError   413: the upload is over the server's limit
-    ├── ServerUnavailableError the server cannot be reached; the message names the URL
+    ├── ServerUnavailableError the server cannot be reached; the message names the URL (a 502/
+    │                          503/504 is an ``APIError``; the client retries both for a while)
     └── JobError               something about a job's outcome
         ├── JobFailedError         the job ended ``failed`` (reason in the message)
         ├── JobCancelledError      the job ended ``cancelled``
@@ -71,6 +72,8 @@ class APIError(KottaError):
     """
 
     status: int = 500
+    #: For a 503: the seconds the server asked the client to wait (its ``Retry-After``), if it did.
+    retry_after: float | None = None
 
     def __init__(self, detail: str, status: int | None = None):
         super().__init__(detail)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from .. import defaults as d
 from ..errors import (
@@ -25,8 +24,7 @@ from ..jobspec import JobSpec
 from ..transfer.common import StagingError, http_session
 from ..transfer.upload import send_file
 from .job import KottaJob
-
-_SUBMIT_ATTEMPTS = 4
+from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after, window_s
 
 
 class Kotta:
@@ -36,25 +34,44 @@ class Kotta:
 
     The credentials are ``{"url": "http://host:port", "token": "..."}`` as
     written by ``dask-kotta up`` or ``dask-kotta token NAME``. The server is
-    asked who the token belongs to right away, so bad credentials fail here.
-    Idempotent calls are retried on connection errors; a submit is retried
-    with the same idempotency key, so it never makes two jobs.
+    asked who the token belongs to right away, so bad credentials (and a wrong
+    URL) fail here, at once.
+
+    Later calls ride through a server restart: reads, waits (``gather``,
+    ``get_results``, ``KottaJob.wait``), cancels and submits are retried while
+    the server cannot be reached or answers 502/503/504, for ``retry_window``
+    seconds (keyword-only; default 60, or ``DASK_KOTTA_RETRY_WINDOW_S`` from
+    the environment; 0 turns it off). A submit is retried with the same
+    idempotency keys, so it never makes a job twice. ``timeout`` is the read
+    timeout of one request, in seconds.
     """
 
-    def __init__(self, creds: str | dict, *, timeout: float = d.READ_TIMEOUT_S):
+    def __init__(
+        self,
+        creds: str | dict,
+        *,
+        timeout: float = d.READ_TIMEOUT_S,
+        retry_window: float | None = None,
+    ):
         info = _parse_creds(creds)
         self.url: str = info["url"].rstrip("/")
         self._token: str = info["token"]
         self.timeout = timeout
+        #: How the calls that are safe to repeat are retried (see ``dask_kotta.client.retry``).
+        self.retry = RetryPolicy(window_s(retry_window))
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {self._token}"
         self.session.headers["User-Agent"] = "dask-kotta-client"
-        retry = Retry(total=3, connect=3, read=2, backoff_factor=0.2, allowed_methods={"GET", "PUT", "HEAD"},
-                      status_forcelist=(502, 503, 504), raise_on_status=False)  # fmt: skip
-        adapter = HTTPAdapter(max_retries=retry, pool_maxsize=32)
+        adapter = HTTPAdapter(pool_maxsize=32)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.user: dict[str, Any] = self.request("GET", "/api/v1/whoami").json()
+        # The first contact is not retried: a typo in the URL should not cost a minute.
+        self.user: dict[str, Any] = self.request("GET", "/api/v1/whoami", retry=False).json()
+
+    @property
+    def retry_window(self) -> float:
+        """Seconds a call that is safe to repeat keeps retrying an unavailable server."""
+        return self.retry.window_s
 
     def __repr__(self) -> str:
         return f"<Kotta {self.url} user={self.user.get('name')!r}>"
@@ -79,9 +96,41 @@ class Kotta:
     # -- plumbing ---------------------------------------------------------------------
 
     def request(
-        self, method: str, path: str, *, timeout: float | None = None, **kw
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float | None = None,
+        retry: bool | None = None,
+        **kw: Any,
     ) -> requests.Response:
-        """One API call; raises the ``APIError`` subclass for a 4xx/5xx answer."""
+        """One API call; raises the ``APIError`` subclass for a 4xx/5xx answer.
+
+        With ``retry`` (by default for GET and HEAD only) the call rides through
+        a restart: it is retried under ``self.retry`` while the server cannot be
+        reached or answers 502/503/504. Pass ``retry=True`` only for a call that
+        is safe to repeat.
+        """
+        if retry is None:  # reads change nothing on the server: repeating one is always safe
+            retry = method.upper() in ("GET", "HEAD")
+        if not retry:
+            return self._send(method, path, timeout, kw)
+        return self.retry.run(lambda: self._send(method, path, timeout, kw))
+
+    def _long_poll(
+        self, hold: float, send: Callable[[float], requests.Response]
+    ) -> requests.Response:
+        """A request the server holds up to ``hold`` s (``send(h)`` asks for ``h``), retried.
+
+        Long polls only read, so they are safe to repeat; one broken off by a
+        restart resumes for what is left of its own hold, not the whole of it again.
+        """
+        end = time.monotonic() + hold
+        return self.retry.run(lambda: send(max(0.0, end - time.monotonic())))
+
+    def _send(
+        self, method: str, path: str, timeout: float | None, kw: dict[str, Any]
+    ) -> requests.Response:
         url = path if path.startswith(("http://", "https://")) else self.url + path
         try:
             r = self.session.request(
@@ -102,9 +151,12 @@ class Kotta:
                 detail = r.text or r.reason
             if r.status_code == 401:
                 detail = f"credentials rejected by {self.url}: {detail}"
-            raise error_for_status(
+            err = error_for_status(
                 r.status_code, detail if isinstance(detail, str) else json.dumps(detail)
             )
+            if r.status_code in RETRY_STATUSES:
+                err.retry_after = parse_retry_after(r.headers.get("Retry-After"))
+            raise err
         return r
 
     # -- jobs ---------------------------------------------------------------------------
@@ -123,17 +175,11 @@ class Kotta:
         for i, p in enumerate(payloads):
             if p is not None:
                 files[f"payload{i}"] = (f"payload{i}", p, "application/octet-stream")
-        for attempt in range(_SUBMIT_ATTEMPTS):
-            try:
-                return self.request("POST", "/api/v1/jobs", files=files).json()["jobs"]
-            except ServerUnavailableError:
-                # Safe to repeat: each spec carries its idempotency key.
-                if attempt == _SUBMIT_ATTEMPTS - 1 or not all(
-                    s.get("idempotency_key") for s in body
-                ):
-                    raise
-                time.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")
+        # Safe to repeat only when every spec carries an idempotency key (minted once, by the
+        # caller, and sent unchanged on every attempt): the server then answers a repeat with
+        # the jobs the first attempt made. A spec without one could make its job twice.
+        keyed = all(s.get("idempotency_key") for s in body)
+        return self.request("POST", "/api/v1/jobs", files=files, retry=keyed).json()["jobs"]
 
     def submit_many(
         self,
@@ -194,10 +240,12 @@ class Kotta:
                 raise JobTimeoutError(f"{len(waiting)} job(s) did not end within {timeout} s",
                                       first)  # fmt: skip
             ids = list(waiting)[:10_000]
-            hold = min(left, d.LONGPOLL_MAX_S)
-            r = self.request(
-                "POST", "/api/v1/jobs/wait", timeout=self.timeout + hold,
-                json={"ids": ids, "timeout": hold, "all": True, "results": True},
+            r = self._long_poll(
+                min(left, d.LONGPOLL_MAX_S),
+                lambda h, ids=ids: self.request(
+                    "POST", "/api/v1/jobs/wait", timeout=self.timeout + h, retry=False,
+                    json={"ids": ids, "timeout": h, "all": True, "results": True},
+                ),
             ).json()  # fmt: skip
             results = r.get("results", {})
             for info in r["jobs"]:
@@ -222,21 +270,26 @@ class Kotta:
 
         With ``result``, an ended python job's small result comes along (base64, ``"result"``).
         """
-        params: dict[str, Any] = {"wait": wait} if wait else {}
-        if result:
-            params["result"] = "true"
-        return self.request(
-            "GET", f"/api/v1/jobs/{job_id}", params=params, timeout=self.timeout + wait
+        path = f"/api/v1/jobs/{job_id}"
+        flags = {"result": "true"} if result else {}
+        if not wait:
+            return self.request("GET", path, params=flags).json()
+        return self._long_poll(
+            wait,
+            lambda h: self.request(
+                "GET", path, params={"wait": h, **flags}, timeout=self.timeout + h, retry=False
+            ),
         ).json()
 
     def wait_any(self, job_ids: list[str], timeout: float = 10.0) -> list[dict[str, Any]]:
         """Records of the jobs, as soon as at least one has ended (or after ``timeout`` s)."""
-        r = self.request(
-            "POST",
-            "/api/v1/jobs/wait",
-            json={"ids": job_ids, "timeout": timeout},
-            timeout=self.timeout + timeout,
-        )
+        r = self._long_poll(
+            timeout,
+            lambda h: self.request(
+                "POST", "/api/v1/jobs/wait", json={"ids": job_ids, "timeout": h},
+                timeout=self.timeout + h, retry=False,
+            ),
+        )  # fmt: skip
         return r.json()["jobs"]
 
     def jobs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
@@ -252,7 +305,9 @@ class Kotta:
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Cancel a job; raises ``ConflictError`` if it already ended."""
-        return self.request("POST", f"/api/v1/jobs/{job_id}/cancel").json()
+        # Safe to repeat: a second cancel changes nothing (a repeat of one that landed answers
+        # 409, as for any ended job).
+        return self.request("POST", f"/api/v1/jobs/{job_id}/cancel", retry=True).json()
 
     def delete(self, jobs: KottaJob | str | Iterable[KottaJob | str]) -> None:
         """Delete ended jobs for good: their records, logs, outputs and results.
@@ -303,12 +358,20 @@ class Kotta:
             try:
                 send_file(
                     p, size, plan, what=f"upload of {p}", session=session,
-                    server_put=lambda f: self.request("PUT", plan["url"], data=f),
+                    server_put=lambda f: self._put_file(plan["url"], f),
                     complete=finish, abort=lambda upload_id: finish(upload_id, [], True),
                 )  # fmt: skip
             except StagingError as e:
                 raise ServerUnavailableError(str(e)) from None
         return url
+
+    def _put_file(self, url: str, f: BinaryIO) -> None:
+        # A PUT of the whole file to its one URL is safe to repeat, from the file's start.
+        def attempt() -> requests.Response:
+            f.seek(0)
+            return self.request("PUT", url, data=f, retry=False)
+
+        self.retry.run(attempt)
 
     def queues(self) -> dict[str, dict[str, Any]]:
         """The server's queues and their limits."""

@@ -11,9 +11,10 @@ from urllib.parse import urlparse
 import requests
 
 from .. import defaults as d
-from ..errors import KottaError, NotFoundError, ServerUnavailableError
+from ..errors import APIError, KottaError, NotFoundError, ServerUnavailableError
 from ..s3client import parse_s3_url, s3_client
 from ..urls import scrub, shown_url, staged_name
+from .retry import RETRY_STATUSES, parse_retry_after
 
 if TYPE_CHECKING:  # annotations only: at run time the client imports connection -> job -> kout
     from .connection import Kotta
@@ -110,12 +111,20 @@ class KOut:
     def _get(self, url: str, **kw) -> requests.Response:
         konn = self._konn
         # The user's token goes only to the Kotta server, never to S3 or another host.
-        use_konn = konn is not None and url.startswith(konn.url + "/")
-        getter = konn.session.get if konn is not None and use_konn else requests.get
-        try:
-            return getter(url, stream=True, timeout=(d.CONNECT_TIMEOUT_S, d.READ_TIMEOUT_S), **kw)
-        except requests.RequestException as e:
-            raise ServerUnavailableError(f"cannot fetch {shown_url(url)}: {scrub(e)}") from None
+        if konn is None or not url.startswith(konn.url + "/"):
+            return _fetch(requests.get, url, kw)
+
+        def attempt() -> requests.Response:
+            r = _fetch(konn.session.get, url, kw)
+            if r.status_code in RETRY_STATUSES:
+                r.close()
+                err = APIError(f"cannot fetch {shown_url(url)}: {r.reason}", r.status_code)
+                err.retry_after = parse_retry_after(r.headers.get("Retry-After"))
+                raise err
+            return r
+
+        # A GET from the Kotta server rides through its restart, as the connection's reads do.
+        return konn.retry.run(attempt)
 
     def get_data(self, path: str | Path | None = None) -> str:
         """Download the object to ``self.file`` (or ``path``), streaming; returns the path."""
@@ -134,6 +143,13 @@ class KOut:
     def read(self) -> str:
         """Opens the remote URL, reads the data and returns the UTF-8 decoded string."""
         return b"".join(self._chunks()).decode("utf-8")
+
+
+def _fetch(getter, url: str, kw: dict) -> requests.Response:
+    try:
+        return getter(url, stream=True, timeout=(d.CONNECT_TIMEOUT_S, d.READ_TIMEOUT_S), **kw)
+    except requests.RequestException as e:
+        raise ServerUnavailableError(f"cannot fetch {shown_url(url)}: {scrub(e)}") from None
 
 
 def _s3_chunks(url: str) -> Iterator[bytes]:

@@ -97,6 +97,7 @@ memory raises ``JobFailedError`` with the reason.
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -117,6 +118,7 @@ from ..errors import (
     KottaError,
     NotFoundError,
     RemoteError,
+    ServerUnavailableError,
     remote_error,
 )
 from ..jobspec import JobSpec
@@ -426,13 +428,18 @@ class _Run:
         return err
 
     def _cancel_running(self) -> None:
-        for job_id in list(self.running):
-            try:
-                self.konn.cancel_job(job_id)
-            except (ConflictError, NotFoundError):
-                pass  # it ended meanwhile
-            except KottaError:
-                pass  # best effort: the error being raised matters more
+        # A server that stayed away for the connection's whole retry window would make each
+        # cancel wait out the window again: then the error being raised is all there is to do.
+        if not isinstance(sys.exception(), ServerUnavailableError):
+            for job_id in list(self.running):
+                try:
+                    self.konn.cancel_job(job_id)
+                except (ConflictError, NotFoundError):
+                    pass  # it ended meanwhile
+                except ServerUnavailableError:
+                    break  # (see above)
+                except KottaError:
+                    pass  # best effort: the error being raised matters more
         self.running.clear()
 
 

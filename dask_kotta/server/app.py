@@ -9,16 +9,19 @@ an exception into an HTTP answer, always ``{"detail": "..."}``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from .. import defaults as d
 from ..errors import APIError, UnsafePathError
 from . import routes_files, routes_jobs, routes_runner
 from .service import ServerConfig, Service
@@ -77,3 +80,28 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def path_error(request: Request, exc: UnsafePathError) -> JSONResponse:
         # A name in the request (an output, an upload, a store key) that would escape its place
         return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(sa_exc.DBAPIError)
+    async def database_error(request: Request, exc: sa_exc.DBAPIError) -> JSONResponse:
+        # A database that cannot be reached (server down, connection lost, SQLite locked past
+        # its timeout) is a "not now", which clients retry: 503 with Retry-After. Any other
+        # database error is a bug, and stays the 500 it was.
+        if not (isinstance(exc, sa_exc.OperationalError) or exc.connection_invalidated):
+            raise exc
+        return JSONResponse(
+            {"detail": f"the job database is unavailable: {database_problem(exc)}"},
+            status_code=503,
+            headers={"Retry-After": str(d.DB_RETRY_AFTER_S)},
+        )
+
+
+def database_problem(exc: sa_exc.DBAPIError) -> str:
+    """The driver's own words for a database error: its first line, without the statement
+    (SQLAlchemy appends it) and without any credentials in a URL or connection string."""
+    text = str(exc.orig if exc.orig is not None else exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return _SECRETS.sub(lambda m: f"{m[1] or m[2]}***", first)[:300]
+
+
+# user:password@ in a URL, and password=... in a libpq connection string
+_SECRETS = re.compile(r"(//[^/@\s:]*:)[^/@\s]*(?=@)|(?<![\w])(password\s*=\s*)\S+", re.I)
