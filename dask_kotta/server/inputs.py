@@ -42,7 +42,8 @@ _JOB_FILE_PATH = re.compile(r"^/api/v1/jobs/([^/]+)/files/(.+)$")
 class NoSigner(APIError):
     """The server cannot presign a granted input (no S3 credentials)."""
 
-    status = 503
+    # Its operator's to fix, not a passing outage: a 503 would have clients retry for a minute.
+    status = 500
 
 
 def own_hosts(s: Service, request_host: str | None = None) -> set[str]:

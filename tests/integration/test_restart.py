@@ -145,9 +145,10 @@ def test_a_long_poll_does_not_hold_up_a_stop(services, tmp_path):
     import threading
 
     from dask_kotta.errors import ServerUnavailableError
+    from kotta import Kotta
 
     svc = services(tmp_path / "svc", workers=1)
-    konn = svc.konn()
+    konn = Kotta(svc.creds(), retry_window=0)  # a client that gives up: the server is tested
     job = KottaJob(script="sleep 60", walltime=2)
     job.submit(konn)
     wait_for(lambda: job.status(konn) == "processing", 60, "the job to run")
