@@ -37,6 +37,8 @@ HEARTBEAT_S = 1.0
 MAX_REQUEUES = 3
 #: Days an ended job (its record and files) is kept before it is deleted; 0: for ever.
 KEEP_DAYS = 30.0
+#: Unfinished uploads (S3 multipart, interrupted local writes) older than this are dropped.
+STALE_UPLOAD_S = 86400.0
 #: How often the server deletes the jobs past their keep time, in seconds.
 SWEEP_S = 600.0
 #: How often the server looks for expired leases, in seconds.

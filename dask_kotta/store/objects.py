@@ -8,11 +8,13 @@ keeps them in a bucket. Both refuse keys that would escape their root.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -57,6 +59,8 @@ class ObjectStore(Protocol):
     def upload_plan(self, key: str, size: int) -> dict | None: ...
     def complete_upload(self, key: str, upload_id: str, etags: list[str]) -> None: ...
     def abort_upload(self, key: str, upload_id: str) -> None: ...
+    # Drop what unfinished uploads begun over ``older_than_s`` ago left; returns how many.
+    def abort_stale_uploads(self, older_than_s: float) -> int: ...
     # The key an s3:// URL names if it points into this store, else None.
     def key_for_url(self, url: str) -> str | None: ...
 
@@ -163,6 +167,19 @@ class LocalObjectStore:
 
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def abort_stale_uploads(self, older_than_s: float) -> int:
+        """Remove the ``.part-*`` files a write interrupted by a crash left behind."""
+        cutoff, n = time.time() - older_than_s, 0
+        for parent, _, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".part-"):
+                    path = os.path.join(parent, name)
+                    with contextlib.suppress(OSError):
+                        if os.lstat(path).st_mtime < cutoff:
+                            os.unlink(path)
+                            n += 1
+        return n
 
     def describe(self) -> str:
         return str(self.root)

@@ -77,4 +77,6 @@ def sweep(
     total = 0
     while ids := retention.ended_before(cutoff):
         total += len(delete_jobs(retention, objects, ids))
+    # And uploads nobody finished: a presigned part URL lives 6 h, so a day is long dead.
+    objects.abort_stale_uploads(d.STALE_UPLOAD_S)
     return total

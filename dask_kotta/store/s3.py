@@ -14,6 +14,7 @@ write, with a multipart upload for large outputs), signed by
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import threading
@@ -304,6 +305,24 @@ class S3ObjectStore:
             Bucket=self.bucket, Key=self._key(key), UploadId=upload_id,
             MultipartUpload={"Parts": parts},
         )  # fmt: skip
+
+    def abort_stale_uploads(self, older_than_s: float) -> int:
+        """Abort this store's multipart uploads begun over ``older_than_s`` ago (their parts
+        cost storage until aborted, and a client that died never completes them)."""
+        cutoff = time.time() - older_than_s
+        n = 0
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=f"{self.prefix}/" if self.prefix else ""
+        )
+        for page in pages:
+            for up in page.get("Uploads", []):
+                if up["Initiated"].timestamp() < cutoff:
+                    with contextlib.suppress(Exception):  # completed or aborted meanwhile
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                        )
+                        n += 1
+        return n
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         """Drop the parts of an unfinished multipart upload."""

@@ -98,7 +98,7 @@ def run(
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     rng = random.Random(seed)
     cluster = DaskCluster(base / "cluster", workers=workers, queues=(f"Test={slots}",)).start()
-    extra = ["--database", database] if database else []
+    extra = [f"--database={database}"] if database else []
     svc = Service(base / "svc", scheduler=cluster.address, extra=extra).start()
     ledger = svc.shared
     report, kills = Report(), []

@@ -140,6 +140,21 @@ def test_delete_prefix(store):
     assert store.size("u9/jkeep/a") == 1
 
 
+def test_unfinished_multipart_uploads_are_aborted_once_stale(store):
+    plan = store.upload_plan("u1/stale/big.bin", 40 * 1024 * 1024)
+    assert plan["mode"] == "multipart"
+
+    def open_uploads():
+        listed = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+        return {u["UploadId"] for u in listed.get("Uploads", [])}
+
+    assert plan["upload_id"] in open_uploads()
+    assert store.abort_stale_uploads(older_than_s=3600) == 0  # begun just now: kept
+    assert plan["upload_id"] in open_uploads()
+    assert store.abort_stale_uploads(older_than_s=0) >= 1
+    assert plan["upload_id"] not in open_uploads()
+
+
 def test_bucket_that_may_not_be_created_is_a_clear_error(s3env):
     with pytest.raises(ConfigError, match="cannot be created.*not a valid bucket name"):
         S3ObjectStore.from_url("s3://ab/prefix")

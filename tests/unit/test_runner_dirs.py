@@ -119,3 +119,19 @@ def test_job_directories_of_dead_runners_are_swept_live_and_new_ones_kept(tmp_pa
     workdirs._swept.cache_clear()
     workdirs.Workdir("next", 1).remove()
     assert not young.exists()
+
+
+def test_a_local_store_drops_the_parts_a_crashed_write_left(tmp_path):
+    from dask_kotta.store.objects import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path / "objects")
+    store.put_bytes("u1/job/out.txt", b"kept")
+    stale = tmp_path / "objects" / "u1" / "job" / ".part-123-4"
+    fresh = tmp_path / "objects" / "u1" / "job" / ".part-123-5"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"being written")
+    old = time.time() - 2 * 86400
+    os.utime(stale, (old, old))
+    assert store.abort_stale_uploads(86400) == 1
+    assert not stale.exists() and fresh.exists()
+    assert store.get_bytes("u1/job/out.txt") == b"kept"
