@@ -170,7 +170,8 @@ class Service:
 
     def sweep(self) -> int:
         """Delete the jobs that ended more than ``keep_days`` ago, with their files."""
-        if not self.config.keep_days:
+        if not self.config.keep_days:  # every job is kept; dead uploads still go
+            self.objects.abort_stale_uploads(d.STALE_UPLOAD_S)
             return 0
         n = retention.sweep(self.store.retention, self.objects, self.config.keep_days * 86400)
         if n:
