@@ -39,14 +39,33 @@ def pytest_report_header(config):
     return f"--order={order}" if order.startswith("random") else None
 
 
+# The modules that take longest (a minute or so each on 2 cores), started first: xdist hands
+# whole modules to its processes in this order, and one started last would leave the other
+# process idle at the end. File order otherwise.
+LONG_FIRST = [
+    "tests/integration/test_restart.py",
+    "tests/integration/test_s3_service.py",
+    "tests/integration/test_tls.py",
+    "tests/integration/test_ride_through.py",
+    "tests/integration/test_dask_bag_s3.py",
+    "tests/integration/test_s3_outage.py",
+    "tests/integration/test_client_api.py",
+    "tests/integration/test_chaos.py",
+    "tests/integration/test_containment.py",
+]
+
+
 def pytest_collection_modifyitems(config, items):
     order = config.getoption("--order")
-    if order == "file":
-        return
     # Modules stay whole (as pytest-randomly keeps them), so module-scoped services start once.
     modules: dict[str, list] = {}
     for item in items:
         modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    if order == "file":
+        rank = {name: i for i, name in enumerate(LONG_FIRST)}
+        names = sorted(modules, key=lambda m: rank.get(m, len(rank)))  # stable: file order
+        items[:] = [item for m in names for item in modules[m]]
+        return
     groups = list(modules.values())
     if order == "reverse":
         groups.reverse()

@@ -201,6 +201,12 @@ def test_jobs_past_their_keep_time_are_swept_and_no_other(server, client):
         c.execute(jobs.update().where(jobs.c.id == old).values(ended_at=days_ago))
         # `live` is pending, however old: never swept
         c.execute(jobs.update().where(jobs.c.id == live).values(submitted_at=days_ago))
+    keep = svc.config.keep_days
+    try:
+        svc.config.keep_days = 0  # `--keep 0`: every job is kept
+        assert svc.sweep() == 0 and svc.store.get(old) is not None
+    finally:
+        svc.config.keep_days = keep
     assert svc.sweep() >= 1
     assert svc.store.get(old) is None
     assert svc.store.get(recent) is not None and svc.store.get(live) is not None
