@@ -32,7 +32,6 @@ next job starts a new template.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -49,6 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import owned
 from .process import Outcome, monitor
 
 log = logging.getLogger("dask_kotta.runner")
@@ -115,8 +115,7 @@ class ForkServer:
         sweep_stale_dirs()
         self.dir = Path(tempfile.mkdtemp(prefix="kotta-fs-"))
         # Held while this worker process lives: a directory whose lock is free is a dead one's.
-        self._owner = os.open(self.dir / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._owner, fcntl.LOCK_EX)
+        self._owner = owned.hold(self.dir / _OWNER_LOCK)
         self.path = str(self.dir / "sock")
         read_end, self._keepalive = os.pipe()
         try:
@@ -200,22 +199,11 @@ def sweep_stale_dirs(older_than_s: float = 60.0) -> int:
     yet, hence the age. Returns how many were removed.
     """
     removed = 0
-    now = time.time()
     for path in Path(tempfile.gettempdir()).glob("kotta-fs-*"):
-        try:
-            if not path.is_dir() or path.is_symlink() or now - path.stat().st_mtime < older_than_s:
-                continue
-            fd = os.open(path / _OWNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            continue  # another user's, or gone meanwhile
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            continue  # its worker lives
-        finally:
-            os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
-        removed += 1
+        if path.is_dir() and not path.is_symlink():
+            if owned.abandoned(path, path / _OWNER_LOCK, older_than_s):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
     if removed:
         log.info("removed %d fork-server directories of dead workers", removed)
     return removed

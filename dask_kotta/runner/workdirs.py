@@ -10,14 +10,14 @@ root removes the directories, older than a minute, whose lock nobody holds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import logging
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
+
+from . import owned
 
 log = logging.getLogger("dask_kotta.runner")
 _LOCKS = ".locks"
@@ -51,8 +51,7 @@ class Workdir:
         base = root()
         self.path = Path(tempfile.mkdtemp(prefix=f"{job_id}-{attempt}-", dir=base))
         self._lock = base / _LOCKS / f"{self.path.name}.lock"
-        self._fd = os.open(self._lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._fd = owned.hold(self._lock)
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -68,7 +67,7 @@ def sweep(base: Path, older_than_s: float = 60.0) -> int:
     One made less than ``older_than_s`` ago may not be locked yet: it is left alone.
     """
     locks = base / _LOCKS
-    removed, now = 0, time.time()
+    removed = 0
     try:
         entries = list(os.scandir(base))
     except OSError:
@@ -76,22 +75,12 @@ def sweep(base: Path, older_than_s: float = 60.0) -> int:
     for entry in entries:
         if entry.name == _LOCKS or not entry.is_dir(follow_symlinks=False):
             continue
-        try:
-            if now - entry.stat(follow_symlinks=False).st_mtime < older_than_s:
-                continue
-            fd = os.open(locks / f"{entry.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue  # its runner lives
-        shutil.rmtree(entry.path, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.unlink(locks / f"{entry.name}.lock")
-        os.close(fd)
-        removed += 1
+        lock = locks / f"{entry.name}.lock"
+        if owned.abandoned(Path(entry.path), lock, older_than_s):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+            removed += 1
     if removed:
         log.info("removed %d working directories of jobs whose worker died", removed)
     return removed

@@ -169,10 +169,8 @@ class Service:
             self.finished(full)
 
     def sweep(self) -> int:
-        """Delete the jobs that ended more than ``keep_days`` ago, with their files."""
-        if not self.config.keep_days:  # every job is kept; dead uploads still go
-            self.objects.abort_stale_uploads(d.STALE_UPLOAD_S)
-            return 0
+        """Delete the jobs that ended more than ``keep_days`` ago (0: none), with their files."""
+        # With keep_days 0 every job is kept; dead uploads still go.
         n = retention.sweep(self.store.retention, self.objects, self.config.keep_days * 86400)
         if n:
             log.info("deleted %d job(s) that ended more than %g days ago", n,

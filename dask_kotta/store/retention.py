@@ -72,10 +72,11 @@ def delete_jobs(
 def sweep(
     retention: Retention, objects: ObjectStore, keep_s: float, now: float | None = None
 ) -> int:
-    """Delete every job that ended more than ``keep_s`` seconds ago; returns how many."""
+    """Delete every job that ended more than ``keep_s`` seconds ago (none if 0); returns how
+    many."""
     cutoff = (time.time() if now is None else now) - keep_s
     total = 0
-    while ids := retention.ended_before(cutoff):
+    while keep_s and (ids := retention.ended_before(cutoff)):
         total += len(delete_jobs(retention, objects, ids))
     # And uploads nobody finished: a presigned part URL lives 6 h, so a day is long dead.
     objects.abort_stale_uploads(d.STALE_UPLOAD_S)
