@@ -59,7 +59,10 @@ class RunnerAPI:
         patience_s: float = d.RUNNER_PATIENCE_S,
         adapter: HTTPAdapter | None = None,
     ):
-        self.base = f"{server_url.rstrip('/')}/api/v1/runner/jobs/{job_id}"
+        self.server_url = server_url.rstrip("/")
+        self.base = f"{self.server_url}/api/v1/runner/jobs/{job_id}"
+        #: Who this attempt is, as an end kept on disk names it (``outbox.py``).
+        self.identity = {"id": job_id, "attempt": attempt, "token": token}
         self.patience_s = patience_s
         self._headers = {"Authorization": f"Bearer {token}", "X-Kotta-Attempt": str(attempt)}
         self._adapter = adapter
@@ -171,5 +174,5 @@ class RunnerAPI:
     def upload_result(self, f: BinaryIO) -> int:
         return self._call("PUT", "/result", data=f).json()["size"]
 
-    def finish(self, **body) -> str:
-        return self._call("POST", "/finish", json=body).json()["status"]
+    def finish(self, patience_s: float | None = None, **body) -> str:
+        return self._call("POST", "/finish", patience_s=patience_s, json=body).json()["status"]

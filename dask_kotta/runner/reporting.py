@@ -23,6 +23,9 @@ the point           :class:`Direct`              ``SlotReporting`` (``slot_repor
                                                  returns ``"reported"``
 ==================  ===========================  =======================================
 
+Either way an end the server cannot take when it is sent is written to the
+worker's disk at once (``outbox.py``) and delivered when the server is back.
+
 Whatever does not differ (a dependency's result, the headers staged inputs
 are fetched with, a multipart upload's completion) the runner asks the
 attempt's :class:`~dask_kotta.runner.api.RunnerAPI` directly, as ``reporting.api``.
@@ -33,7 +36,10 @@ from __future__ import annotations
 import threading
 from typing import Any, BinaryIO, Protocol
 
-from .api import LostJob, RunnerAPI
+import requests
+
+from . import outbox
+from .api import BROKEN, LostJob, RunnerAPI
 
 
 class Lease(Protocol):
@@ -141,7 +147,27 @@ class Direct:
         return self.api.upload_result(f)
 
     def report_end(self, **report: Any) -> str:
-        return self.api.finish(**report)
+        try:
+            return self.api.finish(patience_s=0, **report)
+        except BROKEN:
+            pass
+        except requests.HTTPError as e:
+            if e.response is None or e.response.status_code < 500:
+                raise
+        # The server is away: on disk first (the worker may be killed meanwhile), then the
+        # runner's patience; the worker's courier delivers it if that runs out.
+        kept = outbox.keep(self.api.server_url, {**report, **self.api.identity})
+        try:
+            status = self.api.finish(**report)
+        except LostJob:
+            outbox.drop(kept)
+            raise
+        except Exception:
+            if kept is None:
+                raise
+            return "end kept on disk"
+        outbox.drop(kept)
+        return status
 
     def close(self) -> None:
         self.api.close()

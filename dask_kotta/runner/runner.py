@@ -34,7 +34,7 @@ from ..claim import Claim
 from ..errors import ContainmentError, UnsafePathError
 from ..paths import resolve_inside
 from ..transfer.common import StagingError
-from . import envs, isolation
+from . import envs, isolation, outbox
 from .api import LostJob, RunnerAPI
 from .forkserver import run_forked
 from .process import run_process
@@ -127,6 +127,7 @@ def _run_child(
 
 def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
     """Run one attempt of a Kotta job, as its own dask task; see the module docstring."""
+    outbox.start()  # ends a dead worker process of this host left on disk go out first
     api = RunnerAPI(server_url, job_id, attempt, token)
     try:
         job = api.claim()

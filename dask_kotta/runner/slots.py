@@ -32,11 +32,16 @@ The policy, step by step:
    claimed jobs are to run, a flush on the host's timer sends the kept ends
    at most ``FLUSH_S`` later, or at once past ``FLUSH_BYTES`` of inline
    files. The server records a batch of ends in one transaction.
-6. **End of a slot.** A slot ends when the server refuses its secret (a new
+6. **Server away.** Ends the slot could not send (the server unreachable, or
+   failing) are written to the worker's disk at once (``outbox.py``), so a
+   worker killed before the server is back does not lose them; they are
+   removed once the server has them.
+7. **End of a slot.** A slot ends when the server refuses its secret (a new
    server process: that one starts its own slots), says it is stopping
    (:func:`end_slots`), or stays unreachable for ``SLOT_PATIENCE_S``. Ends
    not reported then go through each job's own ``/finish``, with a runner's
-   longer patience (:meth:`Slot.report_alone`).
+   longer patience (:meth:`Slot.report_alone`); what still cannot be
+   delivered waits on disk for the worker's courier.
 
 All the slot's jobs share one HTTP connection pool. What the slots of a
 worker process share (the timer thread for heartbeats, deferred phases and
@@ -56,8 +61,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
-from . import forkserver
-from .api import BROKEN, RunnerAPI, worker_name
+from . import forkserver, outbox
+from .api import BROKEN, LostJob, RunnerAPI, worker_name
 from .runner import run_claimed
 from .slot_host import SlotHost, process_host
 from .slot_reporting import SlotReporting
@@ -112,6 +117,8 @@ class Slot:
         self._lock = threading.Lock()  # the reports: the timer thread flushes them too
         self._reports: list[dict[str, Any]] = []
         self._flush_due = False
+        #: (job id, attempt) -> the file of an end kept on disk while the server was away
+        self._kept: dict[tuple[str, int], Any] = {}
 
     def close(self) -> None:
         self.session.close()
@@ -139,23 +146,45 @@ class Slot:
         except SlotEnded:
             self.report_alone()
 
+    def _keep_on_disk(self, reports: Sequence[dict[str, Any]]) -> None:
+        """Write the ends not kept yet to the outbox: the server did not take them."""
+        for r in reports:
+            key = (r["id"], r["attempt"])
+            if key not in self._kept:
+                self._kept[key] = outbox.keep(self.server_url, r)
+
+    def _delivered(self, reports: Sequence[dict[str, Any]]) -> None:
+        for r in reports:
+            outbox.drop(self._kept.pop((r["id"], r["attempt"]), None))
+
     def report_alone(self) -> None:
         """Each kept end through its own job's ``/finish`` (the slot's server is gone)."""
         with self._lock:
             reports, self._reports = self._reports, []
+        if not reports:
+            return
+        # On disk first: the worker may be killed while the server is away.
+        self._keep_on_disk(reports)
         # One runner's patience for all of them, not one each: a server gone for good must
         # not hold up the worker's close by a multiple of it.
         deadline = time.monotonic() + d.RUNNER_PATIENCE_S
         for r in reports:
             patience = max(0.0, deadline - time.monotonic())
-            api = RunnerAPI(self.server_url, r.pop("id"), r.pop("attempt"), r.pop("token"),
+            body = {k: v for k, v in r.items() if k not in ("id", "attempt", "token")}
+            api = RunnerAPI(self.server_url, r["id"], r["attempt"], r["token"],
                             patience_s=patience)  # fmt: skip
             try:
-                api.finish(**r)
-            except Exception as e:  # lost meanwhile, or the server never came back
-                log.warning("could not report the end of a job: %s", e)
+                api.finish(**body)
+            except LostJob as e:
+                log.warning("job %s: its end came after it was taken from this attempt: %s",
+                            r["id"], e)  # fmt: skip
+            except Exception as e:  # the server never came back (yet): the courier goes on
+                log.warning("job %s: end not delivered (%s); kept on disk for the server's return",
+                            r["id"], e)  # fmt: skip
+                continue
             finally:
                 api.close()
+            self._delivered([r])
 
     def next(
         self, want: int = 1, wait: float = NEXT_WAIT_S, waiting: Sequence[dict[str, Any]] = ()
@@ -189,6 +218,7 @@ class Slot:
                     raise SlotEnded(r.text[:300])
                 if r is not None and r.status_code == 200:
                     sent = True
+                    self._delivered(reports)
                     answer = r.json()
                     for report, status in zip(reports, answer.get("done") or (), strict=False):
                         if status is None:  # said, not silently dropped: see issue 13
@@ -196,6 +226,8 @@ class Slot:
                                         "taken from this attempt (cancelled or requeued)",
                                         report.get("id"), report.get("attempt"))  # fmt: skip
                     return answer["jobs"], set(answer["lost"])
+                if reports:
+                    self._keep_on_disk(reports)
                 if time.monotonic() > deadline:
                     raise SlotEnded(f"server unreachable for {SLOT_PATIENCE_S:.0f} s")
                 self.host.pause(delay)
@@ -237,6 +269,7 @@ def _run_batch(slot: Slot, claims: list[dict[str, Any]], want: int) -> int:
 def run_slot(server_url: str, queue: str, token: str) -> str:
     """A dask task: run jobs of ``queue`` in batches until the server ends this slot."""
     forkserver.get()  # warm the template now rather than on the first job
+    outbox.start()  # ends a dead worker process of this host left on disk go out first
     with process_host().running() as host:
         return _serve(Slot(server_url, queue, token, host))
 

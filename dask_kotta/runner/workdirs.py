@@ -73,7 +73,8 @@ def sweep(base: Path, older_than_s: float = 60.0) -> int:
     except OSError:
         return 0
     for entry in entries:
-        if entry.name == _LOCKS or not entry.is_dir(follow_symlinks=False):
+        # Dot names are the runner's own (``.locks``, the outbox), never a job's directory.
+        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
             continue
         lock = locks / f"{entry.name}.lock"
         if owned.abandoned(Path(entry.path), lock, older_than_s):

@@ -56,6 +56,9 @@ class EndReport:
     phases: Sequence[tuple[str, float]] = ()
 
 
+# Where an attempt's end is taken: running, or pending after the job was taken back from it.
+_ENDABLE = (*d.ACTIVE_STATUSES, d.PENDING)
+
 # Runner-reported phases may only follow each other in this order.
 _FORWARD = {
     d.PROCESSING: (d.STAGING_INPUTS,),
@@ -83,7 +86,7 @@ _CLAIM = (
 _ENDING = sa.select(
     jobs.c.id, jobs.c.owner, jobs.c.queue, jobs.c.name, jobs.c.jobtype, jobs.c.submitted_at,
     jobs.c.status, jobs.c.attempt, jobs.c.dispatch_hash, jobs.c.failures, jobs.c.retries,
-    jobs.c.requeues,
+    jobs.c.requeues, jobs.c.worker,
 ).where(jobs.c.id.in_(_b("b_ids", expanding=True)))  # fmt: skip
 _END = (
     jobs.update()
@@ -96,6 +99,8 @@ _END = (
         t_stage_in=_b("t_stage_in"), t_run=_b("t_run"), t_stage_out=_b("t_stage_out"),
         outputs=_b("outputs"), has_result=_b("has_result"), failures=_b("failures"),
         requeues=_b("requeues"), ended_at=_b("ended_at"), lease_until=None,
+        # An ended attempt's token is spent: the same end sent twice is recorded once.
+        dispatch_hash=None,
     )
 )  # fmt: skip
 _RENEW = (
@@ -172,7 +177,8 @@ class Attempts:
             res = c.execute(
                 jobs.update()
                 .where(jobs.c.id == job_id, jobs.c.status == d.PENDING, jobs.c.attempt == attempt)
-                .values(attempt=attempt + 1, dispatch_hash=dispatch_hash)
+                # No worker until one claims it: an attempt nobody claimed cannot end the job.
+                .values(attempt=attempt + 1, dispatch_hash=dispatch_hash, worker="")
             )
             return attempt + 1 if res.rowcount == 1 else None
 
@@ -311,6 +317,13 @@ class Attempts:
     ) -> list[dict[str, Any] | None]:
         """Record the ends of attempts, one or a slot's batch, in one transaction.
 
+        An attempt may end its job while it holds it, or *late*: after the job
+        was taken back from it (its worker gone, its lease run out) and before
+        another attempt claimed it (the job is pending with this attempt's
+        number and token still). Then the job is not run again: the end a worker
+        kept on disk while the server was away counts (``runner/outbox.py``).
+        Recording an end spends the attempt's token, so an end is recorded once.
+
         ``before(job, i)`` is called for each attempt that still holds its job,
         before the end of ``reports[i]`` is written (the server stores the
         attempt's inline files there, so a completed job's files exist).
@@ -336,8 +349,12 @@ class Attempts:
                     row = held.get(r.job_id)
                     if (
                         row is None
-                        or row.status not in d.ACTIVE_STATUSES
+                        or row.status not in _ENDABLE
                         or (row.attempt, row.dispatch_hash) != (r.attempt, r.dispatch_hash)
+                        # Pending: only an attempt that held the job (its claim named a
+                        # worker; a dispatch that nobody claimed yet names none) may end it,
+                        # and not by a requeue (it was taken back already: nothing to add).
+                        or (row.status == d.PENDING and (not row.worker or r.requeue))
                     ):
                         break
                     if before is not None:

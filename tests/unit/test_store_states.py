@@ -213,6 +213,42 @@ def test_an_end_is_recorded_when_a_phase_lands_between_its_read_and_its_write(st
     ]  # fmt: skip
 
 
+def test_a_late_end_of_a_taken_back_attempt_ends_the_job_until_another_claims_it(store, owner):
+    """Issue 13, item 3: an end kept on a worker's disk while the server was away."""
+    jid = reach(store, owner, d.PROCESSING)
+    assert store.requeue_or_fail(jid, 1, "its worker is gone", 3) == d.PENDING
+    assert not store.heartbeat(jid, 1, H, 60), "taken back: the attempt holds no lease"
+    assert end(store, jid) == d.COMPLETED, "the late end of the attempt that ran it counts"
+    got = store.get(jid)
+    assert (got["attempt"], got["requeues"], got["failures"]) == (1, 1, 0)
+    assert end(store, jid) is None, "and only once"
+    # Claimed again first: the new attempt runs, the late end of the old one is refused.
+    jid = reach(store, owner, d.PROCESSING)
+    assert store.requeue_or_fail(jid, 1, "its worker is gone", 3) == d.PENDING
+    (claimed,) = store.claim_next("Test", ["h2"], 60, "w2")
+    assert claimed["id"] == jid and claimed["attempt"] == 2
+    assert end(store, jid) is None
+    assert store.get(jid)["status"] == d.STAGING_INPUTS
+    assert end(store, jid, 2, "h2") == d.COMPLETED
+
+
+def test_a_late_end_never_counts_twice(store, owner):
+    # A failure that was recorded (the job went back to pending for its retry), sent again:
+    jid = reach(store, owner, d.PROCESSING)
+    assert end(store, jid, ok=False, retry=True) == d.PENDING
+    assert end(store, jid, ok=False, retry=True) is None
+    assert store.get(jid)["failures"] == 1
+    # A lost attempt's own requeue report, after the server already took the job back:
+    jid = reach(store, owner, d.PROCESSING)
+    assert store.requeue_or_fail(jid, 1, "its worker is gone", 3) == d.PENDING
+    assert end(store, jid, ok=False, requeue=True) is None
+    assert store.get(jid)["requeues"] == 1
+    # An attempt dispatched but never claimed (one dask task per job) ran nothing:
+    jid = new_job(store, owner)
+    assert store.dispatch(jid, H) == 1
+    assert end(store, jid) is None and store.get(jid)["status"] == d.PENDING
+
+
 def test_the_database_knows_exactly_the_python_statuses(store, owner):
     with store.engine.connect() as c:
         ddl = c.execute(sa.text("SELECT sql FROM sqlite_master WHERE name = 'jobs'")).scalar()

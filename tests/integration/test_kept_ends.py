@@ -1,0 +1,48 @@
+"""An end that the server could not take is kept on the worker's disk (issue 13, item 3).
+
+The job ends while the server is down; its worker is killed before the server is
+back. The end, kept on disk by the slot, is delivered by the restarted worker
+process: the job completes from its one run and is not run again.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import cloudpickle
+import pytest
+from chaos import _worker_processes, work
+from kotta_testing import DaskCluster, Service, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_an_end_kept_while_the_server_was_down_is_delivered_by_the_next_worker(tmp_path):
+    cloudpickle.register_pickle_by_value(sys.modules[work.__module__])
+    work_dir = tmp_path / "work"
+    cluster = DaskCluster(tmp_path / "cluster", workers=1, queues=("Test=1",))
+    cluster.env["KOTTA_WORK_DIR"] = str(work_dir)
+    outbox = work_dir / ".outbox"
+    with cluster.start(), Service(tmp_path / "svc", scheduler=cluster.address).start() as svc:
+        ledger = svc.shared
+        konn = svc.konn()
+        (job,) = konn.submit_many([(work, ("once", str(ledger), 2.0))], walltime=2)
+        wait_for(lambda: list(ledger.glob("once.*.start")), 60, "the job to start")
+        svc.kill9()
+        wait_for(lambda: list(ledger.glob("once.*.done")), 30, "the job to end")
+        kept = wait_for(lambda: list(outbox.glob("*.json")), 30, "its end kept on disk")
+        assert [p.name for p in kept] == [f"{job.job_id}.1.json"]
+        assert oct(outbox.stat().st_mode & 0o777) == "0o700"  # it holds the dispatch token
+        (worker,) = _worker_processes(cluster)
+        worker.kill()
+        worker.wait(10)
+        time.sleep(1)
+        svc.start()
+        konn = svc.konn()
+        assert job.get_results(konn, timeout=60) == "once"
+        runs = sorted(p.name for p in ledger.glob("once.*.start"))
+        assert len(runs) == 1, f"the job ran again: {runs}"
+        wait_for(lambda: not list(outbox.glob("*.json")), 30, "the kept end to be removed")
+        events = [e["status"] for e in konn.events(job.job_id)]
+        assert events[-1] == "completed", events
