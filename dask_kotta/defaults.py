@@ -37,6 +37,9 @@ HEARTBEAT_S = 1.0
 MAX_REQUEUES = 3
 #: Days an ended job (its record and files) is kept before it is deleted; 0: for ever.
 KEEP_DAYS = 30.0
+#: The longest keep time a job may ask for (``keep_days``), in days: 100 years. Longer is a
+#: mistake (a job kept for ever says ``keep_days=0``).
+MAX_JOB_KEEP_DAYS = 36525.0
 #: Unfinished uploads (S3 multipart, interrupted local writes) older than this are dropped.
 STALE_UPLOAD_S = 86400.0
 #: How often the server deletes the jobs past their keep time, in seconds.

@@ -21,6 +21,9 @@ Its JSON form (:meth:`JobSpec.to_json`) is what the API takes::
     executable       the command line a script job runs instead of its script
     requirements     requirements.txt text: the job runs in that environment
     retries          0..100 runs again after a failure
+    keep_days        days the job is kept after it ends (fractions allowed), then deleted
+                     with its files; 0 keeps it for ever; omitted or null: the server's
+                     --keep. A server with --max-keep refuses more (and 0).
     client           versions of the client (python jobs)
     annotations      free JSON the client keeps with the job (e.g. Dask's settings)
     idempotency_key  a repeated submit with the same key makes no second job
@@ -28,6 +31,7 @@ Its JSON form (:meth:`JobSpec.to_json`) is what the API takes::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlparse
@@ -80,6 +84,28 @@ def input_name(url: str) -> str:
         raise ValueError(f"input {url!r} names no file (its path has no base name)") from None
 
 
+def keep_days_value(value: Any) -> float | None:
+    """A job's ``keep_days`` checked: None (the server's default), 0 (for ever) or days.
+
+    Raises ``ValueError`` naming the field for a negative, non-finite or absurd
+    (over :data:`~dask_kotta.defaults.MAX_JOB_KEEP_DAYS`) value, or one that is no number.
+    """
+    if value is None:
+        return None
+    try:
+        if isinstance(value, bool):  # float(True) is 1.0: a flag given by mistake, not a day
+            raise TypeError
+        days = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"keep_days {value!r} is not a number of days") from None
+    if not (math.isfinite(days) and 0 <= days <= d.MAX_JOB_KEEP_DAYS):
+        raise ValueError(
+            f"keep_days must be 0 (keep the job for ever) or a number of days up to "
+            f"{d.MAX_JOB_KEEP_DAYS:g}, got {value!r}"
+        )
+    return days
+
+
 def _path(value: Any, what: str) -> str:
     """A user's relative path in the job's directory, normalised; ``.kotta/`` is the service's."""
     name = safe_relpath(value, what)  # UnsafePathError is a ValueError: its message is kept
@@ -109,6 +135,7 @@ class JobSpec(BaseModel):
     stdout: str = STDOUT
     stderr: str = STDERR
     retries: int = 0
+    keep_days: float | None = None
     name: str = ""
     requirements: str | None = None
     script: str | None = None
@@ -211,6 +238,11 @@ class JobSpec(BaseModel):
         if not 0 <= n <= 100:
             raise ValueError("retries must be between 0 and 100")
         return n
+
+    @field_validator("keep_days", mode="before")
+    @classmethod
+    def _keep_days(cls, v: Any) -> float | None:
+        return keep_days_value(v)
 
     @field_validator("name", mode="before")
     @classmethod

@@ -33,6 +33,12 @@ def _dur(x: float | None) -> str:
     return "-" if x is None else (f"{x * 1000:.0f}ms" if x < 1 else f"{x:.2f}s")
 
 
+def _kept(days: float | None) -> str:
+    if days is None:
+        return "the server's --keep after it ends"
+    return "for ever" if days == 0 else f"{days:g} days after it ends"
+
+
 def _when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
@@ -57,8 +63,16 @@ def _when(t: float | None) -> str:
 @click.option(
     "--executable", "-e", default=None, help="Command line to run. Default: the script itself."
 )
+@click.option(
+    "--keep",
+    type=float,
+    default=None,
+    metavar="DAYS",
+    help="Delete the job (record, logs, outputs) this many days after it ends; fractions "
+    "allowed, 0 keeps it for ever. Default: the server's --keep.",
+)
 @click.option("--wait/--no-wait", default=False, help="Wait for the job and print its STDOUT.")
-def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable, wait):
+def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable, keep, wait):
     """Submit SCRIPT as a Kotta script job; prints its id."""
     from ..client.job import KottaJob
 
@@ -67,6 +81,7 @@ def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable
     job = KottaJob(
         jobtype="script", jobname=name or path.name, script=path.read_text(), script_name=path.name,
         executable=executable, queue=queue, walltime=walltime, inputs=inputs, outputs=outputs,
+        keep_days=keep,
     )  # fmt: skip
     job.submit(konn)
     click.echo(job.job_id)
@@ -92,6 +107,7 @@ def status(auth_file, job_id):
         ("submitted", _when(j["submitted_at"])), ("started", _when(j["started_at"])), ("ended", _when(j["ended_at"])),
         ("stage in", _dur(t["stage_in"])), ("run", _dur(t["run"])), ("stage out", _dur(t["stage_out"])),
         ("total", _dur(total)), ("attempts", str(j["attempt"])), ("worker", j["worker"] or "-"),
+        ("kept", _kept(j.get("keep_days"))),
     ]  # fmt: skip
     for k, v in lines:
         click.echo(f"{k:<10} {v}")

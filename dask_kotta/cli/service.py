@@ -40,8 +40,25 @@ def _keep(ctx, param, value):
     return value
 
 
+def _max_keep(ctx, param, value):
+    if value is not None and not value > 0:
+        raise click.BadParameter("must be a number of days > 0", param=param)
+    ctx.meta["dask_kotta.max_keep"] = value
+    return value
+
+
 def _server_options(f):
     f = upgrade_db_option(f)
+    f = click.option(
+        "--max-keep",
+        envvar="DASK_KOTTA_MAX_KEEP_DAYS",
+        type=float,
+        expose_value=False,
+        callback=_max_keep,
+        metavar="DAYS",
+        help="Keep no ended job longer than this, whatever it asked (keep_days) or --keep "
+        "says; a job asking for more, or for ever, is refused. [default: no bound]",
+    )(f)
     f = click.option(
         "--keep",
         envvar="DASK_KOTTA_KEEP_DAYS",
@@ -50,7 +67,8 @@ def _server_options(f):
         callback=_keep,
         metavar="DAYS",
         help=f"Delete an ended job (record, logs, outputs, result) this many days after it "
-        f"ended; 0 keeps every job. [default: {d.KEEP_DAYS:g}]",
+        f"ended, unless it asked for its own time (keep_days); 0 keeps every job that did "
+        f"not. [default: {d.KEEP_DAYS:g}]",
     )(f)
     f = click.option(
         "--lease",
@@ -162,6 +180,7 @@ def _config(
         allow_uncontained=allow_uncontained, policy_file=meta.get("dask_kotta.policy"),
         lease_s=meta.get("dask_kotta.lease") or d.LEASE_S,
         keep_days=d.KEEP_DAYS if meta.get("dask_kotta.keep") is None else meta["dask_kotta.keep"],
+        max_keep_days=meta.get("dask_kotta.max_keep"),
     )  # fmt: skip
 
 
@@ -427,34 +446,3 @@ def token(name, output, data_dir, database, url, port):
     issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}")
     store.close()
     click.echo(f"wrote {output} for user {name!r}")
-
-
-@main.command()
-@click.option("--data-dir", type=click.Path(file_okay=False), default=d.DATA_DIR, show_default=True)
-@click.option("--database", envvar="DASK_KOTTA_DATABASE", help="SQLAlchemy URL of the job store.")
-@click.option("--store", envvar="DASK_KOTTA_STORE", help="Object store (as the server's --store).")
-@click.option(
-    "--keep",
-    envvar="DASK_KOTTA_KEEP_DAYS",
-    type=click.FloatRange(min=0, min_open=True),
-    default=d.KEEP_DAYS,
-    show_default=True,
-    metavar="DAYS",
-    help="Delete the jobs that ended more than this many days ago.",
-)
-def gc(data_dir, database, store, keep):
-    """Delete old ended jobs (records, logs, outputs, results) now.
-
-    A running server does the same every 10 minutes with its own --keep; this is
-    for a server that is stopped, or to catch up at once.
-    """
-    from ..store import retention
-    from ..store.jobs import JobStore
-    from ..store.objects import open_store
-
-    jobstore = JobStore(database or str(Path(data_dir) / "jobs.sqlite"))
-    try:
-        n = retention.sweep(jobstore.retention, open_store(store, data_dir), keep * 86400)
-    finally:
-        jobstore.close()
-    click.echo(f"deleted {n} job(s) that ended more than {keep:g} days ago")

@@ -189,6 +189,7 @@ class Kotta:
         walltime: float = d.WALLTIME_MIN,
         requirements: str | None = None,
         retries: int = 0,
+        keep_days: float | None = None,
         chunk: int = 1000,
     ) -> list[KottaJob]:
         """Submit many jobs in a few requests; returns their ``KottaJob`` futures, in order.
@@ -196,7 +197,9 @@ class Kotta:
         Each item is a ``KottaJob`` (a script job, or a python one made with
         ``KottaJob.call(fn, *args)`` / ``.with_call(...)``) or a python call as
         a tuple ``(fn, args)`` or ``(fn, args, kwargs)``; the keyword options
-        apply to the tuples. Up to ``chunk`` jobs go in one request, each with
+        (``keep_days``: days each job is kept after it ends, ``0`` for ever,
+        ``None`` the server's ``--keep``; see ``KottaJob``) apply to the
+        tuples, a ``KottaJob`` keeps its own. Up to ``chunk`` jobs go in one request, each with
         its own idempotency key, so a retried request never makes a job twice.
 
         >>> jobs = konn.submit_many([(inc, (i,)) for i in range(1000)], queue='Test', walltime=5)
@@ -210,6 +213,7 @@ class Kotta:
                 item = KottaJob(
                     jobtype="python", jobname=getattr(fn, "__name__", "function"), queue=queue,
                     walltime=walltime, requirements=requirements, retries=retries,
+                    keep_days=keep_days,
                 ).with_call(fn, *args, **kwargs)  # fmt: skip
             out.append(item)
         for i in range(0, len(out), chunk):

@@ -17,6 +17,7 @@ def kottajob(
     block: bool = True,
     requirements: str | None = None,
     retries: int = 0,
+    keep_days: float | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Make a function run on Kotta.
 
@@ -24,7 +25,10 @@ def kottajob(
     walltime of 5 minutes (fractions allowed: ``0.1`` is 6 s). With
     ``block=True`` (default) a call waits and returns the function's value, or
     raises its exception with the remote traceback; with ``block=False`` it
-    returns a ``KottaJob`` future. ``requirements`` is requirements.txt text.
+    returns a ``KottaJob`` future. ``requirements`` is requirements.txt text;
+    ``retries`` runs a failed call again up to that many times. ``keep_days``
+    is how long each call's job (record, outputs, result) is kept after it ends
+    (fractions allowed; ``0``: for ever; ``None``: the server's ``--keep``).
 
     The decorated function also takes ``inputs='url, url'`` (staged into its
     working directory before it runs) and ``outputs='a.csv, b.csv'`` (uploaded
@@ -45,6 +49,7 @@ def kottajob(
                 outputs=outputs or "",
                 requirements=requirements,
                 retries=retries,
+                keep_days=keep_days,
             ).with_call(fn, *args, **kwargs)
             job.submit(konn)
             if block:

@@ -36,7 +36,7 @@ _DOCUMENTED = {
     "script_name": None,
     "executable": None,
 }
-_EXTRA = {"requirements": None, "retries": 0, "annotations": None}
+_EXTRA = {"requirements": None, "retries": 0, "keep_days": None, "annotations": None}
 
 
 class KottaJob:
@@ -49,7 +49,10 @@ class KottaJob:
     ``STDERR.txt``), ``jobtype``, ``jobname``, ``script`` (the script's text),
     ``script_name`` (its file name on the worker), ``executable`` (the command
     line to run, e.g. ``'/bin/bash myscript.sh'``), ``requirements``
-    (requirements.txt text) and ``retries``.
+    (requirements.txt text), ``retries`` and ``keep_days``: days the job (its
+    record, logs, outputs and result) is kept after it ends, then deleted;
+    fractions allowed, ``0`` keeps it for ever, ``None`` (default) follows the
+    server's ``--keep`` (30 days unless its operator says otherwise).
 
     >>> job = KottaJob(jobname='hello', executable='/bin/bash myscript.sh',
     ...                script_name='myscript.sh', script='#!/bin/bash\\n echo "Hello World!"')
@@ -139,6 +142,7 @@ class KottaJob:
                 "executable": desc["executable"],
                 "requirements": desc["requirements"],
                 "retries": desc["retries"],
+                "keep_days": desc["keep_days"],
                 "annotations": desc["annotations"],
                 "client": versions() if desc["jobtype"] == "python" else None,
             }
@@ -303,6 +307,7 @@ class KottaJob:
             jobname=info["name"],
             queue=info["queue"],
             walltime=info["walltime_min"],
+            keep_days=info.get("keep_days"),
         )
         job.apply_record(info, konn)
         return job

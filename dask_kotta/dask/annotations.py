@@ -7,6 +7,7 @@ Recognised annotations (everything else, e.g. distributed's ``priority`` or
     walltime      minutes (fractions allowed)
     requirements  requirements.txt text: the job runs in that environment
     retries       how many times a failing job is run again
+    keep_days     days the job is kept after it ends (0: for ever; absent: the server's)
     resources     {'vCPU': 16, 'MEM': '64GB'}: the smallest queue that fits
     inputs        URLs staged into the job's working directory
     fuse          False: this task runs in a job of its own
@@ -26,6 +27,7 @@ from urllib.parse import urlparse
 from dask.utils import format_bytes, parse_bytes
 
 from ..errors import ConfigError
+from ..jobspec import keep_days_value
 from ..urls import NoFileNameError, staged_name
 
 #: Names a ``resources`` annotation may use, case-insensitively, and what they mean.
@@ -49,6 +51,8 @@ class JobSettings:
     walltime_min: float
     requirements: str | None = None
     retries: int = 0
+    #: Days the job is kept after it ends (0: for ever); None: the server's ``--keep``.
+    keep_days: float | None = None
     #: The ``resources`` annotation, normalised to ``(("MEM", bytes), ("vCPU", n))``.
     resources: tuple[tuple[str, float], ...] = ()
     #: False: the task runs in a job of its own and nothing is fused into it.
@@ -63,6 +67,8 @@ class JobSettings:
         }
         if self.requirements:
             out["requirements"] = self.requirements
+        if self.keep_days is not None:
+            out["keep_days"] = self.keep_days
         if self.resources:
             out["resources"] = {
                 k: (format_bytes(int(v)) if k == "MEM" else v) for k, v in self.resources
@@ -145,6 +151,10 @@ class SettingsResolver:
             raise AnnotationError(
                 f"task {key!r}: retries must be an integer 0..100, got {retries!r}"
             )
+        try:
+            keep_days = keep_days_value(ann.get("keep_days", d.keep_days))
+        except ValueError as e:
+            raise AnnotationError(f"task {key!r}: {e}") from None
         requirements = ann.get("requirements", d.requirements)
         if requirements is not None and not isinstance(requirements, str):
             raise AnnotationError(f"task {key!r}: requirements must be requirements.txt text")
@@ -153,6 +163,7 @@ class SettingsResolver:
             walltime_min=walltime,
             requirements=requirements or None,
             retries=retries,
+            keep_days=keep_days,
             resources=resources,
             fuse=bool(ann.get("fuse", d.fuse)),
         )

@@ -22,7 +22,7 @@ tiny tasks must not become 1,000 jobs. The cut keeps three properties:
    ``log2(8) + 1``.
 
 Tasks join a fragment only with equal ``JobSettings`` (queue, walltime,
-requirements, retries): a task annotated for ``Prod`` never rides in a
+requirements, retries, keep_days): a task annotated for ``Prod`` never rides in a
 ``Test`` job. A ``fuse=False`` task gets a fragment of its own. Input URLs are
 unioned per fragment, except that two inputs staged under the same file name
 never share one.

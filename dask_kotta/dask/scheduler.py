@@ -36,7 +36,7 @@ side), this module (the loop and its I/O).
    Dask fused from parts with different annotations is split back.
 
 2. **Settle each task's job settings** (``annotations.py``): queue, walltime,
-   requirements, retries, from ``dask.annotate`` or this scheduler's
+   requirements, retries, keep_days, from ``dask.annotate`` or this scheduler's
    defaults; ``resources={'vCPU': 16, 'MEM': '64GB'}`` picks the smallest
    queue of ``konn.queues()`` that fits; ``inputs`` are URLs to stage.
 
@@ -121,7 +121,7 @@ from ..errors import (
     ServerUnavailableError,
     remote_error,
 )
-from ..jobspec import JobSpec
+from ..jobspec import JobSpec, keep_days_value
 from . import remote
 from .annotations import JobSettings, SettingsResolver
 from .graph import Graph, build
@@ -168,9 +168,11 @@ DEFAULT_PARALLELISM = 8
 class KottaScheduler:
     """A Dask ``get`` function that runs each piece of a graph as a Kotta python job.
 
-    ``queue``, ``walltime`` (minutes), ``requirements`` (requirements.txt text)
-    and ``retries`` are the defaults for tasks without ``dask.annotate``
-    settings. ``parallelism`` is how many jobs the independent roots of a graph
+    ``queue``, ``walltime`` (minutes), ``requirements`` (requirements.txt text),
+    ``retries`` and ``keep_days`` are the defaults for tasks without ``dask.annotate``
+    settings. ``keep_days`` is how long each job (its results included) is kept after
+    it ends (``0``: for ever; ``None``: the server's ``--keep``): a job's results are
+    read by the jobs after it, so keep them longer than the graph takes. ``parallelism`` is how many jobs the independent roots of a graph
     are spread over; by default, the job slots the cluster has for ``queue``
     right now (as the server reports them), or 8 when it reports none. ``fuse=False`` runs every task as its own job. ``max_tasks_per_job``
     caps a fragment's size. See the module docstring for the algorithm.
@@ -184,6 +186,7 @@ class KottaScheduler:
         requirements: str | None = None,
         retries: int = 0,
         *,
+        keep_days: float | None = None,
         parallelism: int | None = None,
         fuse: bool = True,
         max_tasks_per_job: int | None = None,
@@ -197,6 +200,7 @@ class KottaScheduler:
             walltime_min=float(walltime),
             requirements=requirements,
             retries=int(retries),
+            keep_days=keep_days_value(keep_days),
         )
         self.parallelism = parallelism
         self.fuse = fuse
@@ -360,6 +364,7 @@ class _Run:
                         "queue": s.queue,
                         "walltime_min": s.walltime_min,
                         "retries": s.retries,
+                        "keep_days": s.keep_days,
                         "requirements": s.requirements or None,
                         "inputs": f.inputs,
                         "outputs": [REQUESTED_FILE] if f.returns and f.shared else [],

@@ -61,7 +61,7 @@ async def submit(
     specs = []
     for i, (raw, payload) in enumerate(items):
         try:
-            spec = check_spec(raw, s.queues, payload is not None)
+            spec = check_spec(raw, s.queues, payload is not None, s.config.max_keep_days)
             # 403 for an input in another user's part of the store or in an ungranted bucket
             input_keys, granted = place_inputs(s, user, spec["inputs"], hosts)
         except (APIError, UnsafePathError) as e:

@@ -45,6 +45,9 @@ class ServerConfig:
     max_requeues: int = d.MAX_REQUEUES
     #: Days an ended job is kept (``--keep``); 0 keeps every job for ever.
     keep_days: float = d.KEEP_DAYS
+    #: The longest any job is kept (``--max-keep``), its own ``keep_days`` and ``keep_days``
+    #: included; None: no bound.
+    max_keep_days: float | None = None
     #: Run jobs uncontained on workers that cannot contain them (``--allow-uncontained``).
     allow_uncontained: bool = False
     #: The only user served, when jobs here cannot be contained (``uncontained`` says why).
@@ -169,11 +172,16 @@ class Service:
             self.finished(full)
 
     def sweep(self) -> int:
-        """Delete the jobs that ended more than ``keep_days`` ago (0: none), with their files."""
-        # With keep_days 0 every job is kept; dead uploads still go.
-        n = retention.sweep(self.store.retention, self.objects, self.config.keep_days * 86400)
+        """Delete the jobs past their keep time, with their files: their own ``keep_days``,
+        else the server's (0: for ever), at most ``max_keep_days``."""
+        # With keep_days 0, jobs that name no keep time are kept; dead uploads still go.
+        cap = self.config.max_keep_days
+        n = retention.sweep(
+            self.store.retention, self.objects, self.config.keep_days * 86400,
+            max_keep_s=cap * 86400 if cap else None,
+        )  # fmt: skip
         if n:
-            log.info("deleted %d job(s) that ended more than %g days ago", n,
+            log.info("deleted %d job(s) past their keep time (default %g days)", n,
                      self.config.keep_days)  # fmt: skip
         return n
 

@@ -30,8 +30,14 @@ def input_basename(url: str) -> str:
         raise InvalidRequestError(str(e)) from None
 
 
-def check_spec(raw: Any, queues: dict[str, Queue], has_payload: bool) -> dict[str, Any]:
-    """Return a normalised copy of a job description, or raise ``InvalidRequestError``."""
+def check_spec(
+    raw: Any, queues: dict[str, Queue], has_payload: bool, max_keep_days: float | None = None
+) -> dict[str, Any]:
+    """Return a normalised copy of a job description, or raise ``InvalidRequestError``.
+
+    ``max_keep_days`` is the server's ``--max-keep``: a job may not ask to be kept longer
+    (nor for ever).
+    """
     spec = JobSpec.parse(raw)
     queue = queues.get(spec.queue)
     if queue is None:
@@ -40,6 +46,11 @@ def check_spec(raw: Any, queues: dict[str, Queue], has_payload: bool) -> dict[st
         raise InvalidRequestError(
             f"walltime {spec.walltime_min:g} min is over queue {spec.queue}'s maximum of "
             f"{queue.max_walltime_min:g} min"
+        )
+    if max_keep_days and spec.keep_days is not None and not 0 < spec.keep_days <= max_keep_days:
+        asked = "0 (for ever)" if spec.keep_days == 0 else f"{spec.keep_days:g} days"
+        raise InvalidRequestError(
+            f"keep_days {asked} is over this server's maximum of {max_keep_days:g} days"
         )
     if spec.jobtype == "python" and not has_payload:
         raise InvalidRequestError(

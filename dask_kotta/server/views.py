@@ -34,6 +34,8 @@ def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[s
         "reason": job["reason"],
         "traceback": job["traceback"],
         "retries": job["retries"],
+        # Days the job is kept after it ends, as it asked; null: the server's --keep, 0: for ever.
+        "keep_days": None if job.get("keep_s") is None else job["keep_s"] / 86400,
         "attempt": job["attempt"],
         "failures": job["failures"],
         "requeues": job["requeues"],

@@ -168,6 +168,7 @@ class JobStore:
                     out.append((old[key], False))
                     continue
                 job_id = secrets.token_hex(8)
+                keep_days = spec.pop("keep_days", None)
                 values = dict(
                     id=job_id,
                     owner=owner,
@@ -196,6 +197,7 @@ class JobStore:
                     t_stage_in=None,
                     t_run=None,
                     t_stage_out=None,
+                    keep_s=None if keep_days is None else float(keep_days) * 86400,
                 )
                 if key:
                     old[key] = values  # the same key twice in one batch makes one job

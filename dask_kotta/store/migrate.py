@@ -143,6 +143,14 @@ def prepare(url: sa.URL, upgrade: bool = False, location: Path | None = None) ->
     found = status(url, location)  # without the lock: at head, as almost always, that is all
     if found.state == "current":
         return found
+    if found.state == "unversioned":
+        # Tables that are no job store's are refused as such, before any talk of upgrading.
+        engine = _migration_engine(url)
+        try:
+            with engine.connect() as conn:
+                _check_baseline(conn, url, location)
+        finally:
+            engine.dispose()
     _refuse(url, found, upgrade)
     if url.get_backend_name() == "sqlite" and found.state in ("outdated", "unversioned"):
         if found.state == "outdated" or found.head != BASELINE:

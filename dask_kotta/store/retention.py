@@ -4,6 +4,11 @@ A job's record, its history and its objects (payload, logs, outputs, result) go
 together. The rows go first, in one transaction: a crash before the objects are
 removed leaves objects no job names (space, not a wrong answer), never a job
 whose files are missing.
+
+A job expires its keep time after it ended: its own (``keep_days`` of its spec,
+kept as ``jobs.keep_s`` in seconds) or, when it names none, the server's
+``--keep``; 0 keeps it for ever. The server's ``--max-keep``, when set, bounds
+every keep time, for ever included.
 """
 
 from __future__ import annotations
@@ -47,13 +52,26 @@ class Retention:
                 c.execute(jobs.delete().where(jobs.c.id.in_(ids), ended))
             return [(r.id, r.owner) for r in rows]
 
-    def ended_before(self, cutoff: float, limit: int = 500) -> list[str]:
-        """Ids of jobs that ended before ``cutoff`` (a Unix time), oldest first."""
+    def expired(
+        self, now: float, default_s: float, max_s: float | None = None, limit: int = 500
+    ) -> list[str]:
+        """Ids of the ended jobs past their keep time at ``now`` (a Unix time), oldest first.
+
+        A job is kept for its own ``keep_s`` when it has one, else for ``default_s``
+        (the server's ``--keep``); 0 keeps it for ever. ``max_s`` (the server's
+        ``--max-keep``), when given, bounds every keep time, for ever included.
+        """
+        ended, keep = jobs.c.ended_at, jobs.c.keep_s
+        due = [sa.and_(keep > 0, ended < now - keep)]
+        if default_s > 0:
+            due.append(sa.and_(keep.is_(None), ended < now - default_s))
+        if max_s:
+            due.append(ended < now - max_s)
         with self.engine.connect() as c:
             rows = c.execute(
                 sa.select(jobs.c.id)
-                .where(jobs.c.status.in_(d.TERMINAL_STATUSES), jobs.c.ended_at < cutoff)
-                .order_by(jobs.c.ended_at)
+                .where(jobs.c.status.in_(d.TERMINAL_STATUSES), sa.or_(*due))
+                .order_by(ended)
                 .limit(limit)
             )
             return [r.id for r in rows]
@@ -70,13 +88,21 @@ def delete_jobs(
 
 
 def sweep(
-    retention: Retention, objects: ObjectStore, keep_s: float, now: float | None = None
+    retention: Retention,
+    objects: ObjectStore,
+    keep_s: float,
+    now: float | None = None,
+    max_keep_s: float | None = None,
 ) -> int:
-    """Delete every job that ended more than ``keep_s`` seconds ago (none if 0); returns how
-    many."""
-    cutoff = (time.time() if now is None else now) - keep_s
+    """Delete every job past its keep time; returns how many.
+
+    ``keep_s`` is the keep time of jobs that name none (0: for ever); a job's own
+    (``keep_days`` of its spec, 0: for ever) wins over it, and ``max_keep_s`` bounds
+    both (see :meth:`Retention.expired`).
+    """
+    now = time.time() if now is None else now
     total = 0
-    while keep_s and (ids := retention.ended_before(cutoff)):
+    while ids := retention.expired(now, keep_s, max_keep_s):
         total += len(delete_jobs(retention, objects, ids))
     # And uploads nobody finished: a presigned part URL lives 6 h, so a day is long dead.
     objects.abort_stale_uploads(d.STALE_UPLOAD_S)

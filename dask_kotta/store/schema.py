@@ -59,6 +59,9 @@ jobs = sa.Table(
     sa.Column("outputs", sa.Text, nullable=False, default="[]"),
     sa.Column("has_result", sa.Boolean, nullable=False, default=False),
     sa.Column("worker", sa.String(256), nullable=False, default=""),
+    # Seconds the job is kept after it ends (revision 0002): NULL follows the server's --keep,
+    # 0 keeps it for ever. Last, where Alembic's add_column puts it on an upgraded database.
+    sa.Column("keep_s", sa.Float, nullable=True),
     sa.CheckConstraint(
         "status IN ({})".format(", ".join(f"'{s}'" for s in defaults.SERVER_STATUSES)),
         name="jobs_status_valid",
@@ -67,6 +70,8 @@ jobs = sa.Table(
 )
 sa.Index("jobs_owner_submitted", jobs.c.owner, jobs.c.submitted_at)
 sa.Index("jobs_status", jobs.c.status)
+# The sweep walks ended jobs oldest first (revision 0002).
+sa.Index("jobs_ended", jobs.c.ended_at)
 
 job_events = sa.Table(
     "job_events",

@@ -17,6 +17,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from kotta_testing import Service, free_port
 
+from dask_kotta.errors import SchemaError
 from dask_kotta.store import migrate
 from dask_kotta.store.jobs import JobStore
 from dask_kotta.store.schema import metadata
@@ -24,6 +25,8 @@ from kotta import KottaJob
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
+#: The package's newest schema revision.
+HEAD = "0002"
 
 
 @pytest.fixture
@@ -79,11 +82,16 @@ def test_the_revisions_build_exactly_the_schema_of_schema_py_on_postgres(pg_data
         created.dispose()
 
 
-def test_a_postgres_database_made_by_create_all_is_stamped_and_keeps_every_row(pg_database):
-    """As 0.1.0 left it: create_all, no alembic_version; filled with the release fixture's rows."""
+def test_a_postgres_database_made_by_0_1_0_is_stamped_upgraded_and_keeps_every_row(pg_database):
+    """As 0.1.0 left it: its tables (revision 0001's), no alembic_version; filled with the
+    release fixture's rows. `server --upgrade-db` stamps it 0001 and upgrades it to head."""
     url = pg_database
     engine = sa.create_engine(url)
-    metadata.create_all(engine)
+    with engine.begin() as c:
+        cfg = migrate.alembic_config()
+        cfg.attributes["connection"] = c
+        command.upgrade(cfg, migrate.BASELINE)
+        c.execute(sa.text("DROP TABLE alembic_version"))
     with sqlite3.connect(FIXTURE) as src, engine.begin() as c:
         for table in metadata.sorted_tables:
             cur = src.execute(f"SELECT * FROM {table.name}")
@@ -97,9 +105,17 @@ def test_a_postgres_database_made_by_create_all_is_stamped_and_keeps_every_row(p
     assert len(before["jobs"]) == 28
 
     assert migrate.status(sa.make_url(url)).state == "unversioned"
-    store = JobStore(url)
-    assert migrate.status(store.engine.url).revision == "0001"
+    with pytest.raises(SchemaError, match="needs 0002: run `dask-kotta db upgrade"):
+        JobStore(url)  # as `server` without --upgrade-db
     assert pg_rows(url) == before
+    store = JobStore(url, upgrade=True)
+    assert migrate.status(store.engine.url).revision == HEAD
+    after = pg_rows(url)
+    assert {t: v for t, v in after.items() if t != "jobs"} == {
+        t: v for t, v in before.items() if t != "jobs"
+    }
+    assert sorted((r[:-1] for r in after["jobs"]), key=repr) == before["jobs"]
+    assert {r[-1] for r in after["jobs"]} == {None}  # keep_s: the old jobs follow --keep
     assert store.user_for_token(f"{1:064x}")["name"] == "bob"
     owner = store.get_or_create_user("dave")
     ((job, created),) = store.insert_jobs(owner, [{"jobtype": "script", "queue": "Test",
@@ -127,8 +143,9 @@ def test_server_refuses_a_database_newer_than_itself_in_one_line(tmp_path):
 
 
 def test_up_restart_on_a_data_dir_made_before_migrations_keeps_its_jobs(tmp_path):
-    """`up` on a data dir whose job store has no revision (as every 0.1.0 data dir) stamps it
-    and serves its jobs: dropping ``alembic_version`` turns this service's store into one."""
+    """`up` on a data dir whose job store has no revision (as every 0.1.0 data dir) stamps it,
+    upgrades it and serves its jobs: undoing the revisions after 0001 and dropping
+    ``alembic_version`` turns this service's store into one."""
     svc = Service(tmp_path / "svc", workers=1)
     try:
         svc.start()
@@ -138,8 +155,14 @@ def test_up_restart_on_a_data_dir_made_before_migrations_keeps_its_jobs(tmp_path
         job.wait(konn)
         svc.stop()
         db = svc.data_dir / "jobs.sqlite"
+        engine = sa.create_engine(f"sqlite:///{db}")
+        with engine.begin() as c:
+            cfg = migrate.alembic_config()
+            cfg.attributes["connection"] = c
+            command.downgrade(cfg, migrate.BASELINE)
+            c.execute(sa.text("DROP TABLE alembic_version"))
+        engine.dispose()
         with sqlite3.connect(db) as c:
-            c.execute("DROP TABLE alembic_version")
             jobs_before = sorted(c.execute("SELECT * FROM jobs").fetchall())
         c.close()
 
@@ -148,9 +171,11 @@ def test_up_restart_on_a_data_dir_made_before_migrations_keeps_its_jobs(tmp_path
         assert job.status(konn) == "completed"
         assert {o.file: o.read() for o in job.outputs}["k.txt"] == "kept\n"
         with sqlite3.connect(db) as c:
-            assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
-            assert sorted(c.execute("SELECT * FROM jobs").fetchall()) == jobs_before
+            assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
+            # Every job kept, with keep_s NULL (the server's --keep), the column 0002 added.
+            assert sorted(r[:-1] for r in c.execute("SELECT * FROM jobs")) == jobs_before
         c.close()
+        assert (svc.data_dir / "jobs.sqlite.before-unversioned").exists()
         again = KottaJob(script="echo new", walltime=0.5)
         again.submit(konn)
         assert again.wait(konn, maxwait=120) and again.status(konn) == "completed"

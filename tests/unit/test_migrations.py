@@ -1,7 +1,7 @@
 """The job store's schema migrations on temp SQLite files: made, stamped, upgraded, refused.
 
-A later revision is exercised with a real migration written into a copy of the
-package's migration directory (``later_revision``): the package has one revision so far.
+A revision after the package's head is exercised with a real migration written into a
+copy of the package's migration directory (``later_revision``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from dask_kotta.store.schema import metadata
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
+#: The package's newest revision: 0002 added ``jobs.keep_s`` and the index ``jobs_ended``.
+HEAD = "0002"
 
 
 def rows(path: Path) -> dict[str, list[tuple]]:
@@ -55,19 +57,19 @@ def release_db(tmp_path) -> Path:
 
 @pytest.fixture
 def later_revision(tmp_path) -> Path:
-    """The package's migrations plus a revision 0002 that rebuilds ``jobs`` with a new column.
+    """The package's migrations plus a revision 0003 that rebuilds ``jobs`` with a new column.
 
     ``recreate="always"``: SQLite copies the table the other tables refer to, the riskiest
     kind of change for the rows.
     """
     location = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, location, ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "v0002_later.py").write_text(textwrap.dedent('''
+    (location / "versions" / "v0003_later.py").write_text(textwrap.dedent('''
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0002"
-        down_revision = "0001"
+        revision = "0003"
+        down_revision = "0002"
         branch_labels = None
         depends_on = None
 
@@ -89,7 +91,7 @@ def url(path: Path) -> sa.URL:
 def test_a_new_database_is_made_at_head(tmp_path):
     path = tmp_path / "jobs.sqlite"
     JobStore(str(path)).close()
-    assert revision(path) == migrate.scripts().get_current_head() == "0001"
+    assert revision(path) == migrate.scripts().get_current_head() == HEAD
     assert migrate.status(url(path)).state == "current"
 
 
@@ -117,21 +119,61 @@ def test_the_revisions_build_exactly_the_schema_of_schema_py(tmp_path):
     created.dispose()
 
 
-def test_a_release_database_is_stamped_and_keeps_every_row(release_db):
+def test_a_release_database_is_refused_untouched_unless_upgrading_is_asked(release_db):
+    """A 0.1.0 database needs 0002's column: opened without ``upgrade`` (as `server` and
+    `token` do) it is refused with the command to run, and nothing is written."""
+    before = rows(release_db)
+    with pytest.raises(SchemaError, match=r"revision 0001 \(unversioned\), .* needs 0002: run "
+                       r"`dask-kotta db upgrade"):  # fmt: skip
+        JobStore(str(release_db))
+    assert revision(release_db) is None and rows(release_db) == before
+    assert not list(release_db.parent.glob("*.before-*"))
+
+
+def test_the_release_database_upgrades_to_0002_keeping_every_row(release_db):
+    """The committed 0.1.0 store is stamped 0001, then given ``jobs.keep_s`` (NULL for every
+    old job: the server's --keep) and ``jobs_ended``; the store then reads and drives it."""
     before = rows(release_db)
     assert revision(release_db) is None and len(before["jobs"]) == 28
-    store = JobStore(str(release_db))
-    assert revision(release_db) == "0001"
-    assert rows(release_db) == before
+    store = JobStore(str(release_db), upgrade=True)
+    assert revision(release_db) == HEAD
+    after = rows(release_db)
+    assert {t: v for t, v in after.items() if t != "jobs"} == {
+        t: v for t, v in before.items() if t != "jobs"
+    }
+    assert sorted((r[:-1] for r in after["jobs"]), key=repr) == before["jobs"]
+    assert {r[-1] for r in after["jobs"]} == {None}  # keep_s: every old job follows --keep
+    insp = sa.inspect(store.engine)
+    assert insp.get_columns("jobs")[-1]["name"] == "keep_s"
+    assert {i["name"]: i["column_names"] for i in insp.get_indexes("jobs")}["jobs_ended"] == [
+        "ended_at"
+    ]
+    copy = release_db.with_name("jobs.sqlite.before-unversioned")
+    assert rows(copy) == before and copy.stat().st_mode & 0o077 == 0
     # The store of this branch reads and drives the old jobs.
     statuses = {j["status"] for j in store.pending()}
     assert statuses == {"pending"}
     assert store.user_for_token(f"{0:064x}")["name"] == "alice"
     ((job, created),) = store.insert_jobs(1, [{"jobtype": "script", "queue": "Test",
-                                                "walltime_min": 1, "script": "true"}])  # fmt: skip
-    assert created and store.get(job["id"])["status"] == "pending"
+                                                "walltime_min": 1, "script": "true",
+                                                "keep_days": 2}])  # fmt: skip
+    assert created and store.get(job["id"])["keep_s"] == 2 * 86400
     store.close()
-    assert not list(release_db.parent.glob("*.before-*")), "a stamp changes no table: no copy"
+    JobStore(str(release_db)).close()  # at head now: opened without upgrade too
+
+
+def test_0002_is_undone_back_to_the_release_schema(release_db):
+    """Its downgrade drops the column and the index, and the rows are the release's again."""
+    before = rows(release_db)
+    JobStore(str(release_db), upgrade=True).close()
+    engine = sa.create_engine(url(release_db))
+    with engine.begin() as c:
+        cfg = migrate.alembic_config()
+        cfg.attributes["connection"] = c
+        command.downgrade(cfg, "0001")
+        assert migrate._shape(c, exclude={"alembic_version"}) == migrate._baseline_shape(None)
+    engine.dispose()
+    assert rows(release_db) == before
 
 
 def test_a_release_database_upgrades_through_a_later_revision_keeping_every_row(
@@ -140,37 +182,37 @@ def test_a_release_database_upgrades_through_a_later_revision_keeping_every_row(
     before = rows(release_db)
     found = migrate.prepare(url(release_db), upgrade=True, location=later_revision)
     assert found.state == "unversioned"
-    assert revision(release_db) == "0002"
+    assert revision(release_db) == "0003"
     after = rows(release_db)
     assert {t: v for t, v in after.items() if t != "jobs"} == {
         t: v for t, v in before.items() if t != "jobs"
     }
-    assert sorted((r[:-1] for r in after["jobs"]), key=repr) == before["jobs"]
-    assert {r[-1] for r in after["jobs"]} == {None}  # the new column, empty
+    assert sorted((r[:-2] for r in after["jobs"]), key=repr) == before["jobs"]
+    assert {r[-2:] for r in after["jobs"]} == {(None, None)}  # 0002's and 0003's columns, empty
     copy = release_db.with_name("jobs.sqlite.before-unversioned")
     assert rows(copy) == before and copy.stat().st_mode & 0o077 == 0
-    # The package's own code does not know 0002: that database is refused, not touched.
-    with pytest.raises(SchemaError, match="revision 0002, which dask-kotta .* does not know"):
+    # The package's own code does not know 0003: that database is refused, not touched.
+    with pytest.raises(SchemaError, match="revision 0003, which dask-kotta .* does not know"):
         JobStore(str(release_db))
     assert rows(release_db) == after
 
 
 def test_an_older_database_is_upgraded_only_when_asked(release_db, later_revision):
-    JobStore(str(release_db)).close()  # 0001, as this release leaves it
+    JobStore(str(release_db), upgrade=True).close()  # 0002, as this release leaves it
     before = rows(release_db)
-    with pytest.raises(SchemaError, match=r"at schema revision 0001, .* needs 0002: run "
+    with pytest.raises(SchemaError, match=r"at schema revision 0002, .* needs 0003: run "
                        r"`dask-kotta db upgrade --database sqlite:///.*jobs.sqlite`"):  # fmt: skip
         migrate.prepare(url(release_db), location=later_revision)
-    assert revision(release_db) == "0001" and rows(release_db) == before
+    assert revision(release_db) == "0002" and rows(release_db) == before
     assert migrate.status(url(release_db), later_revision).state == "outdated"
     found = migrate.prepare(url(release_db), upgrade=True, location=later_revision)
-    assert (found.revision, found.state) == ("0001", "outdated")
-    assert revision(release_db) == "0002"
-    assert rows(release_db.with_name("jobs.sqlite.before-0001")) == before
+    assert (found.revision, found.state) == ("0002", "outdated")
+    assert revision(release_db) == "0003"
+    assert rows(release_db.with_name("jobs.sqlite.before-0002")) == before
 
 
 def test_a_database_at_a_future_revision_is_refused(release_db):
-    JobStore(str(release_db)).close()
+    JobStore(str(release_db), upgrade=True).close()
     with sqlite3.connect(release_db) as c:
         c.execute("UPDATE alembic_version SET version_num = 'ffff'")
     c.close()
@@ -197,9 +239,9 @@ def test_db_commands(release_db, tmp_path):
     r = run(main, ["db", "current", *data])
     assert r.exit_code == 0 and r.stdout.startswith("none (made before migrations;"), r.output
     r = run(main, ["db", "upgrade", *data])
-    assert r.exit_code == 0 and "at 0001 (head); was unversioned" in r.stdout, r.output
+    assert r.exit_code == 0 and f"at {HEAD} (head); was unversioned" in r.stdout, r.output
     r = run(main, ["db", "current", *data])
-    assert (r.exit_code, r.stdout) == (0, "0001 (head)\n")
+    assert (r.exit_code, r.stdout) == (0, f"{HEAD} (head)\n")
     r = run(main, ["db", "upgrade", "--database", f"sqlite:///{release_db}"])
     assert r.exit_code == 0 and "nothing to do" in r.stdout
     missing = ["--data-dir", str(tmp_path / "nothing")]
@@ -223,5 +265,5 @@ def test_stores_opening_one_new_database_at_once_make_it_once(tmp_path):
     for s in stores:
         s.close()
     with sqlite3.connect(path) as c:
-        assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
     c.close()
