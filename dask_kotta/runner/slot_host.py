@@ -42,6 +42,8 @@ log = logging.getLogger("dask_kotta.runner")
 
 #: Threads at most for the timed calls that talk to the server.
 POOL_THREADS = 32
+#: How often a pausing slot looks whether its worker is closing, in seconds.
+CLOSING_CHECK_S = 0.1
 
 
 class _Timers(threading.Thread):
@@ -162,8 +164,21 @@ class SlotHost:
         return token in self._ended_tokens
 
     def pause(self, seconds: float) -> None:
-        """Sleep ``seconds``, or less if a server says it is stopping meanwhile."""
-        self._ended.wait(seconds)
+        """Sleep ``seconds``, or less if a server says it is stopping or the worker closes."""
+        deadline = time.monotonic() + seconds
+        while not self._ended.wait(min(CLOSING_CHECK_S, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or worker_closing():
+                return
+
+
+def worker_closing() -> bool:
+    """Whether the dask worker this runs in is closing (a slot then ends, not retries)."""
+    try:
+        from distributed import get_worker
+
+        return get_worker().status.name in ("closing", "closing_gracefully", "closed", "failed")
+    except (ImportError, ValueError):
+        return False
 
 
 class TimerHeartbeat:

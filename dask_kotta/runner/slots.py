@@ -64,7 +64,7 @@ from .. import defaults as d
 from . import forkserver, outbox
 from .api import BROKEN, LostJob, RunnerAPI, worker_name
 from .runner import run_claimed
-from .slot_host import SlotHost, process_host
+from .slot_host import SlotHost, process_host, worker_closing
 from .slot_reporting import SlotReporting
 
 log = logging.getLogger("dask_kotta.runner")
@@ -166,8 +166,9 @@ class Slot:
         # On disk first: the worker may be killed while the server is away.
         self._keep_on_disk(reports)
         # One runner's patience for all of them, not one each: a server gone for good must
-        # not hold up the worker's close by a multiple of it.
-        deadline = time.monotonic() + d.RUNNER_PATIENCE_S
+        # not hold up the worker's close by a multiple of it. A closing worker tries once: what
+        # is left on disk goes with the host's next worker process.
+        deadline = time.monotonic() + (0.0 if worker_closing() else d.RUNNER_PATIENCE_S)
         for r in reports:
             patience = max(0.0, deadline - time.monotonic())
             body = {k: v for k, v in r.items() if k not in ("id", "attempt", "token")}
@@ -204,6 +205,8 @@ class Slot:
             while True:
                 if self.host.ended(self.token):
                     raise SlotEnded("the server is stopping")
+                if worker_closing():
+                    raise SlotEnded("the worker is closing")
                 try:
                     r = self.session.post(
                         f"{self.server_url}/api/v1/runner/next",
