@@ -56,9 +56,11 @@ class Claim(Sandbox):
     retries_left: int
     #: whether a worker that cannot contain it may run it uncontained
     contain: Literal["required", "optional"]
-    # Added to a slot's claims (``/runner/next``): the attempt's own dispatch token, whether
-    # the store is a local directory, the inline size limit, and a small payload (base64).
-    token: NotRequired[str]
+    #: whether the server's store is a local directory: small files may then ride with the
+    #: end, base64, up to ``inline_max`` bytes each
     local_store: NotRequired[bool]
     inline_max: NotRequired[int]
+    # Added to a slot's claims (``/runner/next``): the attempt's own dispatch token and a
+    # small payload (base64).
+    token: NotRequired[str]
     payload: NotRequired[str]

@@ -48,6 +48,9 @@ SWEEP_S = 600.0
 REAPER_S = 1.0
 #: Every how many of those it asks the scheduler which workers are gone (their jobs requeue).
 ORPHAN_CHECK_TICKS = 2
+#: After its start the server waits this long before it first takes back the jobs of gone
+#: workers: the ends those workers kept on disk reach it first (couriers retry every 2 s).
+ORPHAN_GRACE_S = 5.0
 #: Longest single long-poll wait the server grants, in seconds.
 LONGPOLL_MAX_S = 30.0
 #: How long a runner keeps retrying an unreachable server, in seconds.

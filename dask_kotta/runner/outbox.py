@@ -16,7 +16,8 @@ that ended while the server was down, on a worker that was killed before the
 server came back, is not run again: its end comes from this directory, by
 another worker process of the same host (or the same worker once restarted).
 
-Where: ``$KOTTA_WORK_DIR/.outbox`` if set; else ``kotta-outbox`` beside the dask
+A worker process starts its courier when it starts (:class:`CourierPlugin`, which
+the server registers), else at its first slot or job. Where: ``$KOTTA_WORK_DIR/.outbox`` if set; else ``kotta-outbox`` beside the dask
 worker's own directory (``dask-scratch-space``, shared by the host's workers and
 kept across their restarts); else under the temp dir.
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .. import defaults as d
 from .api import BROKEN
@@ -245,3 +247,19 @@ def start() -> None:
     finally:
         first.session.close()
     courier()
+
+
+class CourierPlugin(WorkerPlugin):
+    """Registered by the server on every worker, those that join or restart later included:
+    the worker delivers the ends kept on disk as soon as it starts, not at its first job.
+
+    With one dask task per job a worker may get no job at all before the server (which
+    waits ``defaults.ORPHAN_GRACE_S`` after its start) takes the dead worker's jobs back.
+    """
+
+    name = "dask-kotta-outbox"
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        # Off the worker's event loop: the first pass makes HTTP requests.
+        threading.Thread(target=start, name="kotta-outbox-start", daemon=True).start()

@@ -16,8 +16,10 @@ the point           :class:`Direct`              ``SlotReporting`` (``slot_repor
 ``report_phase``    ``POST /phase`` now          only if the job is still in it 0.2 s on;
                                                  otherwise it rides with the end
 ``plan_uploads``    ``POST /uploads``            nothing to ask on a local store
-``send_output``     ``PUT /files/<name>``        a small one is kept for the end (inline)
-``send_result``     ``PUT /result``              a small one is kept for the end (inline)
+``send_output``     ``PUT /files/<name>``;       the same
+                    a small one on a local
+                    store rides with the end
+``send_result``     ``PUT /result``; the same    the same
 ``report_end``      ``POST /finish`` now,        handed to the slot, which sends a batch
                     returns the job's status     of ends with its next request;
                                                  returns ``"reported"``
@@ -33,7 +35,10 @@ attempt's :class:`~dask_kotta.runner.api.RunnerAPI` directly, as ``reporting.api
 
 from __future__ import annotations
 
+import base64
 import threading
+import time
+from collections.abc import Mapping
 from typing import Any, BinaryIO, Protocol
 
 import requests
@@ -120,11 +125,54 @@ class Heartbeat(threading.Thread):
         self._stop_event.set()
 
 
-class Direct:
-    """Each report is its own request, made at once: a job that is its own dask task."""
+class Inline:
+    """The small outputs and result of one attempt, kept to ride with its end (base64).
 
-    def __init__(self, api: RunnerAPI):
+    Only where the server's store is a local directory (``claim["local_store"]``):
+    each file up to ``claim["inline_max"]`` bytes, four times that in all. The end
+    then carries them, so it needs no other request, and an end kept on disk while
+    the server is away (``outbox.py``) is whole.
+    """
+
+    def __init__(self, claim: Mapping[str, Any]):
+        self.max = int(claim.get("inline_max", 0)) if claim.get("local_store") else 0
+        self._lock = threading.Lock()
+        self._total = 0
+        self.files: dict[str, bytes] = {}
+        self.result: bytes | None = None
+
+    def take(self, f: BinaryIO) -> bytes | None:
+        """``f``'s bytes if small enough to ride with the end; else None, ``f`` rewound."""
+        if not self.max:
+            return None
+        data = f.read(self.max + 1)
+        with self._lock:
+            if len(data) <= self.max and self._total + len(data) <= 4 * self.max:
+                self._total += len(data)
+                return data
+        f.seek(0)
+        return None
+
+    def add_to(self, report: dict[str, Any]) -> None:
+        """Put the kept files and result into the end ``report``."""
+        if self.files:
+            report["files"] = {n: base64.b64encode(b).decode() for n, b in self.files.items()}
+        if self.result is not None:
+            report["result"] = base64.b64encode(self.result).decode()
+
+
+class Direct:
+    """Each report is its own request, made at once: a job that is its own dask task.
+
+    Small outputs and the result ride with the end (:class:`Inline`), and so do the
+    phases the server could not take when they happened: a job never waits on a server
+    that is away, and its end, kept on disk meanwhile, is whole.
+    """
+
+    def __init__(self, api: RunnerAPI, claim: Mapping[str, Any] | None = None):
         self.api = api
+        self.inline = Inline(claim or {})
+        self._phases: list[dict[str, Any]] = []  # not reported yet: they go with the end
 
     def keep_lease(self, interval: float) -> Lease:
         lease = Heartbeat(self.api, interval)
@@ -135,18 +183,40 @@ class Direct:
         self.api.download_payload(dest)
 
     def report_phase(self, status: str) -> None:
-        self.api.phase(status)
+        if not self._phases:  # in order: once one is held back, the later ones are too
+            try:
+                self.api.phase(status, patience_s=0)
+                return
+            except BROKEN:
+                pass
+            except requests.HTTPError as e:
+                if e.response is None or e.response.status_code < 500:
+                    raise
+        self._phases.append({"status": status, "at": time.time()})
 
     def plan_uploads(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        if self.inline.max:
+            return [None] * len(files)  # a local store has no presigned uploads: no need to ask
         return self.api.upload_plans(files)
 
     def send_output(self, name: str, f: BinaryIO) -> int:
-        return self.api.upload(name, f)
+        data = self.inline.take(f)
+        if data is None:
+            return self.api.upload(name, f)
+        self.inline.files[name] = data
+        return len(data)
 
     def send_result(self, f: BinaryIO) -> int:
-        return self.api.upload_result(f)
+        data = self.inline.take(f)
+        if data is None:
+            return self.api.upload_result(f)
+        self.inline.result = data
+        return len(data)
 
     def report_end(self, **report: Any) -> str:
+        self.inline.add_to(report)
+        if self._phases:
+            report["phases"] = self._phases
         try:
             return self.api.finish(patience_s=0, **report)
         except BROKEN:

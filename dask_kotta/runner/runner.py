@@ -134,7 +134,7 @@ def run_job(server_url: str, job_id: str, attempt: int, token: str) -> str:
     except LostJob:
         api.close()
         return "not claimed"
-    return run_claimed(job, Direct(api))
+    return run_claimed(job, Direct(api, job))
 
 
 def run_claimed(job: Claim, reporting: Reporting) -> str:

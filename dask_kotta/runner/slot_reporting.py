@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .api import RunnerAPI
-from .reporting import Lease
+from .reporting import Inline, Lease
 from .slot_host import SlotHost, TimerHeartbeat
 
 #: A phase is reported on its own only if the job is still in it this long after, in seconds.
@@ -53,14 +53,11 @@ class SlotReporting:
         self._host = host
         self._deliver = deliver
         self._local = bool(claim.get("local_store"))
-        self._inline_max = int(claim.get("inline_max", 0)) if self._local else 0
-        self._lock = threading.Lock()  # phases and inline bytes: the timer's pool reads them
+        self._lock = threading.Lock()  # phases: the timer's pool reads them
         self._phases: list[dict[str, Any]] = []
         self._sent = 0
         self._ended = False
-        self._files: dict[str, bytes] = {}
-        self._inline_total = 0
-        self._result: bytes | None = None
+        self.inline = Inline(claim)
 
     def keep_lease(self, interval: float) -> Lease:
         lease = TimerHeartbeat(self.api, interval, self._host)
@@ -106,33 +103,18 @@ class SlotReporting:
             return [None] * len(files)  # a local store has no presigned uploads: no need to ask
         return self.api.upload_plans(files)
 
-    def _kept(self, f: BinaryIO) -> bytes | None:
-        """``f``'s bytes if small enough to ride with the end; else None, ``f`` rewound."""
-        if not self._inline_max:
-            return None
-        data = f.read(self._inline_max + 1)
-        with self._lock:
-            if (
-                len(data) <= self._inline_max
-                and self._inline_total + len(data) <= 4 * self._inline_max
-            ):
-                self._inline_total += len(data)
-                return data
-        f.seek(0)
-        return None
-
     def send_output(self, name: str, f: BinaryIO) -> int:
-        data = self._kept(f)
+        data = self.inline.take(f)
         if data is None:
             return self.api.upload(name, f)
-        self._files[name] = data
+        self.inline.files[name] = data
         return len(data)
 
     def send_result(self, f: BinaryIO) -> int:
-        data = self._kept(f)
+        data = self.inline.take(f)
         if data is None:
             return self.api.upload_result(f)
-        self._result = data
+        self.inline.result = data
         return len(data)
 
     # -- end: delivered to the slot -----------------------------------------------------
@@ -142,10 +124,7 @@ class SlotReporting:
             self._ended = True
             # All of them: the store skips any the job already reached.
             report["phases"] = list(self._phases)
-        if self._files:
-            report["files"] = {n: base64.b64encode(b).decode() for n, b in self._files.items()}
-        if self._result is not None:
-            report["result"] = base64.b64encode(self._result).decode()
+        self.inline.add_to(report)
         claim = self._claim
         self._deliver(
             {**report, "id": claim["id"], "attempt": claim["attempt"], "token": claim["token"]}

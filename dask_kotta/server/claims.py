@@ -88,6 +88,9 @@ def claim_info(s: Service, job: dict[str, Any]) -> Claim:
         "deps": spec.get("deps") or [],
         "retries_left": job["retries"] - job["failures"],
         "contain": "optional" if s.config.allow_uncontained else "required",
+        # Small files and results may ride with the end (base64) into a local store.
+        "local_store": isinstance(s.objects, LocalObjectStore),
+        "inline_max": d.INLINE_MAX_BYTES,
         **queue.sandbox(),
     }
 
@@ -250,14 +253,11 @@ async def next_jobs(
         await s.engine.wait_for_work(queue, left)
         if s.notifier.closed or await gone():
             break  # stopping, or nobody to hand a job to: leave it pending
-    local = isinstance(s.objects, LocalObjectStore)
     out = []
     for job, dispatch in claimed:
         s.changed(job["id"])
         info = claim_info(s, job)
         info["token"] = dispatch
-        info["local_store"] = local
-        info["inline_max"] = d.INLINE_MAX_BYTES
         if info["has_payload"]:
             path = s.objects.local_path(payload_key(job))
             if path is not None and path.stat().st_size <= d.INLINE_MAX_BYTES:

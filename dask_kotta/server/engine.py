@@ -40,6 +40,7 @@ from typing import Any
 
 from distributed import Client, Future, Security, fire_and_forget
 
+from ..runner.outbox import CourierPlugin
 from ..runner.runner import run_job
 from ..runner.slots import end_slots, run_slot
 from ..store.jobs import JobStore
@@ -100,6 +101,11 @@ class Engine:
             timeout=30,
             security=self.security,
         )
+        try:
+            # Ends kept on a worker's disk go out when it starts (a restarted one included).
+            await self.client.register_plugin(CourierPlugin())
+        except Exception:  # an old or odd cluster: workers start their courier at their first job
+            log.warning("could not register the outbox plugin on the workers", exc_info=True)
         if self.mode == "slots":
             self._spawn(self._keep_slots())
 

@@ -186,13 +186,14 @@ class Service:
         return n
 
     async def _reap_forever(self) -> None:
-        tick, swept = 0, 0.0
+        tick, swept, started = 0, 0.0, time.monotonic()
         while True:
             await asyncio.sleep(d.REAPER_S)
             tick += 1
             try:
                 self.requeue_expired()
-                if tick % d.ORPHAN_CHECK_TICKS == 0:
+                graced = time.monotonic() - started >= d.ORPHAN_GRACE_S
+                if graced and tick % d.ORPHAN_CHECK_TICKS == 0:
                     await self.requeue_orphans()
                 if time.monotonic() - swept > d.SWEEP_S:
                     swept = time.monotonic()

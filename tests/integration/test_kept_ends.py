@@ -1,8 +1,9 @@
 """An end that the server could not take is kept on the worker's disk (issue 13, item 3).
 
 The job ends while the server is down; its worker is killed before the server is
-back. The end, kept on disk by the slot, is delivered by the restarted worker
-process: the job completes from its one run and is not run again.
+back. The end, kept on disk by the runner, is delivered by the restarted worker
+process as it starts: the job completes from its one run and is not run again.
+Both dispatch modes: slots, and one dask task per job.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from kotta_testing import DaskCluster, Service, wait_for
 pytestmark = pytest.mark.timeout(300)
 
 
-def test_an_end_kept_while_the_server_was_down_is_delivered_by_the_next_worker(tmp_path):
+@pytest.mark.parametrize("dispatch", ["slots", "tasks"])
+def test_an_end_kept_while_the_server_was_down_is_delivered_by_the_next_worker(tmp_path, dispatch):
     cloudpickle.register_pickle_by_value(sys.modules[work.__module__])
     work_dir = tmp_path / "work"
     cluster = DaskCluster(tmp_path / "cluster", workers=1, queues=("Test=1",))
     cluster.env["KOTTA_WORK_DIR"] = str(work_dir)
     outbox = work_dir / ".outbox"
-    with cluster.start(), Service(tmp_path / "svc", scheduler=cluster.address).start() as svc:
+    svc = Service(
+        tmp_path / "svc", scheduler=cluster.address, env={"DASK_KOTTA_DISPATCH": dispatch}
+    )
+    with cluster.start(), svc.start():
         ledger = svc.shared
         konn = svc.konn()
         (job,) = konn.submit_many([(work, ("once", str(ledger), 2.0))], walltime=2)
