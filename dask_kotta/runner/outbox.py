@@ -17,7 +17,7 @@ server came back, is not run again: its end comes from this directory, by
 another worker process of the same host (or the same worker once restarted).
 
 A worker process starts its courier when it starts (:class:`CourierPlugin`, which
-the server registers), else at its first slot or job. Where: ``$KOTTA_WORK_DIR/.outbox`` if set; else ``kotta-outbox`` beside the dask
+the server registers), else at its first slot or job. Where: ``$KOTTA_OUTBOX_DIR`` if set; else ``$KOTTA_WORK_DIR/.outbox`` if that is set; else ``kotta-outbox`` beside the dask
 worker's own directory (``dask-scratch-space``, shared by the host's workers and
 kept across their restarts); else under the temp dir.
 """
@@ -45,10 +45,16 @@ from .api import BROKEN
 
 log = logging.getLogger("dask_kotta.runner")
 
+#: Where the outbox is, if set (else see the module docstring).
+DIR_VAR = "KOTTA_OUTBOX_DIR"
 #: A kept end that could not be delivered for this long is dropped, in seconds.
 KEEP_S = 7 * 86400.0
 #: How often the courier tries again while ends wait, in seconds (at most; it backs off to it).
 RETRY_MAX_S = 2.0
+#: An end waiting longer than this (its server gone for a while, or for good) is tried only
+#: every ``OLD_RETRY_S``, so that it does not keep every worker of the host busy.
+OLD_S = 300.0
+OLD_RETRY_S = 60.0
 #: How often an idle courier looks for ends that other (dead) worker processes left.
 IDLE_SCAN_S = 30.0
 
@@ -58,6 +64,8 @@ class OutboxError(OSError):
 
 
 def _base() -> Path:
+    if os.environ.get(DIR_VAR):
+        return Path(os.environ[DIR_VAR])
     configured = os.environ.get("KOTTA_WORK_DIR")
     if configured:
         return Path(configured) / ".outbox"
@@ -160,6 +168,7 @@ class Courier(threading.Thread):
         super().__init__(name="kotta-outbox", daemon=True)
         self._wake = threading.Event()
         self.session = requests.Session()
+        self._old_tried = -OLD_RETRY_S  # monotonic time the old ends were last tried
 
     def kick(self) -> None:
         """Look now: an end was just kept."""
@@ -189,6 +198,9 @@ class Courier(threading.Thread):
         except OSError:
             return False
         waiting = False
+        try_old = time.monotonic() - self._old_tried >= OLD_RETRY_S
+        if try_old:
+            self._old_tried = time.monotonic()
         for name in names:
             path = base / name
             try:
@@ -209,6 +221,9 @@ class Courier(threading.Thread):
                 except ValueError:
                     log.warning("dropping an unreadable kept end: %s", path)
                     drop(path)
+                    continue
+                if not try_old and time.time() - entry.get("kept_at", 0) > OLD_S:
+                    waiting = True
                     continue
                 if deliver(entry, self.session):
                     drop(path)

@@ -123,7 +123,8 @@ class Service:
         self.scheduler = scheduler
         self.workers, self.slots = workers, slots
         self.extra = self._with_shared_mount(extra or [])
-        self.env = env or {}
+        # The ends its workers keep while it is away: the test's own, not the host's.
+        self.env = {"KOTTA_OUTBOX_DIR": str(self.base / "outbox"), **(env or {})}
         self.proc: Proc | None = None
         self._old: list[Proc] = []  # earlier runs; a kill -9 leaves their children until stop()
 
@@ -299,7 +300,8 @@ class DaskCluster:
         self.port = free_port()
         self.address = f"{'tls' if tls else 'tcp'}://127.0.0.1:{self.port}"
         self.n_workers, self.queues = workers, queues
-        self.env: dict[str, str] = {}  # added to the workers' environment
+        # Added to the workers' environment; the ends they keep are the test's own.
+        self.env: dict[str, str] = {"KOTTA_OUTBOX_DIR": str(self.base / "outbox")}
         self.procs: list[Proc] = []
         self.tls = write_temporary_certificates(self.base / "tls") if tls else None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import cloudpickle
 import pytest
@@ -22,10 +23,8 @@ pytestmark = pytest.mark.timeout(300)
 @pytest.mark.parametrize("dispatch", ["slots", "tasks"])
 def test_an_end_kept_while_the_server_was_down_is_delivered_by_the_next_worker(tmp_path, dispatch):
     cloudpickle.register_pickle_by_value(sys.modules[work.__module__])
-    work_dir = tmp_path / "work"
     cluster = DaskCluster(tmp_path / "cluster", workers=1, queues=("Test=1",))
-    cluster.env["KOTTA_WORK_DIR"] = str(work_dir)
-    outbox = work_dir / ".outbox"
+    outbox = Path(cluster.env["KOTTA_OUTBOX_DIR"])
     svc = Service(
         tmp_path / "svc", scheduler=cluster.address, env={"DASK_KOTTA_DISPATCH": dispatch}
     )
