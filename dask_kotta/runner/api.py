@@ -151,17 +151,20 @@ class RunnerAPI:
         """The result of job ``dep_id``, one of this job's ``deps`` (refused otherwise)."""
         self._download(f"/deps/{dep_id}/result", dest)
 
-    def upload(self, name: str, f: BinaryIO) -> int:
-        return self._call("PUT", f"/files/{name}", data=f).json()["size"]
+    def upload(self, name: str, f: BinaryIO, patience_s: float | None = None) -> int:
+        return self._call("PUT", f"/files/{name}", patience_s=patience_s, data=f).json()["size"]
 
     @property
     def dispatch_headers(self) -> dict[str, str]:
         """The headers that let a runner-API URL of this attempt be fetched (staged inputs)."""
         return dict(self._headers)
 
-    def upload_plans(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    def upload_plans(
+        self, files: list[dict[str, Any]], patience_s: float | None = None
+    ) -> list[dict[str, Any] | None]:
         """How to send each ``{"name", "size"}``: presigned URLs, or None for through the server."""
-        return self._call("POST", "/uploads", json={"files": files}).json()["plans"]
+        body = {"files": files}
+        return self._call("POST", "/uploads", patience_s=patience_s, json=body).json()["plans"]
 
     def complete_upload(self, name: str, upload_id: str, etags: list[str]) -> None:
         body = {"name": name, "upload_id": upload_id, "etags": etags}
@@ -171,8 +174,8 @@ class RunnerAPI:
         self._call("POST", "/uploads/complete", patience_s=0,
                    json={"name": name, "upload_id": upload_id, "abort": True})  # fmt: skip
 
-    def upload_result(self, f: BinaryIO) -> int:
-        return self._call("PUT", "/result", data=f).json()["size"]
+    def upload_result(self, f: BinaryIO, patience_s: float | None = None) -> int:
+        return self._call("PUT", "/result", patience_s=patience_s, data=f).json()["size"]
 
     def finish(self, patience_s: float | None = None, **body) -> str:
         return self._call("POST", "/finish", patience_s=patience_s, json=body).json()["status"]

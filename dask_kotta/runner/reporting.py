@@ -38,7 +38,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO, Protocol
 
 import requests
@@ -125,33 +125,79 @@ class Heartbeat(threading.Thread):
         self._stop_event.set()
 
 
+def _server_away(e: Exception) -> bool:
+    """Whether ``e`` says the server could not be reached or failed (not that it refused)."""
+    if isinstance(e, BROKEN):
+        return True
+    return isinstance(e, requests.HTTPError) and (
+        e.response is None or e.response.status_code >= 500
+    )
+
+
 class Inline:
     """The small outputs and result of one attempt, kept to ride with its end (base64).
 
-    Only where the server's store is a local directory (``claim["local_store"]``):
+    Where the server's store is a local directory (``claim["local_store"]``):
     each file up to ``claim["inline_max"]`` bytes, four times that in all. The end
-    then carries them, so it needs no other request, and an end kept on disk while
-    the server is away (``outbox.py``) is whole.
+    then carries them, so it needs no other request. On any other store they go
+    their usual way, unless the server does not answer: then a small one rides
+    with the end too, so that an end kept on disk while the server is away
+    (``outbox.py``) is whole.
     """
 
     def __init__(self, claim: Mapping[str, Any]):
-        self.max = int(claim.get("inline_max", 0)) if claim.get("local_store") else 0
+        self.limit = int(claim.get("inline_max", 0))
+        self.max = self.limit if claim.get("local_store") else 0
         self._lock = threading.Lock()
         self._total = 0
         self.files: dict[str, bytes] = {}
         self.result: bytes | None = None
 
-    def take(self, f: BinaryIO) -> bytes | None:
+    def take(self, f: BinaryIO, limit: int | None = None) -> bytes | None:
         """``f``'s bytes if small enough to ride with the end; else None, ``f`` rewound."""
-        if not self.max:
+        limit = self.max if limit is None else limit
+        if not limit:
             return None
-        data = f.read(self.max + 1)
+        data = f.read(limit + 1)
         with self._lock:
-            if len(data) <= self.max and self._total + len(data) <= 4 * self.max:
+            if len(data) <= limit and self._total + len(data) <= 4 * limit:
                 self._total += len(data)
                 return data
         f.seek(0)
         return None
+
+    def send(self, f: BinaryIO, upload: Callable[[BinaryIO, float | None], int]) -> bytes | int:
+        """The bytes of ``f`` to keep for the end, or the size ``upload(f, patience_s)`` sent.
+
+        A small file on a local store is kept; on another store it is uploaded, and kept
+        only if the server does not answer at once. Anything else waits on the server with
+        the runner's patience, as before.
+        """
+        data = self.take(f)
+        if data is not None:
+            return data
+        if self.max or not self.limit:
+            return upload(f, None)
+        try:
+            return upload(f, 0)
+        except Exception as e:
+            if not _server_away(e):
+                raise
+        f.seek(0)
+        data = self.take(f, self.limit)
+        return upload(f, None) if data is None else data
+
+    def plans(self, api: RunnerAPI, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
+        """``api.upload_plans(files)``; on a local store, or with the server away, None each
+        (through the server: :meth:`send`, which keeps what is small)."""
+        if self.max:
+            return [None] * len(files)  # a local store has no presigned uploads: no need to ask
+        try:
+            return api.upload_plans(files, patience_s=0)
+        except Exception as e:
+            if not _server_away(e):
+                raise
+        return [None] * len(files)
 
     def add_to(self, report: dict[str, Any]) -> None:
         """Put the kept files and result into the end ``report``."""
@@ -159,6 +205,24 @@ class Inline:
             report["files"] = {n: base64.b64encode(b).decode() for n, b in self.files.items()}
         if self.result is not None:
             report["result"] = base64.b64encode(self.result).decode()
+
+
+def send_output(inline: Inline, api: RunnerAPI, name: str, f: BinaryIO) -> int:
+    """Send (or keep for the end) output ``name``; returns its size."""
+    sent = inline.send(f, lambda g, patience: api.upload(name, g, patience_s=patience))
+    if isinstance(sent, bytes):
+        inline.files[name] = sent
+        return len(sent)
+    return sent
+
+
+def send_result(inline: Inline, api: RunnerAPI, f: BinaryIO) -> int:
+    """Send (or keep for the end) the pickled result; returns its size."""
+    sent = inline.send(f, lambda g, patience: api.upload_result(g, patience_s=patience))
+    if isinstance(sent, bytes):
+        inline.result = sent
+        return len(sent)
+    return sent
 
 
 class Direct:
@@ -195,23 +259,13 @@ class Direct:
         self._phases.append({"status": status, "at": time.time()})
 
     def plan_uploads(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        if self.inline.max:
-            return [None] * len(files)  # a local store has no presigned uploads: no need to ask
-        return self.api.upload_plans(files)
+        return self.inline.plans(self.api, files)
 
     def send_output(self, name: str, f: BinaryIO) -> int:
-        data = self.inline.take(f)
-        if data is None:
-            return self.api.upload(name, f)
-        self.inline.files[name] = data
-        return len(data)
+        return send_output(self.inline, self.api, name, f)
 
     def send_result(self, f: BinaryIO) -> int:
-        data = self.inline.take(f)
-        if data is None:
-            return self.api.upload_result(f)
-        self.inline.result = data
-        return len(data)
+        return send_result(self.inline, self.api, f)
 
     def report_end(self, **report: Any) -> str:
         self.inline.add_to(report)

@@ -12,8 +12,9 @@ the job all of its own round trips in the usual case:
   in order;
 - **outputs and result**: when the server's object store is local, files up
   to the claim's ``inline_max`` (and four times that in all) are kept and
-  ride with the end, base64; larger ones, and any on S3, go the usual way.
-  On a local store there are no presigned uploads, so none are asked for;
+  ride with the end, base64; larger ones, and any on S3, go the usual way,
+  unless the server does not answer (``reporting.Inline``). On a local store
+  there are no presigned uploads, so none are asked for;
 - **end**: handed to the slot (``deliver``), which sends the ends of its
   jobs together with its next request (``slots.py``);
 - **lease**: renewed by a timer on the host's thread (``slot_host.py``).
@@ -31,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .api import RunnerAPI
-from .reporting import Inline, Lease
+from .reporting import Inline, Lease, send_output, send_result
 from .slot_host import SlotHost, TimerHeartbeat
 
 #: A phase is reported on its own only if the job is still in it this long after, in seconds.
@@ -52,7 +53,6 @@ class SlotReporting:
         self._claim = claim
         self._host = host
         self._deliver = deliver
-        self._local = bool(claim.get("local_store"))
         self._lock = threading.Lock()  # phases: the timer's pool reads them
         self._phases: list[dict[str, Any]] = []
         self._sent = 0
@@ -99,23 +99,13 @@ class SlotReporting:
     # -- outputs and result: small ones inline ------------------------------------------
 
     def plan_uploads(self, files: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
-        if self._local:
-            return [None] * len(files)  # a local store has no presigned uploads: no need to ask
-        return self.api.upload_plans(files)
+        return self.inline.plans(self.api, files)
 
     def send_output(self, name: str, f: BinaryIO) -> int:
-        data = self.inline.take(f)
-        if data is None:
-            return self.api.upload(name, f)
-        self.inline.files[name] = data
-        return len(data)
+        return send_output(self.inline, self.api, name, f)
 
     def send_result(self, f: BinaryIO) -> int:
-        data = self.inline.take(f)
-        if data is None:
-            return self.api.upload_result(f)
-        self.inline.result = data
-        return len(data)
+        return send_result(self.inline, self.api, f)
 
     # -- end: delivered to the slot -----------------------------------------------------
 

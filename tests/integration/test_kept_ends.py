@@ -3,13 +3,15 @@
 The job ends while the server is down; its worker is killed before the server is
 back. The end, kept on disk by the runner, is delivered by the restarted worker
 process as it starts: the job completes from its one run and is not run again.
-Both dispatch modes: slots, and one dask task per job.
+Both dispatch modes (slots, one dask task per job), and an S3 store, where results go
+through the server: a small one rides with the kept end instead.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import cloudpickle
@@ -20,14 +22,20 @@ from kotta_testing import DaskCluster, Service, wait_for
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.mark.parametrize("dispatch", ["slots", "tasks"])
-def test_an_end_kept_while_the_server_was_down_is_delivered_by_the_next_worker(tmp_path, dispatch):
+@pytest.mark.parametrize("dispatch, store", [("slots", "local"), ("tasks", "local"),
+                                             ("slots", "s3")])  # fmt: skip
+def test_an_end_kept_while_the_server_was_down_is_delivered_by_the_next_worker(
+    tmp_path, request, dispatch, store
+):
     cloudpickle.register_pickle_by_value(sys.modules[work.__module__])
     cluster = DaskCluster(tmp_path / "cluster", workers=1, queues=("Test=1",))
     outbox = Path(cluster.env["KOTTA_OUTBOX_DIR"])
-    svc = Service(
-        tmp_path / "svc", scheduler=cluster.address, env={"DASK_KOTTA_DISPATCH": dispatch}
-    )
+    env, extra = {"DASK_KOTTA_DISPATCH": dispatch}, []
+    if store == "s3":  # results go through the server there: kept inline while it is away
+        s3 = request.getfixturevalue("s3_server")
+        bucket = s3.make_bucket(f"kept-{uuid.uuid4().hex[:8]}")
+        env, extra = {**env, **s3.env}, ["--store", f"s3://{bucket}/jobs"]
+    svc = Service(tmp_path / "svc", scheduler=cluster.address, env=env, extra=extra)
     with cluster.start(), svc.start():
         ledger = svc.shared
         konn = svc.konn()
