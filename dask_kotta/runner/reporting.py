@@ -251,10 +251,8 @@ class Direct:
             try:
                 self.api.phase(status, patience_s=0)
                 return
-            except BROKEN:
-                pass
-            except requests.HTTPError as e:
-                if e.response is None or e.response.status_code < 500:
+            except Exception as e:
+                if not _server_away(e):
                     raise
         self._phases.append({"status": status, "at": time.time()})
 
@@ -273,10 +271,8 @@ class Direct:
             report["phases"] = self._phases
         try:
             return self.api.finish(patience_s=0, **report)
-        except BROKEN:
-            pass
-        except requests.HTTPError as e:
-            if e.response is None or e.response.status_code < 500:
+        except Exception as e:
+            if not _server_away(e):
                 raise
         # The server is away: on disk first (the worker may be killed meanwhile), then the
         # runner's patience; the worker's courier delivers it if that runs out.
