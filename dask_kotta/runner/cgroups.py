@@ -284,6 +284,15 @@ class Group:
                   "cpu": self.limits.cpus}  # fmt: skip
         return [str(d / "cgroup.procs") for c, v in wanted.items() if v and (d := self._dir(c))]
 
+    def holds_all(self) -> bool:
+        """Whether every process of the job that joined this group is in it, as now set.
+
+        True on cgroup v2, and on v1 when the job joins a hierarchy (see :attr:`procs`): it
+        joins before anything of it runs, its children are born in the group, and only root
+        may move a process out. An emptied group then proves the job has no process left.
+        """
+        return bool(self.procs)
+
     def pids(self) -> set[int]:
         """The processes in this group (in any of its hierarchies)."""
         out: set[int] = set()

@@ -314,16 +314,20 @@ class _Releaser(threading.Thread):
     """Gives uids back to the pool once no process of theirs is left (checked, not assumed).
 
     One thread per worker process. Each ended job's cgroup is emptied (what is
-    left is killed) and goes back to the worker's pool; the uids of the jobs that ended within
-    ``RELEASE_S`` share one /proc scan (a scan costs ~0.5 ms of CPU, a trivial
-    job ~3). Up to ``KEEP_UIDS`` clean uids stay leased to this process, for its next jobs.
+    left is killed) and goes back to the worker's pool. A uid whose job's processes were
+    all in that group (:meth:`cgroups.Group.holds_all`) is clean once the group is empty:
+    none of them can leave it, nor can anything else run as that uid. The other uids of
+    the jobs that ended within ``RELEASE_S`` share one /proc scan (a scan costs ~0.5 ms
+    of CPU, a trivial job ~3). Up to ``KEEP_UIDS`` clean uids stay leased to this
+    process, for its next jobs.
     """
 
     def __init__(self) -> None:
         super().__init__(name="kotta-uids", daemon=True)
         self._cond = threading.Condition()
         self._due: dict[int, int] = {}  # uid -> its lock's descriptor
-        self._groups: list[cgroups.Group] = []
+        # Ended jobs' groups, each with the uid it vouches for (see holds_all) or None.
+        self._groups: list[tuple[cgroups.Group, int | None]] = []
         # Checked clean and still locked by us: the next job takes one with no scan of the
         # lock files (one open and flock per uid in use on the host). Freed when we exit.
         self._clean: list[tuple[int, int]] = []
@@ -342,7 +346,7 @@ class _Releaser(threading.Thread):
             if uid is not None and lock_fd is not None:
                 self._due[uid] = lock_fd
             if group is not None:
-                self._groups.append(group)
+                self._groups.append((group, uid if group.holds_all() else None))
             self._cond.notify()
 
     def run(self) -> None:
@@ -354,12 +358,15 @@ class _Releaser(threading.Thread):
             with self._cond:
                 (due, self._due), (groups, self._groups) = (self._due, {}), (self._groups, [])
             pool = cgroups.pool()
-            for group in groups:
+            clean = set()
+            for group, uid in groups:
                 if isinstance(pool, str) or not pool.give(group):
                     log.warning("cgroup %s of an ended job could not be emptied", group.name)
+                elif uid is not None:
+                    clean.add(uid)
             if not due:
                 continue
-            found = processes_by_uid(set(due))
+            found = processes_by_uid(set(due) - clean) if set(due) - clean else {}
             for uid, lock_fd in due.items():
                 left = [p for p in found.get(uid, ()) if not _zombie(p)]
                 if left:

@@ -15,10 +15,11 @@ The policy, step by step:
    dispatch tokens and small payloads, in one answer. When none is pending
    the server holds the request up to ``NEXT_WAIT_S``, and answers early
    when one is submitted.
-2. **How many.** ``want`` adapts: one while jobs run long (so a batch never
-   holds back jobs another slot could run), doubling up to
-   ``defaults.MAX_CLAIM`` while they end within ``SHORT_S``. The server caps
-   it at the slot's share of the pending jobs.
+2. **How many.** ``want`` adapts (:func:`next_want`): doubling up to
+   ``defaults.MAX_CLAIM``, but never more jobs than the last batch's took
+   ``BATCH_S`` to run, so a batch of long jobs never holds back jobs another
+   slot could run (one at a time past ``BATCH_S`` each). The server caps it at
+   the slot's share of the pending jobs.
 3. **Run.** Each job runs exactly as a one-task-per-job runner runs it
    (``runner.run_claimed``), with a :class:`~.slot_reporting.SlotReporting`
    as its way of reporting: payload from the claim, phases deferred, small
@@ -76,8 +77,10 @@ NEXT_WAIT_S = 2.0
 #: of its queue's resource, which a server on another address (or a restarted one) needs for
 #: its own slots. A job already running keeps its runner's own, longer patience.
 SLOT_PATIENCE_S = 5.0
-#: A job that ran for less than this, in seconds, lets the slot claim twice as many next time.
-SHORT_S = 0.1
+#: A slot claims about this many seconds of jobs at most, judged by its last batch's.
+#: Judged per batch, not by a cut-off per job: the wall time of a job grows with the slots
+#: sharing the host's cores, and a cut-off made a busy host claim one job per request.
+BATCH_S = 2.0
 #: An ended job's report waits at most this long for the slot's next request, in seconds.
 #: Only a slot with more claimed jobs to run keeps one waiting (a backlog): a lone job's end
 #: goes out at once with the next request.
@@ -252,6 +255,7 @@ class Slot:
 def _run_batch(slot: Slot, claims: list[dict[str, Any]], want: int) -> int:
     """Run a batch of claimed jobs one after another; returns how many to claim next time."""
     checked, lost = time.monotonic(), set()
+    ran, took = 0, 0.0
     for i, claim in enumerate(claims):
         if i and time.monotonic() - checked > FLUSH_S:
             # The claims still waiting: renew their leases and learn which were cancelled (or
@@ -265,8 +269,14 @@ def _run_batch(slot: Slot, claims: list[dict[str, Any]], want: int) -> int:
             continue
         t = time.monotonic()
         run_claimed(claim, slot.reporting(claim))
-        want = min(want * 2, d.MAX_CLAIM) if time.monotonic() - t < SHORT_S else 1
-    return want
+        ran, took = ran + 1, took + time.monotonic() - t
+    return next_want(want, took / ran) if ran else want
+
+
+def next_want(want: int, per_job: float) -> int:
+    """How many jobs a slot claims next, after ``want`` whose jobs took ``per_job`` s each."""
+    fits = int(BATCH_S / per_job) if per_job > 0 else d.MAX_CLAIM
+    return max(1, min(want * 2, d.MAX_CLAIM, fits))
 
 
 def run_slot(server_url: str, queue: str, token: str) -> str:

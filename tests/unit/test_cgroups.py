@@ -235,3 +235,52 @@ def test_a_job_on_cgroup_v2_starts_in_its_group_without_moving():
             (d / "cgroup.kill").write_text("1")
             d.rmdir()
         base.rmdir()
+
+
+def test_an_emptied_group_vouches_for_its_jobs_uid(tree):
+    """What lets the runner skip the /proc scan: a job's processes cannot leave its group."""
+    from dask_kotta.runner.isolation import processes_by_uid
+
+    if os.getuid() != 0:
+        pytest.skip("needs root to run a child under another uid")
+    uid = 900_000 + 4095  # the last uid of the default pool, never leased by these tests
+    group = cgroups.Group(tree, cgroups.Limits(max_processes=64))
+    assert group.holds_all()
+    r, w = os.pipe()
+
+    def leaves_a_daemon():
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                # Try to leave the group as a job would: it has no right to.
+                for procs in group.procs:
+                    try:
+                        with open(procs.replace(f"/{group.name}/", "/"), "w") as f:
+                            f.write("0")
+                    except OSError:
+                        pass
+                os.write(w, b"x")
+                time.sleep(60)
+            os._exit(0)
+        return 0
+
+    assert _status(_in_group(group, leaves_a_daemon)) == 0
+    os.close(w)
+    assert os.read(r, 1) == b"x"
+    os.close(r)
+    assert processes_by_uid({uid}).get(uid), "the daemon should be running as the job's uid"
+    assert group.empty()
+    wait_for(lambda: not processes_by_uid({uid}).get(uid), 5, "the uid to have no process")
+    assert group.close()
+
+
+def test_a_group_no_hierarchy_of_which_the_job_joins_vouches_for_nothing(tree):
+    if tree.version == 2:
+        pytest.skip("on cgroup v2 a job is always in its group")
+    group = cgroups.Group(tree, cgroups.Limits())  # no limit: no v1 hierarchy joined
+    try:
+        assert not group.holds_all()
+    finally:
+        group.close()

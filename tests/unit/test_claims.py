@@ -157,3 +157,22 @@ def test_concurrent_claims_never_share_a_job(tmp_path):
     assert not errors, errors
     claimed = [jid for g in got for jid in g]
     assert sorted(claimed) == sorted(ids), "every job claimed exactly once"
+
+
+@pytest.mark.parametrize(
+    "want, per_job, expected",
+    [
+        (1, 0.001, 2),  # short jobs: doubles
+        (16, 0.001, d.MAX_CLAIM),
+        (d.MAX_CLAIM, 0.001, d.MAX_CLAIM),  # never past the cap
+        (d.MAX_CLAIM, 0.15, 13),  # a busy host's trivial jobs: still a batch, not one a request
+        (d.MAX_CLAIM, 0.5, 4),
+        (8, 30.0, 1),  # long jobs: one at a time, none held back from another slot
+        (4, 0.0, 8),
+    ],
+)
+def test_a_slot_claims_about_batch_s_of_jobs_like_its_last(want, per_job, expected):
+    from dask_kotta.runner.slots import BATCH_S, next_want
+
+    assert next_want(want, per_job) == expected
+    assert next_want(want, per_job) * per_job <= max(BATCH_S, per_job)
