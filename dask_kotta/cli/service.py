@@ -394,7 +394,7 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
     For a tls:// scheduler give --tls-ca-file, --tls-cert and --tls-key (as to
     `dask worker`), or set them in dask's config.
     """
-    from ..server.cluster import worker_tls_check
+    from ..server.cluster import quiet_env, worker_tls_check
 
     worker_tls_check(scheduler, tls_ca_file, tls_cert, tls_key)
     slots = []
@@ -415,9 +415,10 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
     ):
         if value:
             args += [opt, value]
-    # No statistical profiler in its workers (why: start_local_cluster). An environment
-    # variable since `dask worker` takes no config option; one the user set wins.
-    os.environ.setdefault("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "False")
+    # Idle as `up`'s workers are (cluster.QUIET). Environment variables since `dask worker`
+    # takes no config option; one the user set wins.
+    for key, value in quiet_env().items():
+        os.environ.setdefault(key, value)
     os.execv(args[0], args)
 
 

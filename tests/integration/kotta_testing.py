@@ -18,6 +18,8 @@ from pathlib import Path
 
 import requests
 
+from dask_kotta.server.cluster import quiet_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -339,7 +341,7 @@ class DaskCluster:
         sched = Proc(
             [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(self.port),
              "--dashboard-address", ":0", "--no-show", *proto],
-            self.base / "scheduler.log", self.base,
+            self.base / "scheduler.log", self.base, quiet_env(),
         ).start()  # fmt: skip
         self.procs.append(sched)
         wait_for(lambda: _connectable(self.port), 60, "dask scheduler")

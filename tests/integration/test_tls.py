@@ -137,6 +137,8 @@ def _stopped_cleanly(svc: Service, sig: int, group: bool = False) -> None:
     assert svc.proc.proc.wait(30) == 0, svc.log()[-3000:]
     wait_for(lambda: not _live_in_group(pgid), 15, "every process of `up` to end")
     assert "stopped." in svc.log()
+    # Ctrl-C reaches the worker processes too: they wait to be closed, with no traceback.
+    assert "Traceback" not in svc.log() and "KeyboardInterrupt" not in svc.log(), svc.log()[-3000:]
 
 
 # -- `dask-kotta up`: the session's service ------------------------------------------------
