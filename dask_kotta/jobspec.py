@@ -106,6 +106,40 @@ def keep_days_value(value: Any) -> float | None:
     return days
 
 
+def bad_text(value: Any, where: str = "") -> str | None:
+    """The first string in ``value`` (JSON data) that is not text, and why; None if all are.
+
+    JSON's escapes can carry a lone UTF-16 surrogate (``"\\ud800"``), which Python
+    keeps in a str but no UTF-8 encoder takes: stored, such a job made every batch it
+    was claimed in fail. NUL is refused too: PostgreSQL's text cannot hold it. Object
+    keys are checked as well; ``where`` names ``value`` in the message.
+    """
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return (
+                f"{where or 'a string'} is not valid text: a lone surrogate at character {e.start}"
+            )
+        if "\x00" in value:
+            return (
+                f"{where or 'a string'} is not valid text: a NUL at character {value.index(chr(0))}"
+            )
+        return None
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            name = f"{where}.{k}" if where else str(k)
+            problem = bad_text(k, f"a key of {where or 'the object'}") or bad_text(v, name)
+            if problem:
+                return problem
+        return None
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            if problem := bad_text(v, f"{where}[{i}]"):
+                return problem
+    return None
+
+
 def _path(value: Any, what: str) -> str:
     """A user's relative path in the job's directory, normalised; ``.kotta/`` is the service's."""
     name = safe_relpath(value, what)  # UnsafePathError is a ValueError: its message is kept
@@ -156,6 +190,8 @@ class JobSpec(BaseModel):
         """
         if not isinstance(raw, Mapping):
             raise InvalidRequestError("a job description must be a JSON object")
+        if problem := bad_text(raw):
+            raise InvalidRequestError(f"job field {problem}")
         unknown = set(raw) - set(cls.model_fields)
         if unknown:
             raise InvalidRequestError(f"unknown job fields: {', '.join(sorted(unknown))}")

@@ -97,6 +97,18 @@ class Reporting(Protocol):
         ...
 
 
+def as_text(report: dict[str, Any]) -> dict[str, Any]:
+    """``report`` with its reason and traceback as text the server takes (it refuses NUL and
+    lone surrogates, which a job's own exception message may hold): escaped, not lost."""
+    for key in ("reason", "traceback"):
+        value = report.get(key)
+        if isinstance(value, str):
+            report[key] = (
+                value.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+            )
+    return report
+
+
 def beat(api: RunnerAPI) -> str | None:
     """Renew the lease once; returns why the job was taken away (cancel, requeue), if it was."""
     try:
@@ -266,6 +278,7 @@ class Direct:
         return send_result(self.inline, self.api, f)
 
     def report_end(self, **report: Any) -> str:
+        as_text(report)
         self.inline.add_to(report)
         if self._phases:
             report["phases"] = self._phases

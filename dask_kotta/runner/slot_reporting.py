@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from .api import RunnerAPI
-from .reporting import Inline, Lease, send_output, send_result
+from .reporting import Inline, Lease, as_text, send_output, send_result
 from .slot_host import SlotHost, TimerHeartbeat
 
 #: A phase is reported on its own only if the job is still in it this long after, in seconds.
@@ -110,6 +110,7 @@ class SlotReporting:
     # -- end: delivered to the slot -----------------------------------------------------
 
     def report_end(self, **report: Any) -> str:
+        as_text(report)
         with self._lock:
             self._ended = True
             # All of them: the store skips any the job already reached.

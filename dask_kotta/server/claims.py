@@ -27,6 +27,7 @@ from ..errors import (
     InvalidRequestError,
     NotFoundError,
 )
+from ..jobspec import bad_text
 from ..paths import safe_relpath
 from ..store.attempts import EndReport
 from ..store.objects import LocalObjectStore, job_key
@@ -140,8 +141,8 @@ def _decoded(body: Finish) -> tuple[dict[str, bytes], bytes | None]:
             for n, data in body.files.items()
         }
         result = None if body.result is None else base64.b64decode(body.result, validate=True)
-    except binascii.Error as e:
-        raise InvalidRequestError(str(e)) from None
+    except (binascii.Error, ValueError) as e:  # ValueError: a character that is not ASCII
+        raise InvalidRequestError(f"inline files and result must be base64: {e}") from None
     return files, result
 
 
@@ -253,14 +254,22 @@ async def next_jobs(
         await s.engine.wait_for_work(queue, left)
         if s.notifier.closed or await gone():
             break  # stopping, or nobody to hand a job to: leave it pending
-    out = []
+    out, unsendable = [], []
     for job, dispatch in claimed:
         s.changed(job["id"])
         info = claim_info(s, job)
+        if problem := bad_text(info):
+            # Stored before text was checked at submit: fails alone, not every batch it is in.
+            why = f"this job cannot be sent to a worker: its {problem}"
+            unsendable.append((job["id"], job["attempt"], hash_token(dispatch),
+                               Finish(ok=False, retry=False, reason=why)))  # fmt: skip
+            continue
         info["token"] = dispatch
         if info["has_payload"]:
             path = s.objects.local_path(payload_key(job))
             if path is not None and path.stat().st_size <= d.INLINE_MAX_BYTES:
                 info["payload"] = base64.b64encode(path.read_bytes()).decode()
         out.append(info)
+    if unsendable:
+        record_ends(s, unsendable)
     return {"done": statuses, "lost": lost, "jobs": out}

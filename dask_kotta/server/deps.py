@@ -10,12 +10,13 @@ from __future__ import annotations
 import tempfile
 from typing import IO, Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Path, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from ..errors import AuthenticationError, ForbiddenError
 from .auth import bearer, hash_token
 from .claims import Attempt
+from .models import MAX_INT
 from .service import Service
 
 
@@ -45,10 +46,12 @@ def current_user(request: Request) -> dict[str, Any]:
 
 
 User = Annotated[dict[str, Any], Depends(current_user)]
+#: An integer in a request's path: bounded as a body's are (see ``models.Count``).
+PathInt = Annotated[int, Path(ge=0, le=MAX_INT)]
 
 
 def runner_auth(
-    request: Request, job_id: str, x_kotta_attempt: Annotated[int, Header()]
+    request: Request, job_id: str, x_kotta_attempt: Annotated[int, Header(ge=0, le=MAX_INT)]
 ) -> Attempt:
     """The attempt a runner names: path's job, ``X-Kotta-Attempt`` and its dispatch token."""
     token = bearer(request.headers.get("authorization"))

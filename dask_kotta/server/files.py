@@ -23,7 +23,9 @@ from .service import Service
 
 def start_upload(s: Service, user_id: int, name: str, size: int, base_url: str) -> dict[str, Any]:
     """A new upload of ``size`` bytes named ``name``: its input ``url`` and how to send it."""
-    name = name.strip()
+    if name != name.strip():
+        # Not stripped: the URL returned would then name another file than the one asked for.
+        raise InvalidRequestError(f"upload name {name!r} starts or ends with whitespace")
     if "/" in name:
         raise UnsafePathError(f"upload name {name!r} must be a file name, without '/'")
     name = safe_relpath(name, "upload name")

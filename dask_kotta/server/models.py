@@ -2,26 +2,46 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+
+from ..jobspec import bad_text
+
+#: The largest integer the API takes: 2**53 - 1, exact in every JSON reader, and stored
+#: by SQLite and PostgreSQL alike (a larger one failed deep in the database, a 500).
+MAX_INT = 2**53 - 1
+#: A count, size or attempt number: a JSON integer (not a bool nor a string) up to MAX_INT.
+Count = Annotated[int, Field(ge=0, le=MAX_INT, strict=True)]
+
+
+class Body(BaseModel):
+    """A request body: every string in it is text (see :func:`jobspec.bad_text`)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text(cls, data: Any) -> Any:
+        if problem := bad_text(data):
+            raise ValueError(problem)
+        return data
+
 
 # -- users ----------------------------------------------------------------------------------
 
 
-class WaitBody(BaseModel):
+class WaitBody(Body):
     ids: list[str] = Field(..., min_length=1, max_length=10_000)
     timeout: float = Field(10.0, ge=0)
     all: bool = Field(False, description="Wait until all of them ended, not any")
     results: bool = Field(False, description="Include small results (base64) of ended jobs")
 
 
-class UploadBody(BaseModel):
+class UploadBody(Body):
     name: str = Field(..., min_length=1, max_length=255)
-    size: int = Field(..., ge=0)
+    size: Count
 
 
-class CompleteBody(BaseModel):
+class CompleteBody(Body):
     url: str
     upload_id: str
     etags: list[str] = []
@@ -31,17 +51,17 @@ class CompleteBody(BaseModel):
 # -- runners --------------------------------------------------------------------------------
 
 
-class Phase(BaseModel):
+class Phase(Body):
     status: str
 
 
-class PassedPhase(BaseModel):
+class PassedPhase(Body):
     status: str
     at: float
 
 
 # How an attempt ended: its outcome, timings and outputs.
-class Finish(BaseModel):
+class Finish(Body):
     ok: bool
     reason: str = ""
     traceback: str = ""
@@ -57,11 +77,11 @@ class Finish(BaseModel):
     result: str | None = None  # base64 of the pickled result
 
 
-class Claimed(BaseModel):
+class Claimed(Body):
     """An attempt a slot holds, named with its own dispatch token."""
 
     id: str
-    attempt: int
+    attempt: Count
     token: str
 
 
@@ -69,21 +89,21 @@ class Report(Finish, Claimed):
     """A finish that rides with a slot's next request; its own dispatch token authorises it."""
 
 
-class NextBody(BaseModel):
+class NextBody(Body):
     done: list[Report] = []
     waiting: list[Claimed] = []  # claimed and not started yet: renew, or say they are lost
 
 
-class PlanFile(BaseModel):
+class PlanFile(Body):
     name: str
-    size: int = Field(..., ge=0)
+    size: Count
 
 
-class PlansBody(BaseModel):
+class PlansBody(Body):
     files: list[PlanFile] = Field(..., max_length=100_000)
 
 
-class RunnerCompleteBody(BaseModel):
+class RunnerCompleteBody(Body):
     name: str
     upload_id: str
     etags: list[str] = []

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from . import files
-from .deps import User, serve, spool, svc
+from .deps import PathInt, User, serve, spool, svc
 from .inputs import own_hosts
 from .models import CompleteBody, UploadBody
 
@@ -31,7 +31,7 @@ def start_upload(request: Request, user: User, body: UploadBody) -> dict:
 
 
 @router.put("/uploads/{uid}/{upload_id}/{name}", summary="Send an upload's bytes (local store)")
-async def put_upload(request: Request, user: User, uid: int, upload_id: str, name: str) -> dict:
+async def put_upload(request: Request, user: User, uid: PathInt, upload_id: str, name: str) -> dict:
     key = files.upload_key(user["id"], uid, upload_id, name)
     with await spool(request) as f:
         size = svc(request).objects.put_stream(key, f)
@@ -39,7 +39,7 @@ async def put_upload(request: Request, user: User, uid: int, upload_id: str, nam
 
 
 @router.get("/uploads/{uid}/{upload_id}/{name}", summary="Read back one of your uploads")
-def get_upload(request: Request, user: User, uid: int, upload_id: str, name: str) -> Response:
+def get_upload(request: Request, user: User, uid: PathInt, upload_id: str, name: str) -> Response:
     key = files.existing_upload_key(svc(request), user["id"], uid, upload_id, name)
     return serve(request, key, name)
 

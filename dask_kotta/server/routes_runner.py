@@ -17,8 +17,8 @@ from fastapi.responses import Response
 
 from . import claims, files
 from .auth import bearer
-from .deps import Auth, serve, spool, svc
-from .models import Finish, NextBody, Phase, PlansBody, RunnerCompleteBody
+from .deps import Auth, PathInt, serve, spool, svc
+from .models import MAX_INT, Finish, NextBody, Phase, PlansBody, RunnerCompleteBody
 
 router = APIRouter(prefix="/api/v1/runner")
 JOB = "/jobs/{job_id}"
@@ -30,7 +30,7 @@ async def next_job(
     queue: str,
     wait: float = 10.0,
     worker: str = "",
-    limit: int = Query(1, alias="max", ge=0),
+    limit: int = Query(1, alias="max", ge=0, le=MAX_INT),
     body: NextBody | None = None,
 ) -> Any:
     """A slot reports the jobs it ended and claims the next ones of ``queue``.
@@ -113,7 +113,7 @@ async def finish(request: Request, a: Auth, body: Finish) -> dict:
 
 
 @router.get(JOB + "/inputs/{index}", summary="One input of the job, from the store")
-def runner_input(request: Request, a: Auth, job_id: str, index: int) -> Response:
+def runner_input(request: Request, a: Auth, job_id: str, index: PathInt) -> Response:
     s = svc(request)
     key = files.runner_input_key(s, claims.held(s, a), index)
     return serve(request, key, key.rsplit("/", 1)[-1])

@@ -1,0 +1,114 @@
+"""Hostile input from a normal account: refused at the edge, never a 500, never another's loss.
+
+Each case is one the fuzzer (schemathesis over ``/openapi.json``) or a hand-made
+poison job found on the real service: integers past 64 bits, strings that are
+not text, and secrets in URLs that must not reach the server's log.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+from kotta_testing import wait_for
+
+from dask_kotta.store.jobs import JobStore
+from kotta import KottaJob
+
+HUGE = "99999999999999999999"  # past 64 bits: an OverflowError inside SQLite, once
+
+
+def _post(service, path: str, **kw) -> requests.Response:
+    return requests.post(service.url + "/api/v1" + path, timeout=10, **kw)
+
+
+@pytest.mark.parametrize("route", ["heartbeat", "finish", "phase", "claim", "uploads"])
+def test_an_attempt_number_past_64_bits_is_refused_not_a_500(service, route):
+    headers = {"Authorization": "Bearer anything", "X-Kotta-Attempt": HUGE}
+    r = _post(service, f"/runner/jobs/abc/{route}", headers=headers, json={})
+    assert r.status_code == 422, (r.status_code, r.text)
+    assert "x-kotta-attempt" in r.text.lower(), r.text
+
+
+def test_a_finish_with_base64_that_is_not_ascii_is_a_400(service):
+    headers = {"Authorization": "Bearer anything", "X-Kotta-Attempt": "1"}
+    for body in ({"ok": True, "result": "é"}, {"ok": True, "files": {"a.txt": "ü=="}}):
+        r = _post(service, "/runner/jobs/abc/finish", headers=headers, json=body)
+        assert r.status_code == 400 and "base64" in r.json()["detail"], (r.status_code, r.text)
+
+
+@pytest.mark.parametrize(
+    "body, says",
+    [
+        ({"name": "x", "size": False}, "size"),  # a bool is not a size
+        ({"name": "x", "size": 2**70}, "size"),
+        ({"name": " x ", "size": 3}, "whitespace"),  # its URL would name another file
+        ({"name": "a\ud800", "size": 3}, "lone surrogate"),
+    ],
+)
+def test_a_bad_upload_is_refused_with_its_reason(konn, service, body, says):
+    r = konn.session.post(
+        service.url + "/api/v1/uploads",
+        data=json.dumps(body),  # json= would refuse the lone surrogate before it is sent
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert 400 <= r.status_code < 500 and says in r.text, (r.status_code, r.text)
+
+
+def test_an_upload_path_with_a_huge_user_id_is_a_4xx(konn, service):
+    r = konn.session.get(service.url + f"/api/v1/uploads/{HUGE}/abcdef12/x", timeout=10)
+    assert r.status_code == 422, (r.status_code, r.text)
+
+
+@pytest.mark.parametrize(
+    "spec, field",
+    [
+        ({"script": "echo \ud800"}, "script"),
+        ({"script": "echo", "name": "a\ud800"}, "name"),
+        ({"script": "echo", "annotations": {"k": ["ok", "\udfff"]}}, "annotations.k[1]"),
+        ({"script": "echo\x00"}, "NUL"),
+    ],
+)
+def test_text_that_is_not_text_is_refused_naming_the_field(konn, service, spec, field):
+    before = len(konn.jobs(limit=10_000))
+    raw = json.dumps([{"jobtype": "script", "queue": "Test", "walltime_min": 1, **spec}])
+    r = konn.session.post(service.url + "/api/v1/jobs", files={"specs": (None, raw)}, timeout=10)
+    assert r.status_code == 400, (r.status_code, r.text)
+    assert field in r.json()["detail"] and "not valid text" in r.json()["detail"], r.text
+    assert len(konn.jobs(limit=10_000)) == before, "nothing is stored"
+
+
+def test_a_job_that_cannot_be_sent_to_a_worker_fails_alone(konn, service):
+    """A job stored before text was checked (here: written to the store directly) used to make
+    every claim batch it was in fail, so its neighbours were requeued; now it fails alone."""
+    store = JobStore(f"sqlite:///{service.data_dir / 'jobs.sqlite'}", upgrade=False)
+    try:
+        spec = {"jobtype": "script", "queue": "Test", "walltime_min": 1, "script": "echo \ud800",
+                "script_name": "script.sh", "stdout": "STDOUT.txt", "stderr": "STDERR.txt"}  # fmt: skip
+        [(poison, _)] = store.insert_jobs(konn.user["id"], [spec])
+    finally:
+        store.close()
+    jobs = [KottaJob(script=f"echo {i}", walltime=1) for i in range(20)]
+    konn.submit_many(jobs)
+    for job in jobs:
+        assert job.wait(konn, maxwait=120) and job.status(konn) == "completed", job.info
+        assert job.info["requeues"] == 0, job.info
+    wait_for(lambda: konn.job(poison["id"])["status"] == "failed", 60, "the poison job to fail")
+    info = konn.job(poison["id"])
+    assert "cannot be sent to a worker" in info["reason"] and "script" in info["reason"], info
+
+
+def test_secrets_in_input_urls_never_reach_the_log(konn, service):
+    secret = f"sig{time.time_ns()}"
+    url = f"https://nowhere.invalid/data.csv?X-Amz-Signature={secret}&X-Amz-Credential=c{secret}"
+    job = KottaJob(script="cat data.csv", inputs=url, walltime=1)
+    job.submit(konn)
+    assert job.wait(konn, maxwait=120) and job.status(konn) == "failed", job.info
+    assert "nowhere.invalid/data.csv" in job.info["reason"], job.info  # the user is told which
+    wait_for(lambda: f"job {job.id} failed" in service.log(), 10, "the job's end in the log")
+    log = service.log()
+    assert "nowhere.invalid/data.csv" in log, "the log names the input, without its query"
+    assert secret not in log, "a presigned URL's signature was logged"
