@@ -26,6 +26,13 @@ from .notify import Notifier
 from .policy import Policy, load_policy
 from .queues import Queue, load_queues
 
+#: How long the server trusts a token it looked up, in seconds: a token deleted from the
+#: store (or its user) is refused at most this long after. Each request would otherwise
+#: cost a query; a busy client makes many per second with the same token.
+TOKEN_CACHE_S = 1.0
+#: Tokens remembered at most (a flood of valid tokens cannot grow the server without end).
+TOKEN_CACHE_MAX = 4096
+
 log = logging.getLogger("dask_kotta.server")
 
 
@@ -79,7 +86,8 @@ class Service:
             queues=list(self.queues), notifier=self.notifier, security=config.security,
         )  # fmt: skip
         self._reaper: asyncio.Task | None = None
-        self._user_cache: dict[str, dict] = {}
+        # token hash -> (user, until): a deleted token is refused within TOKEN_CACHE_S.
+        self._user_cache: dict[str, tuple[dict, float]] = {}
 
     def grant_presigner(self) -> Presigner:
         """Signs GETs of users' granted ``s3://`` inputs: the store's S3 client, or one from
@@ -128,11 +136,20 @@ class Service:
         self.store.close()
 
     def user_for_token_hash(self, token_hash: str) -> dict | None:
-        user = self._user_cache.get(token_hash)
+        """The user of a token, looked up at most once per ``TOKEN_CACHE_S`` per token."""
+        now = time.monotonic()
+        hit = self._user_cache.get(token_hash)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        user = self.store.user_for_token(token_hash)
         if user is None:
-            user = self.store.user_for_token(token_hash)
-            if user is not None:
-                self._user_cache[token_hash] = user
+            self._user_cache.pop(token_hash, None)
+            return None
+        if len(self._user_cache) >= TOKEN_CACHE_MAX:
+            self._user_cache = {k: v for k, v in self._user_cache.items() if v[1] > now}
+            if len(self._user_cache) >= TOKEN_CACHE_MAX:
+                self._user_cache.clear()
+        self._user_cache[token_hash] = (user, now + TOKEN_CACHE_S)
         return user
 
     def requeue_expired(self) -> None:

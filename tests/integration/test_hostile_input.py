@@ -112,3 +112,23 @@ def test_secrets_in_input_urls_never_reach_the_log(konn, service):
     log = service.log()
     assert "nowhere.invalid/data.csv" in log, "the log names the input, without its query"
     assert secret not in log, "a presigned URL's signature was logged"
+
+
+def test_a_deleted_token_is_refused_within_a_second(service, tmp_path):
+    """The server used to remember every token it had seen until it restarted."""
+    import sqlite3
+
+    from dask_kotta.server.auth import hash_token
+
+    creds = json.loads(service.token("leaver", tmp_path / "leaver.auth").read_text())
+    headers = {"Authorization": f"Bearer {creds['token']}"}
+    whoami = service.url + "/api/v1/whoami"
+    for _ in range(3):  # looked up, then served from the server's memory
+        assert requests.get(whoami, headers=headers, timeout=10).status_code == 200
+    with sqlite3.connect(service.data_dir / "jobs.sqlite") as db:
+        n = db.execute("DELETE FROM tokens WHERE token_hash = ?", (hash_token(creds["token"]),))
+        assert n.rowcount == 1
+    deleted = time.monotonic()
+    wait_for(lambda: requests.get(whoami, headers=headers, timeout=10).status_code == 401, 5,
+             "the deleted token to be refused")  # fmt: skip
+    assert time.monotonic() - deleted < 1.5
