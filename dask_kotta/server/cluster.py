@@ -320,7 +320,7 @@ def start_local_cluster(
 
 #: Dask settings of the clusters Kotta starts (``up``'s; ``dask-kotta worker``'s workers):
 #: what an idle cluster costs. An idle ``up`` with 2 workers used ~20% of a core with
-#: dask's defaults, ~9% with these.
+#: dask's defaults, ~6% with these (server process included).
 QUIET = {
     # No statistical profiler in the workers: sampling every thread's stack every 10 ms
     # took ~9% of a worker's GIL time (py-spy), and nothing here reads its profiles.
