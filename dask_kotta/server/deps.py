@@ -8,12 +8,15 @@ in memory (:func:`serve`, :func:`spool`).
 from __future__ import annotations
 
 import tempfile
+from contextlib import aclosing
 from typing import IO, Annotated, Any
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from starlette.datastructures import FormData
+from starlette.formparsers import MultiPartException, MultiPartParser
 
-from ..errors import AuthenticationError, ForbiddenError
+from ..errors import AuthenticationError, ForbiddenError, InvalidRequestError, PayloadTooLargeError
 from .auth import bearer, hash_token
 from .claims import Attempt
 from .models import MAX_INT
@@ -83,3 +86,48 @@ async def spool(request: Request) -> IO[bytes]:
         f.write(chunk)
     f.seek(0)
     return f
+
+
+class _PartTooLarge(MultiPartException):
+    pass
+
+
+class _BoundedParts(MultiPartParser):
+    """Starlette's multipart parser, refusing a file part past ``limit`` bytes as it arrives.
+
+    Starlette bounds only the parts it keeps in memory: a file part went to disk whole,
+    and the route then read it into memory whole, before it could refuse it (a chunked
+    300 MiB payload grew the server by 300 MiB).
+    """
+
+    def __init__(self, *args: Any, limit: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.limit = limit
+        self._part_bytes = 0
+
+    def on_part_begin(self) -> None:
+        super().on_part_begin()
+        self._part_bytes = 0
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._part_bytes += end - start
+        if self._current_part.file is not None and self._part_bytes > self.limit:
+            name = self._current_part.field_name
+            raise _PartTooLarge(f"{name} is over the limit of {self.limit} bytes")
+        super().on_part_data(data, start, end)
+
+
+async def bounded_form(request: Request, limit: int) -> FormData:
+    """The request's form, each part (payload or field) at most ``limit`` bytes, checked as
+    it streams: ``PayloadTooLargeError`` past it, ``InvalidRequestError`` if malformed."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await request.form(max_files=100_000, max_fields=100_000, max_part_size=limit)
+    try:
+        async with aclosing(request.stream()) as stream:
+            parser = _BoundedParts(request.headers, stream, max_files=100_000,
+                                   max_fields=100_000, max_part_size=limit, limit=limit)  # fmt: skip
+            return await parser.parse()
+    except _PartTooLarge as e:
+        raise PayloadTooLargeError(e.message) from None
+    except MultiPartException as e:
+        raise InvalidRequestError(e.message) from None

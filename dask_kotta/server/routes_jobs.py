@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from ..errors import InvalidRequestError, PayloadTooLargeError
 from . import jobs
-from .deps import User, serve, svc
+from .deps import User, bounded_form, serve, svc
 from .inputs import own_hosts
 from .models import WaitBody
 from .views import job_view
@@ -52,7 +52,7 @@ async def _read_submission(request: Request) -> list[tuple[dict[str, Any], bytes
         raise PayloadTooLargeError(
             f"request of {int(length)} bytes is over the limit of {limit} bytes"
         )
-    form = await request.form(max_files=100_000, max_fields=100_000, max_part_size=limit)
+    form = await bounded_form(request, limit)
     try:
         raw = form.get("specs")
         if not isinstance(raw, str):  # missing, or sent as a file

@@ -132,3 +132,34 @@ def test_a_deleted_token_is_refused_within_a_second(service, tmp_path):
     wait_for(lambda: requests.get(whoami, headers=headers, timeout=10).status_code == 401, 5,
              "the deleted token to be refused")  # fmt: skip
     assert time.monotonic() - deleted < 1.5
+
+
+def test_a_chunked_payload_over_the_limit_is_refused_as_it_streams(konn, service):
+    """With no Content-Length, the server learns the size only as the body comes: it used to
+    spool a payload whole, then read it into memory whole, before refusing it."""
+    import psutil
+
+    server = psutil.Process(service.proc.proc.pid)
+    before_jobs = len(konn.jobs(limit=10_000))
+    boundary = "kottatestboundary"
+    spec = json.dumps([{"jobtype": "python", "queue": "Test", "walltime_min": 1}])
+    mib = b"\0" * 2**20
+
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"specs\"\r\n\r\n"
+               f"{spec}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"payload0\"; "
+               f"filename=\"payload0\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
+        for _ in range(200):  # 200 MiB; the test service's limit is 32 MiB
+            yield mib
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    rss = server.memory_info().rss
+    try:
+        r = konn.session.post(service.url + "/api/v1/jobs", data=body(), timeout=60,
+                              headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+        assert r.status_code == 413 and "over the limit" in r.json()["detail"], r.text
+    except requests.ConnectionError:
+        pass  # refused mid-body: the server answered 413 and closed while we still sent
+    grown = (server.memory_info().rss - rss) / 2**20
+    assert grown < 20, f"the server grew by {grown:.0f} MiB reading a refused payload"
+    assert len(konn.jobs(limit=10_000)) == before_jobs
