@@ -436,14 +436,29 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
 @click.option("--database", envvar="DASK_KOTTA_DATABASE", help="SQLAlchemy URL of the job store.")
 @click.option("--url", help="Server URL to put in the file. Default: http://127.0.0.1:PORT.")
 @click.option("--port", type=int, default=d.PORT, show_default=True)
-def token(name, output, data_dir, database, url, port):
-    """Create user NAME if new, and write a credentials file with a new token for it."""
+@click.option(
+    "--new",
+    is_flag=True,
+    help="Make the job store if there is none yet (before the first start of `server`).",
+)
+def token(name, output, data_dir, database, url, port, new):
+    """Create user NAME if new, and write a credentials file with a new token for it.
+
+    Run it where the service keeps its data (its --data-dir, or --database).
+    """
     from ..server.launch import issue_token
     from ..store.jobs import JobStore
 
     if not name.strip() or len(name) > 128:
         raise click.BadParameter("must be 1-128 characters", param_hint="NAME")
-    store = JobStore(database or str(Path(data_dir) / "jobs.sqlite"))
+    path = Path(data_dir) / "jobs.sqlite"
+    if not database and not new and not path.exists():
+        # Run in the wrong directory, it made an empty store no server reads, and a token in it.
+        raise click.UsageError(
+            f"no job store at {path}: run this where the service was started (or give its "
+            "--data-dir or --database); --new makes a new store"
+        )
+    store = JobStore(database or str(path))
     issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}")
     store.close()
     click.echo(f"wrote {output} for user {name!r}")

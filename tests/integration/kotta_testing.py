@@ -224,7 +224,7 @@ class Service:
     def token(self, name: str, path: Path) -> Path:
         subprocess.run(
             [sys.executable, "-m", "dask_kotta.cli", "token", name, "-o", str(path), "--data-dir", str(self.data_dir),
-             "--port", str(self.port), *[a for a in self.extra if a.startswith("--database")]],
+             "--port", str(self.port), "--new", *[a for a in self.extra if a.startswith("--database")]],
             check=True, capture_output=True, env={**os.environ, **self.env},
         )  # fmt: skip
         return path

@@ -98,6 +98,19 @@ def test_missing_credentials_file(service, tmp_path):
     assert out.returncode == 1 and "cannot read credentials" in out.stderr
 
 
+def test_token_where_no_service_keeps_its_data_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "dask_kotta.cli", "token", "dave", "-o", "dave.auth"]
+    out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no job store at .kotta/jobs.sqlite" in out.stderr, out.stderr
+    assert list(tmp_path.iterdir()) == [], "neither a store nor a credentials file"
+    made = subprocess.run([*cmd, "--new"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / ".kotta" / "jobs.sqlite").exists() and (tmp_path / "dave.auth").exists()
+
+
 def test_token_makes_working_credentials(service, tmp_path):
     path = service.token("carol", tmp_path / "carol.auth")
     data = json.loads(path.read_text())
