@@ -78,8 +78,16 @@ def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable
 
     konn = _konn(auth_file)
     path = Path(script)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        # A script is sent as text (JSON): bytes that are not UTF-8 cannot go.
+        raise click.ClickException(
+            f"{script} is not UTF-8 text (byte {e.start} is {e.object[e.start : e.start + 1]!r}): "
+            "a script is sent as text; convert it (iconv -t UTF-8), or stage binary data as an input"
+        ) from None
     job = KottaJob(
-        jobtype="script", jobname=name or path.name, script=path.read_text(), script_name=path.name,
+        jobtype="script", jobname=name or path.name, script=text, script_name=path.name,
         executable=executable, queue=queue, walltime=walltime, inputs=inputs, outputs=outputs,
         keep_days=keep,
     )  # fmt: skip

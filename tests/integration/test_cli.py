@@ -98,6 +98,18 @@ def test_missing_credentials_file(service, tmp_path):
     assert out.returncode == 1 and "cannot read credentials" in out.stderr
 
 
+def test_submit_of_a_script_that_is_not_utf8_says_so(service, tmp_path):
+    script = tmp_path / "latin1.sh"
+    script.write_bytes("echo café\n".encode("latin-1"))
+    before = service.cli("ls", "--limit", "1000").stdout
+    out = service.cli("submit", str(script), "--walltime", "0.5")
+    assert out.returncode == 1 and "is not UTF-8 text (byte 8 is b'\\xe9')" in out.stderr, (
+        out.stderr
+    )
+    assert "Traceback" not in out.stderr
+    assert service.cli("ls", "--limit", "1000").stdout == before, "nothing was submitted"
+
+
 def test_token_where_no_service_keeps_its_data_writes_nothing(tmp_path):
     import subprocess
     import sys
