@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -423,7 +424,7 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option(
     "-o",
     "--output",
@@ -441,24 +442,48 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
     is_flag=True,
     help="Make the job store if there is none yet (before the first start of `server`).",
 )
-def token(name, output, data_dir, database, url, port, new):
+@click.option("--list", "list_", is_flag=True, help="List the tokens (of NAME), with their ids.")
+@click.option(
+    "--revoke",
+    "revoke",
+    multiple=True,
+    metavar="ID",
+    help="Revoke the token with this id (from --list); running servers refuse it within 1 s.",
+)
+def token(name, output, data_dir, database, url, port, new, list_, revoke):
     """Create user NAME if new, and write a credentials file with a new token for it.
 
-    Run it where the service keeps its data (its --data-dir, or --database).
+    With --list, list the tokens (NAME's only, if given); with --revoke ID, revoke
+    tokens. Run it where the service keeps its data (its --data-dir, or --database).
     """
     from ..server.launch import issue_token
     from ..store.jobs import JobStore
 
-    if not name.strip() or len(name) > 128:
+    if not (list_ or revoke) and name is None:
+        raise click.UsageError("give NAME (the user to make a token for), --list or --revoke ID")
+    if name is not None and (not name.strip() or len(name) > 128):
         raise click.BadParameter("must be 1-128 characters", param_hint="NAME")
     path = Path(data_dir) / "jobs.sqlite"
-    if not database and not new and not path.exists():
+    if not database and not (new and not (list_ or revoke)) and not path.exists():
         # Run in the wrong directory, it made an empty store no server reads, and a token in it.
         raise click.UsageError(
             f"no job store at {path}: run this where the service was started (or give its "
             "--data-dir or --database); --new makes a new store"
         )
     store = JobStore(database or str(path))
-    issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}")
-    store.close()
-    click.echo(f"wrote {output} for user {name!r}")
+    try:
+        for token_id in revoke:
+            try:
+                user = store.revoke_token(token_id)
+            except ValueError as e:
+                raise click.ClickException(str(e)) from None
+            click.echo(f"revoked token {token_id} of user {user!r}")
+        if list_:
+            for t in store.list_tokens(name):
+                at = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t["created_at"]))
+                click.echo(f"{t['id']}  {at} UTC  {t['user']}")
+        if not (list_ or revoke):
+            issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}")
+            click.echo(f"wrote {output} for user {name!r}")
+    finally:
+        store.close()

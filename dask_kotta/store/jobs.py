@@ -122,6 +122,35 @@ class JobStore:
                 )
             )
 
+    def list_tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        """Every token (of ``user``), oldest first: ``id`` (the first 12 hex digits of its
+        hash, which names it without being it), ``user`` and ``created_at``."""
+        query = sa.select(tokens.c.token_hash, users.c.name, tokens.c.created_at).join(
+            users, tokens.c.user_id == users.c.id
+        )
+        if user is not None:
+            query = query.where(users.c.name == user)
+        with self.engine.connect() as c:
+            rows = c.execute(query.order_by(tokens.c.created_at)).all()
+        return [{"id": h[:12], "user": name, "created_at": at} for h, name, at in rows]
+
+    def revoke_token(self, token_id: str) -> str:
+        """Delete the token whose hash starts with ``token_id`` (at least 8 hex digits, one
+        token only); returns its user's name. ``ValueError`` says why none was deleted."""
+        token_id = token_id.strip().lower()
+        if len(token_id) < 8 or not all(ch in "0123456789abcdef" for ch in token_id):
+            raise ValueError(f"{token_id!r} is not a token id (8 or more hex digits, as listed)")
+        with self.engine.begin() as c:
+            found = c.execute(
+                sa.select(tokens.c.token_hash, users.c.name)
+                .join(users, tokens.c.user_id == users.c.id)
+                .where(tokens.c.token_hash.startswith(token_id, autoescape=True))
+            ).all()
+            if len(found) != 1:
+                raise ValueError(f"{len(found)} tokens have an id starting {token_id!r}, not one")
+            c.execute(tokens.delete().where(tokens.c.token_hash == found[0][0]))
+        return str(found[0][1])
+
     def user_for_token(self, token_hash: str) -> dict[str, Any] | None:
         with self.engine.connect() as c:
             row = c.execute(

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from kotta_testing import wait_for
 
 COMMANDS = ["up", "server", "worker", "token", "submit", "status", "logs", "cancel", "rm", "ls",
             "gc"]  # fmt: skip
@@ -121,6 +122,38 @@ def test_token_where_no_service_keeps_its_data_writes_nothing(tmp_path):
     made = subprocess.run([*cmd, "--new"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert made.returncode == 0, made.stderr
     assert (tmp_path / ".kotta" / "jobs.sqlite").exists() and (tmp_path / "dave.auth").exists()
+
+
+def test_a_revoked_token_is_refused_by_the_running_server_within_a_second(service, tmp_path):
+    import hashlib
+    import time
+
+    import requests
+
+    token = json.loads(service.token("erin", tmp_path / "erin.auth").read_text())["token"]
+    token_id = hashlib.sha256(token.encode()).hexdigest()[:12]
+    headers = {"Authorization": f"Bearer {token}"}
+    whoami = service.url + "/api/v1/whoami"
+    assert requests.get(whoami, headers=headers, timeout=10).json()["name"] == "erin"
+
+    def tok(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "dask_kotta.cli", "token", "--data-dir", str(service.data_dir)]
+        return subprocess.run(
+            [*cmd, *args], capture_output=True, text=True, check=check, timeout=60
+        )
+
+    listed = tok("erin", "--list").stdout
+    assert token_id in listed and "erin" in listed, listed
+    assert token_id not in tok("tester", "--list").stdout
+    out = tok("--revoke", token_id[:8])
+    assert f"revoked token {token_id[:8]} of user 'erin'" in out.stdout, out.stdout
+    revoked = time.monotonic()
+    wait_for(lambda: requests.get(whoami, headers=headers, timeout=10).status_code == 401, 5,
+             "the revoked token to be refused")  # fmt: skip
+    assert time.monotonic() - revoked < 1.5
+    assert token_id not in tok("--list").stdout
+    again = tok("--revoke", token_id, check=False)
+    assert again.returncode == 1 and "0 tokens have an id starting" in again.stderr, again.stderr
 
 
 def test_token_makes_working_credentials(service, tmp_path):
