@@ -35,13 +35,21 @@ def whoami(user: User) -> dict:
 
 @router.get("/queues", summary="Queues and their limits")
 async def queues(request: Request, user: User) -> dict:
-    """Each queue's limits, and ``slots``: how many of its jobs the cluster runs at once now."""
+    """Each queue's limits; ``slots``: how many of its jobs the cluster runs at once now;
+    ``yours``: your jobs ``running`` and ``pending`` in it. A free slot goes to the user with
+    the fewest running jobs in the queue (ties: the older job), so another user's backlog
+    does not hold yours back."""
     s = svc(request)
     try:
         slots = await s.engine.capacity()
     except Exception:  # the scheduler is unreachable: limits still answer
         slots = {}
-    return {name: {**q.to_json(), "slots": slots.get(name, 0)} for name, q in s.queues.items()}
+    mine = s.store.queue_counts(user["id"])
+    return {
+        name: {**q.to_json(), "slots": slots.get(name, 0),
+               "yours": mine.get(name, {"running": 0, "pending": 0})}
+        for name, q in s.queues.items()
+    }  # fmt: skip
 
 
 async def _read_submission(request: Request) -> list[tuple[dict[str, Any], bytes | None]]:

@@ -160,6 +160,21 @@ class JobStore:
             ).first()
         return dict(row._mapping) if row else None
 
+    def queue_counts(self, owner: int) -> dict[str, dict[str, int]]:
+        """``owner``'s jobs per queue: ``running`` (being staged, run or staged out) and
+        ``pending``; queues where it has none are left out."""
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(jobs.c.queue, jobs.c.status, sa.func.count())
+                .where(jobs.c.owner == owner, jobs.c.status.in_((d.PENDING, *d.ACTIVE_STATUSES)))
+                .group_by(jobs.c.queue, jobs.c.status)
+            ).all()
+        out: dict[str, dict[str, int]] = {}
+        for queue, status, n in rows:
+            mine = out.setdefault(queue, {"running": 0, "pending": 0})
+            mine["pending" if status == d.PENDING else "running"] += n
+        return out
+
     # -- submission ----------------------------------------------------------------------
 
     def insert_jobs(

@@ -72,6 +72,9 @@ sa.Index("jobs_owner_submitted", jobs.c.owner, jobs.c.submitted_at)
 sa.Index("jobs_status", jobs.c.status)
 # The sweep walks ended jobs oldest first (revision 0002).
 sa.Index("jobs_ended", jobs.c.ended_at)
+# A claim reads a queue's pending jobs by user, oldest first, and counts its running ones
+# by user (fair share, revision 0003).
+sa.Index("jobs_queue_status", jobs.c.queue, jobs.c.status, jobs.c.owner, jobs.c.submitted_at)
 
 job_events = sa.Table(
     "job_events",

@@ -26,7 +26,7 @@ from kotta import KottaJob
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
 #: The package's newest schema revision.
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_a_postgres_database_made_by_0_1_0_is_stamped_upgraded_and_keeps_every_r
     assert len(before["jobs"]) == 28
 
     assert migrate.status(sa.make_url(url)).state == "unversioned"
-    with pytest.raises(SchemaError, match="needs 0002: run `dask-kotta db upgrade"):
+    with pytest.raises(SchemaError, match="needs 0003: run `dask-kotta db upgrade"):
         JobStore(url)  # as `server` without --upgrade-db
     assert pg_rows(url) == before
     store = JobStore(url, upgrade=True)

@@ -163,3 +163,27 @@ def test_a_chunked_payload_over_the_limit_is_refused_as_it_streams(konn, service
     grown = (server.memory_info().rss - rss) / 2**20
     assert grown < 20, f"the server grew by {grown:.0f} MiB reading a refused payload"
     assert len(konn.jobs(limit=10_000)) == before_jobs
+
+
+def test_one_users_backlog_does_not_hold_back_another_users_job(konn, service, other_user):
+    """Fair share: a free slot goes to the user with the fewest running jobs."""
+    from kotta import Kotta
+
+    mallory = Kotta(other_user.read_text())
+    flood = [KottaJob(script="sleep 0.3", walltime=1) for _ in range(600)]
+    konn.submit_many(flood)  # ~25 s of work for the queue's 8 slots
+    try:
+        wait_for(lambda: konn.queues()["Test"]["yours"]["running"] >= 4, 60, "the flood to run")
+        mine = konn.queues()["Test"]["yours"]
+        assert mine["pending"] > 300, mine  # the backlog is there: FIFO would make her wait
+        assert mallory.queues()["Test"]["yours"] == {"running": 0, "pending": 0}
+        job = KottaJob(script="echo mine", walltime=1)
+        job.submit(mallory)
+        submitted = time.monotonic()
+        wait_for(lambda: job.status(mallory) != "pending", 30, "the other user's job to start")
+        assert time.monotonic() - submitted < 5, "her job waited behind the flood"
+        assert job.wait(mallory, maxwait=60) and job.status(mallory) == "completed", job.info
+    finally:
+        for j in flood:
+            if j.status(konn) in ("pending", "staging_inputs", "processing"):
+                j.cancel(konn)

@@ -176,3 +176,56 @@ def test_a_slot_claims_about_batch_s_of_jobs_like_its_last(want, per_job, expect
 
     assert next_want(want, per_job) == expected
     assert next_want(want, per_job) * per_job <= max(BATCH_S, per_job)
+
+
+def test_claims_go_to_the_user_with_the_fewest_running_jobs(store, owner):
+    """Fair share: alice has 3 running and 5 pending, bob 2 pending (submitted after all of
+    alice's): bob's both come first, then alice's, oldest first within each user."""
+    bob = store.get_or_create_user("bob")
+    alice_jobs = submit(store, owner, 8)
+    store.claim_next("Test", hashes(3, "r"), 60, "w")  # alice's three oldest run
+    bobs = submit(store, bob, 2)
+    got = [j["id"] for j in store.claim_next("Test", hashes(4), 60, "w")]
+    assert got == [*bobs, alice_jobs[3], alice_jobs[4]]
+
+
+def test_one_users_backlog_does_not_hold_back_anothers_job(store, owner):
+    bob = store.get_or_create_user("bob")
+    submit(store, owner, 2000)
+    (late,) = submit(store, bob, 1)
+    # Both have none running: alice's oldest (the older job) goes first, then bob's, not
+    # her next 1,999.
+    first, second = store.claim_next("Test", hashes(2), 60, "w")
+    assert first["owner"] == owner and second["id"] == late
+
+
+def test_ties_between_users_go_to_the_older_job(store, owner):
+    bob = store.get_or_create_user("bob")
+    a1 = submit(store, owner, 1)
+    b1 = submit(store, bob, 1)
+    a2 = submit(store, owner, 1)
+    got = [j["id"] for j in store.claim_next("Test", hashes(3), 60, "w")]
+    assert got == [*a1, *b1, *a2]
+
+
+@pytest.mark.parametrize("users", [3, 20])  # 20: more users waiting than a claim asks one by one
+def test_the_fair_order_is_the_same_for_few_and_many_users(store, owner, users):
+    ids = [owner] + [store.get_or_create_user(f"u{i}") for i in range(users - 1)]
+    jobs = {u: [] for u in ids}
+    for _ in range(3):  # interleaved submissions: each user's jobs spread over time
+        for u in ids:
+            jobs[u] += submit(store, u, 1)
+    store.claim_next("Test", hashes(2, "r"), 60, "w")  # the two oldest run: u0's and u1's first
+    running = {ids[0]: 1, ids[1]: 1}
+    pending = {
+        u: [j for j in js if j not in (jobs[ids[0]][0], jobs[ids[1]][0])] for u, js in jobs.items()
+    }
+    order = {
+        j: n for n, j in enumerate(j for r in range(3) for u in ids for j in jobs[u][r : r + 1])
+    }
+    expected = sorted((running.get(u, 0) + k, order[j]) for u, js in pending.items()
+                      for k, j in enumerate(js, 1))  # fmt: skip
+    by_order = {n: j for j, n in order.items()}
+    want = [by_order[n] for _, n in expected[: users + 2]]
+    got = [j["id"] for j in store.claim_next("Test", hashes(users + 2), 60, "w")]
+    assert got == want
