@@ -64,6 +64,8 @@ MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
 INLINE_MAX_BYTES = 1024 * 1024
 #: The most jobs one slot request claims (see ``runner/slots.py``).
 MAX_CLAIM = 32
+#: Jobs one user may have pending at once (all queues), unless the operator says otherwise.
+MAX_PENDING = 100_000
 #: Child-process poll interval for walltime/memory/cancel checks, in seconds.
 MONITOR_S = 0.05
 

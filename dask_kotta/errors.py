@@ -17,7 +17,9 @@
     │   ├── NotFoundError          404: no such job (or not yours)
     │   ├── InvalidRequestError    400/422: the request names something invalid
     │   ├── ConflictError          409: the job is not in a state that allows this
-    │   └── PayloadTooLargeError   413: the upload is over the server's limit
+    │   ├── PayloadTooLargeError   413: the upload is over the server's limit
+    │   └── LimitExceededError     429: a per-user limit (pending jobs) is reached; the
+    │                              message names it and how to change it
     ├── ServerUnavailableError the server cannot be reached; the message names the URL (a 502/
     │                          503/504 is an ``APIError``; the client retries both for a while)
     └── JobError               something about a job's outcome
@@ -134,6 +136,13 @@ class PayloadTooLargeError(APIError):
     status = 413
 
 
+class LimitExceededError(APIError):
+    """A per-user limit is reached (jobs pending at once); the message names the limit and
+    what to do. Not retried: it holds until some of the user's jobs start or are cancelled."""
+
+    status = 429
+
+
 class ServerUnavailableError(KottaError):
     """The Kotta server could not be reached."""
 
@@ -231,6 +240,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,
+    429: LimitExceededError,
     422: InvalidRequestError,
 }
 

@@ -48,8 +48,25 @@ def _max_keep(ctx, param, value):
     return value
 
 
+def _max_pending(ctx, param, value):
+    if value is not None and value < 0:
+        raise click.BadParameter("must be a number of jobs >= 0 (0: no limit)", param=param)
+    ctx.meta["dask_kotta.max_pending"] = value
+    return value
+
+
 def _server_options(f):
     f = upgrade_db_option(f)
+    f = click.option(
+        "--max-pending",
+        envvar="DASK_KOTTA_MAX_PENDING",
+        type=int,
+        expose_value=False,
+        callback=_max_pending,
+        metavar="JOBS",
+        help=f"Jobs one user may have pending at once (all queues); a submit past it is "
+        f"refused (429). 0: no limit. [default: {d.MAX_PENDING}]",
+    )(f)
     f = click.option(
         "--max-keep",
         envvar="DASK_KOTTA_MAX_KEEP_DAYS",
@@ -182,6 +199,8 @@ def _config(
         lease_s=meta.get("dask_kotta.lease") or d.LEASE_S,
         keep_days=d.KEEP_DAYS if meta.get("dask_kotta.keep") is None else meta["dask_kotta.keep"],
         max_keep_days=meta.get("dask_kotta.max_keep"),
+        max_pending=d.MAX_PENDING if meta.get("dask_kotta.max_pending") is None
+        else meta["dask_kotta.max_pending"],
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from ..errors import (
     APIError,
     ConflictError,
     InvalidRequestError,
+    LimitExceededError,
     NotFoundError,
     UnsafePathError,
     error_for_status,
@@ -58,6 +59,15 @@ async def submit(
     made the first time, with ``created`` false. A refused description refuses
     the whole batch; the error names its index when the batch has more than one.
     """
+    limit = s.config.max_pending
+    if limit:
+        pending = s.store.pending_of(user["id"])
+        if pending + len(items) > limit:
+            raise LimitExceededError(
+                f"you have {pending} jobs pending and this submit adds {len(items)}: over the "
+                f"limit of {limit} pending jobs per user (the operator's --max-pending); wait "
+                "for some to start, or cancel some"
+            )
     specs = []
     for i, (raw, payload) in enumerate(items):
         try:

@@ -55,6 +55,8 @@ class ServerConfig:
     #: The longest any job is kept (``--max-keep``), its own ``keep_days`` and ``keep_days``
     #: included; None: no bound.
     max_keep_days: float | None = None
+    #: Jobs one user may have pending at once, all queues (``--max-pending``; 0: no limit).
+    max_pending: int = d.MAX_PENDING
     #: Run jobs uncontained on workers that cannot contain them (``--allow-uncontained``).
     allow_uncontained: bool = False
     #: The only user served, when jobs here cannot be contained (``uncontained`` says why).

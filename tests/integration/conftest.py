@@ -20,7 +20,8 @@ QUEUES = Path(__file__).with_name("queues.json")
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     """`dask-kotta up` on a free port with a temp data dir, 2 workers."""
-    extra = ["--queues", str(QUEUES), "--max-payload", "32MiB"]
+    # --max-pending: a limit test_hostile_input can pass with one submit.
+    extra = ["--queues", str(QUEUES), "--max-payload", "32MiB", "--max-pending", "1000"]
     # A secret of the workers' environment that no job may see (test_containment).
     env = {"SERVICE_SECRET_CANARY": f"canary-{uuid.uuid4().hex}"}
     svc = Service(tmp_path_factory.mktemp("service"), extra=extra, env=env).start()

@@ -187,3 +187,16 @@ def test_one_users_backlog_does_not_hold_back_another_users_job(konn, service, o
         for j in flood:
             if j.status(konn) in ("pending", "staging_inputs", "processing"):
                 j.cancel(konn)
+
+
+def test_a_submit_past_the_pending_limit_is_a_429_that_names_it(konn):
+    from dask_kotta.errors import LimitExceededError
+
+    before = len(konn.jobs(limit=10_000))
+    started = time.monotonic()
+    with pytest.raises(LimitExceededError, match=r"over the limit of 1000 pending jobs per user "
+                       r"\(the operator's --max-pending\)") as e:  # fmt: skip
+        konn.submit_many([KottaJob(script="true", walltime=1) for _ in range(1001)], chunk=1001)
+    assert e.value.status == 429
+    assert time.monotonic() - started < 10, "a 429 is not retried: it holds until jobs start"
+    assert len(konn.jobs(limit=10_000)) == before, "nothing is stored"
