@@ -48,6 +48,22 @@ def _max_keep(ctx, param, value):
     return value
 
 
+def _duration_s(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or a bare number of days, in seconds (> 0)."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    raw = text.strip().lower()
+    unit = units.get(raw[-1:], None)
+    try:
+        value = float(raw[:-1] if unit else raw) * (unit or 86400)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise click.BadParameter(
+            f"{text!r} is not a duration like 30d, 12h, 90m or 45s", param_hint="--expires"
+        )
+    return value
+
+
 def _max_pending(ctx, param, value):
     if value is not None and value < 0:
         raise click.BadParameter("must be a number of jobs >= 0 (0: no limit)", param=param)
@@ -461,6 +477,13 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
     is_flag=True,
     help="Make the job store if there is none yet (before the first start of `server`).",
 )
+@click.option(
+    "--expires",
+    metavar="DURATION",
+    help="The new token stops working after this long: 30d, 12h, 90m, 45s (a bare number: "
+    "days). [default: never]",
+)
+@click.option("--label", help="What the new token is for, shown by --list (at most 128 chars).")
 @click.option("--list", "list_", is_flag=True, help="List the tokens (of NAME), with their ids.")
 @click.option(
     "--revoke",
@@ -469,7 +492,7 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
     metavar="ID",
     help="Revoke the token with this id (from --list); running servers refuse it within 1 s.",
 )
-def token(name, output, data_dir, database, url, port, new, list_, revoke):
+def token(name, output, data_dir, database, url, port, new, expires, label, list_, revoke):
     """Create user NAME if new, and write a credentials file with a new token for it.
 
     With --list, list the tokens (NAME's only, if given); with --revoke ID, revoke
@@ -482,6 +505,9 @@ def token(name, output, data_dir, database, url, port, new, list_, revoke):
         raise click.UsageError("give NAME (the user to make a token for), --list or --revoke ID")
     if name is not None and (not name.strip() or len(name) > 128):
         raise click.BadParameter("must be 1-128 characters", param_hint="NAME")
+    if label is not None and len(label) > 128:
+        raise click.BadParameter("must be at most 128 characters", param_hint="--label")
+    lifetime = _duration_s(expires) if expires is not None else None
     path = Path(data_dir) / "jobs.sqlite"
     if not database and not (new and not (list_ or revoke)) and not path.exists():
         # Run in the wrong directory, it made an empty store no server reads, and a token in it.
@@ -498,11 +524,20 @@ def token(name, output, data_dir, database, url, port, new, list_, revoke):
                 raise click.ClickException(str(e)) from None
             click.echo(f"revoked token {token_id} of user {user!r}")
         if list_:
+            now = time.time()
             for t in store.list_tokens(name):
-                at = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t["created_at"]))
-                click.echo(f"{t['id']}  {at} UTC  {t['user']}")
+                made = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t["created_at"]))
+                ends = t["expires_at"]
+                until = "never expires" if ends is None else (
+                    ("expired " if ends <= now else "expires ")
+                    + time.strftime("%Y-%m-%d %H:%M", time.gmtime(ends)))  # fmt: skip
+                click.echo(f"{t['id']}  {made} UTC  {t['user']}  ({until})"
+                           + (f"  {t['label']}" if t["label"] else ""))  # fmt: skip
         if not (list_ or revoke):
-            issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}")
-            click.echo(f"wrote {output} for user {name!r}")
+            ends = None if lifetime is None else time.time() + lifetime
+            issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}", label, ends)
+            click.echo(f"wrote {output} for user {name!r}" + (
+                "" if ends is None else
+                f", valid until {time.strftime('%Y-%m-%d %H:%M', time.gmtime(ends))} UTC"))  # fmt: skip
     finally:
         store.close()

@@ -36,11 +36,15 @@ def write_credentials(path: Path, url: str, token: str) -> None:
     os.replace(tmp, path)
 
 
-def issue_token(store: JobStore, user: str, path: Path, url: str) -> str:
-    """Create ``user`` if new, give it a new token and write its credentials file."""
+def issue_token(
+    store: JobStore, user: str, path: Path, url: str, label: str | None = None,
+    expires_at: float | None = None,
+) -> str:  # fmt: skip
+    """Create ``user`` if new, give it a new token (working until ``expires_at``, epoch
+    seconds; None: always) and write its credentials file."""
     uid = store.get_or_create_user(user)
     token = new_token()
-    store.add_token(uid, hash_token(token))
+    store.add_token(uid, hash_token(token), label=label, expires_at=expires_at)
     write_credentials(path, url, token)
     return token
 

@@ -151,7 +151,10 @@ class Service:
             self._user_cache = {k: v for k, v in self._user_cache.items() if v[1] > now}
             if len(self._user_cache) >= TOKEN_CACHE_MAX:
                 self._user_cache.clear()
-        self._user_cache[token_hash] = (user, now + TOKEN_CACHE_S)
+        until = now + TOKEN_CACHE_S
+        if user.get("expires_at") is not None:  # not trusted past its expiry, even cached
+            until = min(until, now + user["expires_at"] - time.time())
+        self._user_cache[token_hash] = (user, until)
         return user
 
     def requeue_expired(self) -> None:

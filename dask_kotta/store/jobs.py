@@ -114,25 +114,33 @@ class JobStore:
                 uid = key[0]
             return int(uid)
 
-    def add_token(self, user_id: int, token_hash: str) -> None:
+    def add_token(
+        self, user_id: int, token_hash: str, label: str | None = None,
+        expires_at: float | None = None,
+    ) -> None:  # fmt: skip
+        """Keep a new token's hash for ``user_id``; it works until ``expires_at`` (None: always)."""
         with self.engine.begin() as c:
             c.execute(
                 tokens.insert().values(
-                    token_hash=token_hash, user_id=user_id, created_at=time.time()
+                    token_hash=token_hash, user_id=user_id, created_at=time.time(),
+                    label=label, expires_at=expires_at,
                 )
-            )
+            )  # fmt: skip
 
     def list_tokens(self, user: str | None = None) -> list[dict[str, Any]]:
         """Every token (of ``user``), oldest first: ``id`` (the first 12 hex digits of its
-        hash, which names it without being it), ``user`` and ``created_at``."""
-        query = sa.select(tokens.c.token_hash, users.c.name, tokens.c.created_at).join(
-            users, tokens.c.user_id == users.c.id
-        )
+        hash, which names it without being it), ``user``, ``created_at``, ``label`` and
+        ``expires_at`` (None: never)."""
+        query = sa.select(
+            tokens.c.token_hash, users.c.name, tokens.c.created_at, tokens.c.label,
+            tokens.c.expires_at,
+        ).join(users, tokens.c.user_id == users.c.id)  # fmt: skip
         if user is not None:
             query = query.where(users.c.name == user)
         with self.engine.connect() as c:
             rows = c.execute(query.order_by(tokens.c.created_at)).all()
-        return [{"id": h[:12], "user": name, "created_at": at} for h, name, at in rows]
+        return [{"id": h[:12], "user": name, "created_at": at, "label": label, "expires_at": exp}
+                for h, name, at, label, exp in rows]  # fmt: skip
 
     def revoke_token(self, token_id: str) -> str:
         """Delete the token whose hash starts with ``token_id`` (at least 8 hex digits, one
@@ -152,13 +160,16 @@ class JobStore:
         return str(found[0][1])
 
     def user_for_token(self, token_hash: str) -> dict[str, Any] | None:
+        """``{id, name, expires_at}`` of the token's user, or None: unknown, or expired."""
         with self.engine.connect() as c:
             row = c.execute(
-                sa.select(users.c.id, users.c.name)
+                sa.select(users.c.id, users.c.name, tokens.c.expires_at)
                 .join(tokens, tokens.c.user_id == users.c.id)
                 .where(tokens.c.token_hash == token_hash)
             ).first()
-        return dict(row._mapping) if row else None
+        if row is None or (row.expires_at is not None and row.expires_at <= time.time()):
+            return None
+        return dict(row._mapping)
 
     def queue_counts(self, owner: int) -> dict[str, dict[str, int]]:
         """``owner``'s jobs per queue: ``running`` (being staged, run or staged out) and

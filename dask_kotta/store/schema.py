@@ -26,6 +26,9 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("user_id", sa.Integer, sa.ForeignKey("users.id"), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # What it is for, and when it stops working (epoch seconds; NULL: never). Revision 0003.
+    sa.Column("label", sa.String(128), nullable=True),
+    sa.Column("expires_at", sa.Float, nullable=True),
 )
 
 jobs = sa.Table(

@@ -222,3 +222,29 @@ def test_old_jobs_are_deleted_by_gc_or_by_the_server(tmp_path):
         assert not (owner_dir / new.job_id).exists()
     finally:
         svc.stop()
+
+
+def test_a_token_that_expires_is_refused_once_it_has(service, tmp_path):
+    import time
+
+    import requests
+
+    cmd = [sys.executable, "-m", "dask_kotta.cli", "token", "--data-dir", str(service.data_dir)]
+    path = tmp_path / "brief.auth"
+    made = subprocess.run([*cmd, "frank", "-o", str(path), "--expires", "3s", "--label", "demo"],
+                          capture_output=True, text=True, check=True, timeout=60)  # fmt: skip
+    assert "valid until" in made.stdout, made.stdout
+    ends = time.time() + 3
+    token = json.loads(path.read_text())["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    whoami = service.url + "/api/v1/whoami"
+    assert requests.get(whoami, headers=headers, timeout=10).status_code == 200
+    listed = subprocess.run([*cmd, "frank", "--list"], capture_output=True, text=True,
+                            check=True, timeout=60).stdout  # fmt: skip
+    assert "(expires " in listed and "demo" in listed, listed
+    wait_for(lambda: requests.get(whoami, headers=headers, timeout=10).status_code == 401, 10,
+             "the expired token to be refused")  # fmt: skip
+    assert time.time() >= ends - 0.5, "refused before it expired"
+    bad = subprocess.run([*cmd, "frank", "--expires", "soon"], capture_output=True, text=True,
+                         timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "not a duration like 30d" in bad.stderr, bad.stderr

@@ -111,11 +111,13 @@ def test_a_postgres_database_made_by_0_1_0_is_stamped_upgraded_and_keeps_every_r
     store = JobStore(url, upgrade=True)
     assert migrate.status(store.engine.url).revision == HEAD
     after = pg_rows(url)
-    assert {t: v for t, v in after.items() if t != "jobs"} == {
-        t: v for t, v in before.items() if t != "jobs"
+    assert {t: v for t, v in after.items() if t not in ("jobs", "tokens")} == {
+        t: v for t, v in before.items() if t not in ("jobs", "tokens")
     }
     assert sorted((r[:-1] for r in after["jobs"]), key=repr) == before["jobs"]
     assert {r[-1] for r in after["jobs"]} == {None}  # keep_s: the old jobs follow --keep
+    assert sorted((r[:-2] for r in after["tokens"]), key=repr) == before["tokens"]
+    assert {r[-2:] for r in after["tokens"]} == {(None, None)}  # no label, no expiry
     assert store.user_for_token(f"{1:064x}")["name"] == "bob"
     owner = store.get_or_create_user("dave")
     ((job, created),) = store.insert_jobs(owner, [{"jobtype": "script", "queue": "Test",

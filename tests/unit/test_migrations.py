@@ -27,7 +27,7 @@ from dask_kotta.store.schema import metadata
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
 #: The package's newest revision: 0002 added ``jobs.keep_s`` and the index ``jobs_ended``,
-#: 0003 the index ``jobs_queue_status``.
+#: 0003 the index ``jobs_queue_status`` and ``tokens.label``, ``tokens.expires_at``.
 HEAD = "0003"
 
 
@@ -141,11 +141,13 @@ def test_the_release_database_upgrades_to_head_keeping_every_row(release_db):
     store = JobStore(str(release_db), upgrade=True)
     assert revision(release_db) == HEAD
     after = rows(release_db)
-    assert {t: v for t, v in after.items() if t != "jobs"} == {
-        t: v for t, v in before.items() if t != "jobs"
+    assert {t: v for t, v in after.items() if t not in ("jobs", "tokens")} == {
+        t: v for t, v in before.items() if t not in ("jobs", "tokens")
     }
     assert sorted((r[:-1] for r in after["jobs"]), key=repr) == before["jobs"]
     assert {r[-1] for r in after["jobs"]} == {None}  # keep_s: every old job follows --keep
+    assert sorted((r[:-2] for r in after["tokens"]), key=repr) == before["tokens"]
+    assert {r[-2:] for r in after["tokens"]} == {(None, None)}  # 0003: no label, no expiry
     insp = sa.inspect(store.engine)
     assert insp.get_columns("jobs")[-1]["name"] == "keep_s"
     indexes = {i["name"]: i["column_names"] for i in insp.get_indexes("jobs")}
@@ -187,9 +189,10 @@ def test_a_release_database_upgrades_through_a_later_revision_keeping_every_row(
     assert found.state == "unversioned"
     assert revision(release_db) == "0004"
     after = rows(release_db)
-    assert {t: v for t, v in after.items() if t != "jobs"} == {
-        t: v for t, v in before.items() if t != "jobs"
+    assert {t: v for t, v in after.items() if t not in ("jobs", "tokens")} == {
+        t: v for t, v in before.items() if t not in ("jobs", "tokens")
     }
+    assert sorted((r[:-2] for r in after["tokens"]), key=repr) == before["tokens"]
     assert sorted((r[:-2] for r in after["jobs"]), key=repr) == before["jobs"]
     assert {r[-2:] for r in after["jobs"]} == {(None, None)}  # 0002's and 0004's columns, empty
     copy = release_db.with_name("jobs.sqlite.before-unversioned")
