@@ -6,7 +6,9 @@ import getpass
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,28 +26,25 @@ def _load_policy(ctx, param, value):
     return value
 
 
-def _lease(ctx, param, value):
-    # Kept aside like --policy, so _config's long argument list does not grow.
-    if value is not None and value < 3 * d.HEARTBEAT_S:
-        raise click.BadParameter(
-            f"must be at least {3 * d.HEARTBEAT_S:g} s (3 runner heartbeats)", param=param
-        )
-    ctx.meta["dask_kotta.lease"] = value
-    return value
+def _aside(key: str, ok: Callable[[Any], bool], why: str) -> Callable[..., Any]:
+    """A click callback that checks an option's value and keeps it in ``ctx.meta[key]``
+    (as --policy is kept), so that _config's long argument list does not grow."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and not ok(value):
+            raise click.BadParameter(why, param=param)
+        ctx.meta[key] = value
+        return value
+
+    return callback
 
 
-def _keep(ctx, param, value):
-    if value is not None and value < 0:
-        raise click.BadParameter("must be 0 (keep every job) or more days", param=param)
-    ctx.meta["dask_kotta.keep"] = value
-    return value
-
-
-def _max_keep(ctx, param, value):
-    if value is not None and not value > 0:
-        raise click.BadParameter("must be a number of days > 0", param=param)
-    ctx.meta["dask_kotta.max_keep"] = value
-    return value
+_lease = _aside("dask_kotta.lease", lambda v: v >= 3 * d.HEARTBEAT_S,
+                f"must be at least {3 * d.HEARTBEAT_S:g} s (3 runner heartbeats)")  # fmt: skip
+_keep = _aside("dask_kotta.keep", lambda v: v >= 0, "must be 0 (keep every job) or more days")
+_max_keep = _aside("dask_kotta.max_keep", lambda v: v > 0, "must be a number of days > 0")
+_max_pending = _aside("dask_kotta.max_pending", lambda v: v >= 0,
+                      "must be a number of jobs >= 0 (0: no limit)")  # fmt: skip
 
 
 def _duration_s(text: str) -> float:
@@ -61,13 +60,6 @@ def _duration_s(text: str) -> float:
         raise click.BadParameter(
             f"{text!r} is not a duration like 30d, 12h, 90m or 45s", param_hint="--expires"
         )
-    return value
-
-
-def _max_pending(ctx, param, value):
-    if value is not None and value < 0:
-        raise click.BadParameter("must be a number of jobs >= 0 (0: no limit)", param=param)
-    ctx.meta["dask_kotta.max_pending"] = value
     return value
 
 

@@ -161,3 +161,26 @@ def test_the_lease_reaches_the_server_config(tmp_path):
         _lease(ctx, None, 7.5)
         config = _config(tmp_path, 1, "127.0.0.1", None, None, None, "", None, "1MiB")
     assert config.lease_s == 7.5
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["up", "--lease", "1"], "--lease': must be at least 3 s (3 runner heartbeats)"),
+        (["up", "--keep", "-1"], "--keep': must be 0 (keep every job) or more days"),
+        (["server", "--max-keep", "0"], "--max-keep': must be a number of days > 0"),
+        (["up", "--max-pending", "-3"], "--max-pending': must be a number of jobs >= 0"),
+        (["token", "bob", "--expires", "soon"], "'soon' is not a duration like 30d, 12h"),
+        (["token", "bob", "--expires", "0d"], "'0d' is not a duration"),
+        (["token"], "give NAME (the user to make a token for), --list or --revoke ID"),
+    ],
+)
+def test_service_options_are_checked_before_anything_starts(tmp_path, monkeypatch, args, says):
+    from click.testing import CliRunner
+
+    from dask_kotta.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and says in r.output, r.output
+    assert list(tmp_path.iterdir()) == [], "nothing is made"
