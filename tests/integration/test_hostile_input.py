@@ -7,6 +7,7 @@ not text, and secrets in URLs that must not reach the server's log.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -14,6 +15,7 @@ import pytest
 import requests
 from kotta_testing import wait_for
 
+from dask_kotta.errors import ConflictError
 from dask_kotta.store.jobs import JobStore
 from kotta import KottaJob
 
@@ -170,12 +172,14 @@ def test_one_users_backlog_does_not_hold_back_another_users_job(konn, service, o
     from kotta import Kotta
 
     mallory = Kotta(other_user.read_text())
-    flood = [KottaJob(script="sleep 0.3", walltime=1) for _ in range(600)]
-    konn.submit_many(flood)  # ~25 s of work for the queue's 8 slots
+    # ~25 s of work for the queue's 8 slots: first-in-first-out would start her job after
+    # all of it, fair share at the next free slot (one frees about every 0.1 s).
+    flood = [KottaJob(script="sleep 1", walltime=1) for _ in range(200)]
+    konn.submit_many(flood)
     try:
         wait_for(lambda: konn.queues()["Test"]["yours"]["running"] >= 4, 60, "the flood to run")
         mine = konn.queues()["Test"]["yours"]
-        assert mine["pending"] > 300, mine  # the backlog is there: FIFO would make her wait
+        assert mine["pending"] >= 100, mine  # the backlog is there: FIFO would make her wait
         assert mallory.queues()["Test"]["yours"] == {"running": 0, "pending": 0}
         job = KottaJob(script="echo mine", walltime=1)
         job.submit(mallory)
@@ -185,8 +189,8 @@ def test_one_users_backlog_does_not_hold_back_another_users_job(konn, service, o
         assert job.wait(mallory, maxwait=60) and job.status(mallory) == "completed", job.info
     finally:
         for j in flood:
-            if j.status(konn) in ("pending", "staging_inputs", "processing"):
-                j.cancel(konn)
+            with contextlib.suppress(ConflictError):  # it ended already
+                konn.cancel_job(j.job_id)
 
 
 def test_a_submit_past_the_pending_limit_is_a_429_that_names_it(konn):
