@@ -61,7 +61,7 @@ async def submit(
     """
     limit = s.config.max_pending
     if limit:
-        pending = s.store.pending_of(user["id"])
+        pending = sum(q["pending"] for q in s.store.queue_counts(user["id"]).values())
         if pending + len(items) > limit:
             raise LimitExceededError(
                 f"you have {pending} jobs pending and this submit adds {len(items)}: over the "

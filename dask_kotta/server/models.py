@@ -16,7 +16,11 @@ Count = Annotated[int, Field(ge=0, le=MAX_INT, strict=True)]
 
 
 class Body(BaseModel):
-    """A request body: every string in it is text (see :func:`jobspec.bad_text`)."""
+    """A request body: every string in it is text (see :func:`jobspec.bad_text`).
+
+    Only the models a route takes whole are bodies: one walk covers what they hold, so
+    the models only ever found inside one (phases, claims, plan files) are plain.
+    """
 
     @model_validator(mode="before")
     @classmethod
@@ -55,7 +59,7 @@ class Phase(Body):
     status: str
 
 
-class PassedPhase(Body):
+class PassedPhase(BaseModel):
     status: str
     at: float
 
@@ -77,7 +81,7 @@ class Finish(Body):
     result: str | None = None  # base64 of the pickled result
 
 
-class Claimed(Body):
+class Claimed(BaseModel):
     """An attempt a slot holds, named with its own dispatch token."""
 
     id: str
@@ -94,7 +98,7 @@ class NextBody(Body):
     waiting: list[Claimed] = []  # claimed and not started yet: renew, or say they are lost
 
 
-class PlanFile(Body):
+class PlanFile(BaseModel):
     name: str
     size: Count
 

@@ -186,13 +186,6 @@ class JobStore:
             mine["pending" if status == d.PENDING else "running"] += n
         return out
 
-    def pending_of(self, owner: int) -> int:
-        """How many of ``owner``'s jobs are pending, in every queue."""
-        with self.engine.connect() as c:
-            return int(c.execute(
-                sa.select(sa.func.count()).where(jobs.c.owner == owner, jobs.c.status == d.PENDING)
-            ).scalar() or 0)  # fmt: skip
-
     # -- submission ----------------------------------------------------------------------
 
     def insert_jobs(
