@@ -29,18 +29,17 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 
 from .. import __version__
 from ..errors import SchemaError
 from .schema import metadata
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 log = logging.getLogger("dask_kotta.store")
 
@@ -48,6 +47,10 @@ log = logging.getLogger("dask_kotta.store")
 MIGRATIONS = Path(__file__).with_name("migrations")
 #: The revision whose schema is that of dask-kotta 0.1.0, which kept no revision.
 BASELINE = "0001"
+#: The newest revision in :data:`MIGRATIONS`, so that a database at head is seen as such
+#: without importing Alembic (a tenth of a second in every process that opens the store).
+#: ``tests/unit/test_migrations.py`` holds it equal to the scripts' head.
+HEAD = "0003"
 #: PostgreSQL advisory lock held while a database is made or upgraded ("kotta" in ASCII).
 _PG_LOCK = 0x6B6F747461
 
@@ -65,6 +68,8 @@ class Status:
 def alembic_config(url: str | None = None, location: Path | None = None) -> Config:
     """An Alembic config for the store's migrations; ``url`` only for Alembic's own commands
     (``command.revision(alembic_config(url), "message", rev_id="0002", autogenerate=True)``)."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(location or MIGRATIONS))
     # A module name mypy and ruff accept (not one starting with a digit): v0002_add_x.py.
@@ -77,6 +82,8 @@ def alembic_config(url: str | None = None, location: Path | None = None) -> Conf
 @functools.lru_cache(maxsize=8)
 def scripts(location: Path | None = None) -> ScriptDirectory:
     """The revisions in ``location`` (default: the package's), read once per process."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config(location=location))
 
 
@@ -106,6 +113,9 @@ def _migration_engine(url: sa.URL) -> sa.Engine:
 
 
 def _read(conn: sa.Connection, location: Path | None) -> Status:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.util.exc import CommandError
+
     script = scripts(location)
     head = script.get_current_head()
     assert head is not None, "the migrations have one head"
@@ -128,9 +138,33 @@ def status(url: sa.URL, location: Path | None = None) -> Status:
     engine = _migration_engine(url)
     try:
         with engine.connect() as conn:
-            return _read(conn, location)
+            return _status(conn, location)
     finally:
         engine.dispose()
+
+
+#: Alembic's version table as Alembic makes it (``DefaultImpl.version_table_impl``), for
+#: stamping a new database without importing Alembic.
+_VERSION = sa.Table(
+    "alembic_version",
+    sa.MetaData(),
+    sa.Column("version_num", sa.String(32), nullable=False),
+    sa.PrimaryKeyConstraint("version_num", name="alembic_version_pkc"),
+)
+
+
+def _status(conn: sa.Connection, location: Path | None) -> Status:
+    return (_quick(conn) if location is None else None) or _read(conn, location)
+
+
+def _quick(conn: sa.Connection) -> Status | None:
+    """The status of a new database or one at :data:`HEAD`, told without Alembic; None for
+    any other, which :func:`_read` tells."""
+    tables = set(sa.inspect(conn).get_table_names())
+    if "alembic_version" not in tables:
+        return None if set(metadata.tables) & tables else Status(None, HEAD, "new")
+    found = [tuple(r) for r in conn.execute(sa.select(_VERSION.c.version_num))]
+    return Status(HEAD, HEAD, "current") if found == [(HEAD,)] else None
 
 
 def prepare(url: sa.URL, upgrade: bool = False, location: Path | None = None) -> Status:
@@ -162,7 +196,7 @@ def prepare(url: sa.URL, upgrade: bool = False, location: Path | None = None) ->
             with conn.begin():
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_LOCK)))
-                found = _read(conn, location)  # again, now that no one else can change it
+                found = _status(conn, location)  # again, now that no one else can change it
                 _refuse(url, found, upgrade)
                 _change(conn, url, found, location)
     finally:
@@ -189,6 +223,15 @@ def _refuse(url: sa.URL, found: Status, upgrade: bool) -> None:
 
 def _change(conn: sa.Connection, url: sa.URL, found: Status, location: Path | None) -> None:
     """Within the locked transaction: make, stamp or upgrade, as ``found`` requires."""
+    if found.state == "new" and location is None:
+        metadata.create_all(conn)
+        _VERSION.create(conn)
+        conn.execute(_VERSION.insert().values(version_num=HEAD))
+        return
+
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     script = scripts(location)
     if found.state == "new":
         metadata.create_all(conn)
@@ -218,6 +261,8 @@ def _change(conn: sa.Connection, url: sa.URL, found: Status, location: Path | No
 @functools.lru_cache(maxsize=8)
 def _baseline_shape(location: Path | None) -> dict[str, tuple[frozenset[str], frozenset[str]]]:
     """Column and index names of each table of :data:`BASELINE`, built in memory."""
+    from alembic import command
+
     engine = sa.create_engine("sqlite://")
     try:
         with engine.begin() as conn:

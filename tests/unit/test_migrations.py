@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -92,8 +94,42 @@ def url(path: Path) -> sa.URL:
 def test_a_new_database_is_made_at_head(tmp_path):
     path = tmp_path / "jobs.sqlite"
     JobStore(str(path)).close()
-    assert revision(path) == migrate.scripts().get_current_head() == HEAD
+    assert revision(path) == migrate.scripts().get_current_head() == HEAD == migrate.HEAD
     assert migrate.status(url(path)).state == "current"
+
+
+def test_a_store_at_head_opens_without_importing_alembic(tmp_path):
+    """Every process that opens the store (``up``, ``server``, ``token``, ``gc``) would pay
+    for Alembic's import; a new database and one at head are told with SQLAlchemy alone."""
+    path = tmp_path / "jobs.sqlite"
+    code = (
+        "import sys; from dask_kotta.store.jobs import JobStore; "
+        f"JobStore({str(path)!r}).close(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    for _made, _opened in ((path, "new"), (path, "at head")):
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == "[]", (_opened, out.stdout)
+    assert revision(path) == HEAD
+
+
+def test_a_new_database_is_stamped_as_alembic_stamps_one(tmp_path):
+    """A new store's version table is made without Alembic: it must be Alembic's own."""
+    ours = tmp_path / "ours.sqlite"
+    JobStore(str(ours)).close()
+    theirs = tmp_path / "theirs.sqlite"
+    engine = sa.create_engine(url(theirs))
+    with engine.begin() as conn:
+        MigrationContext.configure(conn).stamp(migrate.scripts(), "head")
+    engine.dispose()
+    sql = "SELECT sql FROM sqlite_master WHERE tbl_name = 'alembic_version' ORDER BY name"
+    with sqlite3.connect(ours) as a, sqlite3.connect(theirs) as b:
+        assert a.execute(sql).fetchall() == b.execute(sql).fetchall()
+    a.close()
+    b.close()
+    assert revision(ours) == revision(theirs) == HEAD
 
 
 def test_the_revisions_build_exactly_the_schema_of_schema_py(tmp_path):
