@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,10 +24,34 @@ from dask_kotta.server.cluster import quiet_env
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_ports = random.Random()  # seeded from urandom: each test process picks its own sequence
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on, for a service to bind a moment later.
+
+    Not one from binding port 0: those come from the kernel's ephemeral range, which every
+    outgoing connection on the host draws from too, so a service started (or restarted on
+    the same port) a moment later found it taken by some client's connection. Below that
+    range only listeners take ports; a random pick keeps two test processes apart.
+    """
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _ports.randrange(10_000, low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between 10000 and {low} on 127.0.0.1")
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
