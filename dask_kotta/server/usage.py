@@ -38,10 +38,10 @@ PLAN = ".kotta/upload.json"
 
 
 def show_bytes(n: int) -> str:
-    """``n`` bytes for a person: ``3.00 MiB (3145728 bytes)``."""
+    """``n`` bytes for a person: ``3.00 MiB (3145728 bytes)``, or ``200 bytes``."""
     from dask.utils import format_bytes
 
-    return f"{format_bytes(n)} ({n} bytes)"
+    return f"{format_bytes(n)} ({n} bytes)" if n >= 1024 else f"{n} bytes"
 
 
 @dataclass

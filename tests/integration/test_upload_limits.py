@@ -118,6 +118,29 @@ def test_a_lying_upload_through_the_server_is_refused_and_nothing_is_stored(
     assert k.session.get(put, timeout=10).content == b"0123456789"
 
 
+def test_a_lying_chunked_upload_is_not_read_past_its_declared_size(local_service, tmp_path):
+    """200 MiB sent as a 10-byte upload: the server stops reading at byte 11, so neither
+    its memory nor its disk takes the rest."""
+    import psutil
+
+    server = psutil.Process(local_service.proc.proc.pid)
+    k = new_user(local_service, tmp_path)
+    info = start(k, "ten.bin", 10)
+    objects = local_service.data_dir / "objects"
+    disk = sum(p.stat().st_size for p in objects.rglob("*") if p.is_file())
+    rss = server.memory_info().rss
+    try:
+        r = k.session.put(info["plan"]["url"], data=chunked(b"\0" * MiB, 200), timeout=60)
+        assert r.status_code == 413 and "declared as 10 bytes" in r.json()["detail"], r.text
+    except requests.ConnectionError:
+        pass  # the server answered 413 and closed while the body was still being sent
+    grown = (server.memory_info().rss - rss) / MiB
+    assert grown < 20, f"the server grew by {grown:.0f} MiB reading a refused upload"
+    now = sum(p.stat().st_size for p in objects.rglob("*") if p.is_file())
+    assert now - disk < MiB, f"{now - disk} bytes were written to the store"
+    assert k.session.get(info["plan"]["url"], timeout=10).status_code == 404
+
+
 def test_a_put_to_an_upload_never_started_is_a_404(local_service, tmp_path):
     """An id the server never gave out has no declared size: it would escape every limit."""
     k = new_user(local_service, tmp_path)
