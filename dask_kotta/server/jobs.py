@@ -102,9 +102,9 @@ async def submit(
     stored = sum(len(p) for p in payloads if p is not None)
     if stored and s.config.max_storage_bytes:
         args = (user["id"], stored, s.config.max_storage_bytes, "this submit's payloads")
-        if s.usage.fresh(user["id"]):
+        if s.usage.counted(user["id"]):
             s.usage.check(*args)
-        else:  # a listing of the user's objects: not on the event loop
+        else:  # the user's first count lists their objects: not on the event loop
             await asyncio.to_thread(s.usage.check, *args)
 
     def write_payloads(rows: list[tuple[dict[str, Any], bool]]) -> None:

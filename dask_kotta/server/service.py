@@ -144,6 +144,7 @@ class Service:
         if self._reaper:
             self._reaper.cancel()
         await self.engine.close()
+        self.usage.close()
         self.store.close()
 
     def user_for_token_hash(self, token_hash: str) -> dict | None:

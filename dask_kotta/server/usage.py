@@ -5,7 +5,9 @@ payloads, logs, outputs and results. Listing a prefix costs a walk (local
 store) or a page per 1,000 objects (S3), so it is never done per request:
 
 - a user's listing is kept for ``recount_s`` seconds (``USAGE_RECOUNT_S``,
-  default 30); the first check after that lists the prefix again;
+  default 30); the first check after that lists the prefix again, in the
+  background (a listing of tens of thousands of objects takes seconds): only a
+  user's first check in a server process waits for one;
 - what this server accepted since that listing began (an upload's declared size
   at its start, a submit's payloads) is added to it, so a burst of uploads
   cannot pass the quota while the listing is old;
@@ -23,9 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import math
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .. import defaults as d
@@ -35,6 +40,8 @@ from ..store.objects import ObjectStore, user_prefix
 #: Beside an upload's file, under its directory: what its start declared (name and size).
 #: A file name has no '/', so no upload's own file can be this key.
 PLAN = ".kotta/upload.json"
+
+log = logging.getLogger("dask_kotta.server")
 
 
 def show_bytes(n: int) -> str:
@@ -49,6 +56,7 @@ class _Count:
     listed: int  # bytes under the prefix, as listed
     at: float  # when that listing began (monotonic)
     added: list[tuple[float, int]] = field(default_factory=list)  # accepted since: (when, bytes)
+    relisting: bool = False  # a listing in the background will replace this count
 
     def total(self) -> int:
         return self.listed + sum(n for _, n in self.added)
@@ -64,28 +72,62 @@ class StorageUsage:
         self.recount_s = recount_s
         self.clock = clock
         self._counts: dict[int, _Count] = {}
+        # When each user's count (or everyone's) was last dropped for a delete.
+        self._forgot: dict[int, float] = {}
+        self._forgot_all = -math.inf
         self._lock = threading.Lock()
+        # Stale counts are listed again here, not in the request that found them stale.
+        self._relister = ThreadPoolExecutor(2, thread_name_prefix="kotta-usage")
 
-    def fresh(self, user_id: int) -> bool:
-        """True when checking ``user_id`` needs no listing (a caller on the event loop can
-        then check inline instead of in a thread)."""
-        count = self._counts.get(user_id)
-        return count is not None and self.clock() - count.at < self.recount_s
+    def counted(self, user_id: int) -> bool:
+        """True when checking ``user_id`` lists nothing in the caller's thread (a caller on
+        the event loop can then check inline instead of in a thread)."""
+        return user_id in self._counts
 
     def used(self, user_id: int) -> int:
-        """The user's bytes: the last listing (redone when stale) plus what was accepted since."""
+        """The user's bytes: the last listing plus what was accepted since.
+
+        A user's first count is listed here (in the caller's thread); a stale one is
+        answered as it is while a listing in the background replaces it, so a request
+        never waits for a listing of a user it has counted before.
+        """
         with self._lock:
-            if self.fresh(user_id):
-                return self._counts[user_id].total()
+            count = self._counts.get(user_id)
+            if count is not None:
+                if self.clock() - count.at >= self.recount_s and not count.relisting:
+                    count.relisting = True
+                    self._relister.submit(self._relist, user_id)
+                return count.total()
+        self._count(user_id)
+        with self._lock:
+            count = self._counts.get(user_id)
+            return count.total() if count is not None else 0
+
+    def _count(self, user_id: int) -> None:
         started = self.clock()
-        listed = self._list(user_id)  # outside the lock: it can take long
+        listed = self._list(user_id)  # outside the lock: it can take seconds
         with self._lock:
             old = self._counts.get(user_id)
+            if started < max(self._forgot_all, self._forgot.get(user_id, -math.inf)):
+                return  # begun before a delete: it may count what is gone
             if old is None or old.at <= started:
                 # Bytes accepted after this listing began may be missing from it: keep them.
                 added = [(t, n) for t, n in (old.added if old else []) if t >= started]
                 self._counts[user_id] = _Count(listed, started, added)
-            return self._counts[user_id].total()
+
+    def _relist(self, user_id: int) -> None:
+        try:
+            self._count(user_id)
+        except Exception:  # the store is unreachable: keep the old count, try again later
+            log.exception("cannot list user %d's objects for the storage quota", user_id)
+            with self._lock:
+                count = self._counts.get(user_id)
+                if count is not None:
+                    count.relisting = False
+
+    def close(self) -> None:
+        """Stop listing in the background (a listing under way ends first)."""
+        self._relister.shutdown(wait=False, cancel_futures=True)
 
     def _list(self, user_id: int) -> int:
         """The user's bytes by a listing of their prefix. An upload started and not sent yet
@@ -116,7 +158,7 @@ class StorageUsage:
         would take the user over ``limit`` (0: no limit); ``what`` names the request."""
         if not limit:
             return
-        self.used(user_id)  # lists the prefix if the count is stale
+        self.used(user_id)  # a first count lists the prefix; a stale one is relisted
         with self._lock:  # compared and added at once: two requests cannot both take the room
             count = self._counts.get(user_id)
             used = count.total() if count is not None else 0
@@ -135,5 +177,7 @@ class StorageUsage:
         with self._lock:
             if user_id is None:
                 self._counts.clear()
+                self._forgot_all = self.clock()
             else:
                 self._counts.pop(user_id, None)
+                self._forgot[user_id] = self.clock()
