@@ -66,6 +66,13 @@ INLINE_MAX_BYTES = 1024 * 1024
 MAX_CLAIM = 32
 #: Jobs one user may have pending at once (all queues), unless the operator says otherwise.
 MAX_PENDING = 100_000
+#: Largest upload (``POST /api/v1/uploads``) one user may start, in bytes (``--max-upload``).
+MAX_UPLOAD_BYTES = 5 * 1024**3
+#: Bytes one user may keep in the object store: uploads, payloads, outputs (``--max-storage``).
+MAX_STORAGE_BYTES = 100 * 1024**3
+#: How long the server trusts its listing of a user's objects for the storage quota, in
+#: seconds (``DASK_KOTTA_USAGE_RECOUNT_S``); what it accepted since is added to it.
+USAGE_RECOUNT_S = 30.0
 #: Child-process poll interval for walltime/memory/cancel checks, in seconds.
 MONITOR_S = 0.05
 

@@ -17,9 +17,10 @@
     │   ├── NotFoundError          404: no such job (or not yours)
     │   ├── InvalidRequestError    400/422: the request names something invalid
     │   ├── ConflictError          409: the job is not in a state that allows this
-    │   ├── PayloadTooLargeError   413: the upload is over the server's limit
-    │   └── LimitExceededError     429: a per-user limit (pending jobs) is reached; the
-    │                              message names it and how to change it
+    │   ├── PayloadTooLargeError   413: a payload or upload is over the server's limit, or
+    │   │                          an upload's body over the size it declared
+    │   └── LimitExceededError     429: a per-user limit (pending jobs, storage) is reached;
+    │                              the message names it and how to change it
     ├── ServerUnavailableError the server cannot be reached; the message names the URL (a 502/
     │                          503/504 is an ``APIError``; the client retries both for a while)
     └── JobError               something about a job's outcome
@@ -137,8 +138,9 @@ class PayloadTooLargeError(APIError):
 
 
 class LimitExceededError(APIError):
-    """A per-user limit is reached (jobs pending at once); the message names the limit and
-    what to do. Not retried: it holds until some of the user's jobs start or are cancelled."""
+    """A per-user limit is reached (jobs pending at once, bytes kept in the store); the message
+    names the limit and what to do. Not retried: it holds until some of the user's jobs start
+    or are cancelled, or the user deletes jobs or uploads."""
 
     status = 429
 

@@ -45,6 +45,7 @@ def pytest_report_header(config):
 LONG_FIRST = [
     "tests/integration/test_restart.py",
     "tests/integration/test_s3_service.py",
+    "tests/integration/test_upload_limits.py",
     "tests/integration/test_tls.py",
     "tests/integration/test_ride_through.py",
     "tests/integration/test_dask_bag_s3.py",

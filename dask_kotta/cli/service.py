@@ -47,6 +47,25 @@ _max_pending = _aside("dask_kotta.max_pending", lambda v: v >= 0,
                       "must be a number of jobs >= 0 (0: no limit)")  # fmt: skip
 
 
+def _size_aside(key: str) -> Callable[..., Any]:
+    """As :func:`_aside`, for a size like 5GiB (0: no limit), kept in bytes."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        from dask.utils import parse_bytes
+
+        try:
+            n = parse_bytes(value)
+        except (ValueError, TypeError):
+            raise click.BadParameter(f"{value!r} is not a size like 5GiB (0: no limit)",
+                                     param=param) from None  # fmt: skip
+        if n < 0:
+            raise click.BadParameter("must be a size >= 0 (0: no limit)", param=param)
+        ctx.meta[key] = int(n)
+        return n
+
+    return callback
+
+
 def _duration_s(text: str) -> float:
     """``30d``, ``12h``, ``90m``, ``45s`` or a bare number of days, in seconds (> 0)."""
     units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -65,6 +84,29 @@ def _duration_s(text: str) -> float:
 
 def _server_options(f):
     f = upgrade_db_option(f)
+    f = click.option(
+        "--max-storage",
+        envvar="DASK_KOTTA_MAX_STORAGE",
+        default="100GiB",
+        show_default=True,
+        expose_value=False,
+        callback=_size_aside("dask_kotta.max_storage"),
+        metavar="SIZE",
+        help="Bytes one user may keep in the object store (uploads, payloads, outputs, "
+        "results); an upload or a submit that would pass it is refused (429). Running jobs' "
+        "outputs are never refused. 0: no limit.",
+    )(f)
+    f = click.option(
+        "--max-upload",
+        envvar="DASK_KOTTA_MAX_UPLOAD",
+        default="5GiB",
+        show_default=True,
+        expose_value=False,
+        callback=_size_aside("dask_kotta.max_upload"),
+        metavar="SIZE",
+        help="Largest file a user may upload (konn.upload_file); a larger one is refused at "
+        "its start (413). 0: no limit.",
+    )(f)
     f = click.option(
         "--max-pending",
         envvar="DASK_KOTTA_MAX_PENDING",
@@ -209,6 +251,8 @@ def _config(
         max_keep_days=meta.get("dask_kotta.max_keep"),
         max_pending=d.MAX_PENDING if meta.get("dask_kotta.max_pending") is None
         else meta["dask_kotta.max_pending"],
+        max_upload_bytes=meta.get("dask_kotta.max_upload", d.MAX_UPLOAD_BYTES),
+        max_storage_bytes=meta.get("dask_kotta.max_storage", d.MAX_STORAGE_BYTES),
     )  # fmt: skip
 
 

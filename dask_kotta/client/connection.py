@@ -341,6 +341,11 @@ class Kotta:
         parallel parts when large) and the URL is ``s3://...`` under your
         prefix; on a local store they stream to this server and the URL is
         the server's. Only your jobs can stage it.
+
+        Raises ``PayloadTooLargeError`` (413) for a file over the server's
+        ``--max-upload`` and ``LimitExceededError`` (429) when it would take you
+        over your storage quota (``--max-storage``), each with the server's reason,
+        before a byte is sent.
         """
         p = Path(path)
         try:
@@ -368,6 +373,14 @@ class Kotta:
             except StagingError as e:
                 raise ServerUnavailableError(str(e)) from None
         return url
+
+    def delete_upload(self, url: str) -> None:
+        """Delete a file you stored with :meth:`upload_file`, by the URL it returned.
+
+        Its room in your storage quota is free at once; jobs that already staged
+        it keep their copy. ``NotFoundError`` if it is not there (or not yours).
+        """
+        self.request("DELETE", "/api/v1/uploads", params={"url": url})
 
     def _put_file(self, url: str, f: BinaryIO) -> None:
         # A PUT of the whole file to its one URL is safe to repeat, from the file's start.

@@ -78,12 +78,33 @@ def serve(request: Request, key: str, filename: str) -> Response:
     return StreamingResponse(objects.open_read(key), media_type="application/octet-stream")
 
 
-async def spool(request: Request) -> IO[bytes]:
-    """The request's body in a temporary file (in memory up to 8 MiB), at its start."""
+class BodyTooLarge(Exception):
+    """A body went past the ``limit`` given to :func:`spool`; ``received`` bytes had come."""
+
+    def __init__(self, received: int):
+        super().__init__(received)
+        self.received = received
+
+
+async def spool(request: Request, limit: int | None = None) -> IO[bytes]:
+    """The request's body in a temporary file (in memory up to 8 MiB), at its start.
+
+    With ``limit``, reading stops as soon as more than ``limit`` bytes came
+    (:class:`BodyTooLarge`): memory and disk hold at most ``limit`` bytes of it.
+    """
     # Spooled, so a large output never sits whole in the server's memory.
     f = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
-    async for chunk in request.stream():
-        f.write(chunk)
+    n = 0
+    try:
+        async with aclosing(request.stream()) as stream:
+            async for chunk in stream:
+                n += len(chunk)
+                if limit is not None and n > limit:
+                    raise BodyTooLarge(n)
+                f.write(chunk)
+    except BaseException:
+        f.close()
+        raise
     f.seek(0)
     return f
 

@@ -9,28 +9,58 @@ and STDOUT/STDERR only.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
+import time
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import APIError, ForbiddenError, InvalidRequestError, NotFoundError, UnsafePathError
+from ..errors import (
+    APIError,
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnsafePathError,
+)
 from ..paths import safe_relpath
 from ..store.objects import job_key, user_prefix
 from .inputs import store_key
 from .service import Service
+from .usage import PLAN, show_bytes
+
+
+def _upload_dir(user_id: int, upload_id: str) -> str:
+    return f"{user_prefix(user_id)}/uploads/{upload_id}"
 
 
 def start_upload(s: Service, user_id: int, name: str, size: int, base_url: str) -> dict[str, Any]:
-    """A new upload of ``size`` bytes named ``name``: its input ``url`` and how to send it."""
+    """A new upload of ``size`` bytes named ``name``: its input ``url`` and how to send it.
+
+    ``PayloadTooLargeError`` (413) past ``--max-upload``, ``LimitExceededError`` (429) if it
+    would take the user past ``--max-storage``. The declared size is kept beside the upload
+    (:data:`PLAN`): the bytes sent later are held to it, on every kind of store.
+    """
+    cap = s.config.max_upload_bytes
+    if cap and size > cap:
+        raise PayloadTooLargeError(
+            f"an upload of {show_bytes(size)} is over the limit of {show_bytes(cap)} per "
+            "upload (the operator's --max-upload)"
+        )
     if name != name.strip():
         # Not stripped: the URL returned would then name another file than the one asked for.
         raise InvalidRequestError(f"upload name {name!r} starts or ends with whitespace")
     if "/" in name:
         raise UnsafePathError(f"upload name {name!r} must be a file name, without '/'")
     name = safe_relpath(name, "upload name")
+    if name == PLAN.split("/")[0]:
+        raise InvalidRequestError(f"upload name {name!r} is reserved: choose another")
+    s.usage.check(user_id, size, s.config.max_storage_bytes, "this upload")
     upload_id = secrets.token_hex(8)
-    key = f"{user_prefix(user_id)}/uploads/{upload_id}/{name}"
+    key = f"{_upload_dir(user_id, upload_id)}/{name}"
+    state = json.dumps({"name": name, "size": size, "at": time.time()}).encode()
+    s.objects.put_bytes(f"{_upload_dir(user_id, upload_id)}/{PLAN}", state)
     plan = s.objects.upload_plan(key, size)
     server_url = f"{base_url.rstrip('/')}/api/v1/uploads/{user_id}/{upload_id}/{quote(name)}"
     if plan is None:
@@ -45,6 +75,54 @@ def upload_key(user_id: int, uid: int, upload_id: str, name: str) -> str:
     if not re.fullmatch(r"[0-9a-f]{8,64}", upload_id):
         raise InvalidRequestError(f"malformed upload id {upload_id!r}")
     return f"{user_prefix(uid)}/uploads/{upload_id}/{safe_relpath(name, 'upload name')}"
+
+
+def declared_size(s: Service, key: str) -> int | None:
+    """The size the start of upload ``key`` declared; None for an upload begun before sizes
+    were kept (or with no start at all)."""
+    upload_dir, _, name = key.rpartition("/")
+    try:
+        state = json.loads(s.objects.get_bytes(f"{upload_dir}/{PLAN}"))
+    except NotFoundError:
+        return None
+    return int(state["size"]) if state.get("name") == name else None
+
+
+def started_upload_size(s: Service, key: str, upload_id: str) -> int:
+    """The declared size of upload ``key``; ``NotFoundError`` if no start declared it (a PUT
+    to an id the server never gave out would escape ``--max-upload`` and the quota)."""
+    size = declared_size(s, key)
+    if size is None:
+        raise NotFoundError(
+            f"no upload {key.rsplit('/', 1)[-1]!r} with id {upload_id} was started: "
+            "POST /api/v1/uploads first"
+        )
+    return size
+
+
+def refuse_other_size(name: str, declared: int, sent: int, exact: bool) -> None:
+    """Refuse a body of ``sent`` bytes for an upload declared as ``declared`` (``exact``:
+    all of it was counted, else more was on its way); nothing is stored."""
+    if sent > declared:
+        more = "" if exact else " at least"
+        raise PayloadTooLargeError(
+            f"upload {name!r} was declared as {declared} bytes but{more} {sent} bytes were "
+            "sent; nothing was stored (start a new upload with the file's size)"
+        )
+    if sent < declared:
+        raise InvalidRequestError(
+            f"upload {name!r} was declared as {declared} bytes but only {sent} bytes were "
+            "sent; nothing was stored"
+        )
+
+
+def delete_upload(s: Service, user_id: int, url: str, hosts: set[str]) -> None:
+    """Delete one of the user's uploads (its file and what its start kept) by its URL."""
+    key = users_upload_key(s, user_id, url, hosts)
+    if s.objects.size(key) is None:
+        raise NotFoundError(f"no upload at {url!r}")
+    s.objects.delete_prefix(key.rpartition("/")[0])
+    s.usage.forget(user_id)
 
 
 def existing_upload_key(s: Service, user_id: int, uid: int, upload_id: str, name: str) -> str:
@@ -73,8 +151,15 @@ def users_object_key(s: Service, user_id: int, url: str, hosts: set[str]) -> str
     return key
 
 
-def complete(s: Service, key: str, upload_id: str, etags: list[str], abort: bool) -> None:
-    """Finish (or abort) a multipart upload; ``InvalidRequestError`` for a wrong id or ETags."""
+def complete(
+    s: Service, key: str, upload_id: str, etags: list[str], abort: bool, declared: int | None = None
+) -> None:
+    """Finish (or abort) a multipart upload; ``InvalidRequestError`` for a wrong id or ETags.
+
+    With ``declared``, an upload whose object is of another size is deleted and refused:
+    its parts' URLs sign their sizes, but fewer parts, or parts sent twice, still add up
+    to another size than the one declared.
+    """
     try:
         if abort:
             s.objects.abort_upload(key, upload_id)
@@ -87,6 +172,15 @@ def complete(s: Service, key: str, upload_id: str, etags: list[str], abort: bool
         raise InvalidRequestError(
             f"cannot {'abort' if abort else 'complete'} the upload: {code}: {e}"
         ) from None
+    if abort or declared is None:
+        return
+    size = s.objects.size(key)
+    if size is not None and size != declared:
+        s.objects.delete(key)
+        raise InvalidRequestError(
+            f"upload {key.rsplit('/', 1)[-1]!r} was declared as {declared} bytes but its "
+            f"parts make {size} bytes; it was deleted (start a new upload)"
+        )
 
 
 def runner_input_key(s: Service, job: dict[str, Any], index: int) -> str:

@@ -8,6 +8,7 @@ like a missing one (``NotFoundError``).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from typing import Any
@@ -98,6 +99,13 @@ async def submit(
         i, why = refused
         raise InvalidRequestError((f"job {i}: " if len(items) > 1 else "") + why)
     payloads = [payload for _, payload in items]
+    stored = sum(len(p) for p in payloads if p is not None)
+    if stored and s.config.max_storage_bytes:
+        args = (user["id"], stored, s.config.max_storage_bytes, "this submit's payloads")
+        if s.usage.counted(user["id"]):
+            s.usage.check(*args)
+        else:  # the user's first count lists their objects: not on the event loop
+            await asyncio.to_thread(s.usage.check, *args)
 
     def write_payloads(rows: list[tuple[dict[str, Any], bool]]) -> None:
         for (job, created), payload in zip(rows, payloads, strict=True):
@@ -187,3 +195,4 @@ def delete(s: Service, user_id: int, job_id: str) -> None:
         raise ConflictError(
             f"job {job_id} is {job['status']}: only an ended job can be deleted (cancel it first)"
         )
+    s.usage.forget(user_id)  # its room counts as free at once

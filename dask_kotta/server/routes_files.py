@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from . import files
-from .deps import PathInt, User, serve, spool, svc
+from .deps import BodyTooLarge, PathInt, User, serve, spool, svc
 from .inputs import own_hosts
 from .models import CompleteBody, UploadBody
 
@@ -32,10 +32,32 @@ def start_upload(request: Request, user: User, body: UploadBody) -> dict:
 
 @router.put("/uploads/{uid}/{upload_id}/{name}", summary="Send an upload's bytes (local store)")
 async def put_upload(request: Request, user: User, uid: PathInt, upload_id: str, name: str) -> dict:
+    """The body must be exactly the size its start declared (413 over it, 400 under it); the
+    server stops reading past it, and stores nothing unless the size is right."""
+    s = svc(request)
     key = files.upload_key(user["id"], uid, upload_id, name)
-    with await spool(request) as f:
-        size = svc(request).objects.put_stream(key, f)
+    declared = files.started_upload_size(s, key, upload_id)
+    length = request.headers.get("content-length", "")
+    if length.isdigit():  # refused before a byte of it is read
+        files.refuse_other_size(name, declared, int(length), exact=True)
+    try:
+        f = await spool(request, limit=declared)
+    except BodyTooLarge as e:
+        files.refuse_other_size(name, declared, e.received, exact=False)
+        raise
+    with f:
+        files.refuse_other_size(name, declared, f.seek(0, 2), exact=True)
+        f.seek(0)
+        size = s.objects.put_stream(key, f)
     return {"size": size}
+
+
+@router.delete("/uploads", summary="Delete one of your uploads by its URL")
+def delete_upload(request: Request, user: User, url: str) -> dict:
+    """Frees its room in your storage quota; jobs that already staged it are not affected."""
+    s = svc(request)
+    files.delete_upload(s, user["id"], url, own_hosts(s, request.url.netloc))
+    return {"deleted": url}
 
 
 @router.get("/uploads/{uid}/{upload_id}/{name}", summary="Read back one of your uploads")
@@ -48,7 +70,8 @@ def get_upload(request: Request, user: User, uid: PathInt, upload_id: str, name:
 def complete_user_upload(request: Request, user: User, body: CompleteBody) -> dict:
     s = svc(request)
     key = files.users_upload_key(s, user["id"], body.url, own_hosts(s, request.url.netloc))
-    files.complete(s, key, body.upload_id, body.etags, body.abort)
+    declared = None if body.abort else files.declared_size(s, key)
+    files.complete(s, key, body.upload_id, body.etags, body.abort, declared)
     return {"url": body.url}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from .engine import Engine
 from .notify import Notifier
 from .policy import Policy, load_policy
 from .queues import Queue, load_queues
+from .usage import StorageUsage
 
 #: How long the server trusts a token it looked up, in seconds: a token deleted from the
 #: store (or its user) is refused at most this long after. Each request would otherwise
@@ -57,6 +59,10 @@ class ServerConfig:
     max_keep_days: float | None = None
     #: Jobs one user may have pending at once, all queues (``--max-pending``; 0: no limit).
     max_pending: int = d.MAX_PENDING
+    #: Largest upload a user may start, in bytes (``--max-upload``; 0: no limit).
+    max_upload_bytes: int = d.MAX_UPLOAD_BYTES
+    #: Bytes one user may keep in the object store (``--max-storage``; 0: no limit).
+    max_storage_bytes: int = d.MAX_STORAGE_BYTES
     #: Run jobs uncontained on workers that cannot contain them (``--allow-uncontained``).
     allow_uncontained: bool = False
     #: The only user served, when jobs here cannot be contained (``uncontained`` says why).
@@ -82,6 +88,9 @@ class Service:
         self._grant_client: Any = None
         self.store = JobStore(config.database_url)
         self.objects: ObjectStore = open_store(config.store, config.data_dir)
+        recount_s = float(os.environ.get("DASK_KOTTA_USAGE_RECOUNT_S", d.USAGE_RECOUNT_S))
+        #: Each user's bytes in ``objects``, for the storage quota (``--max-storage``).
+        self.usage = StorageUsage(self.objects, recount_s)
         self.notifier = Notifier()
         self.engine = Engine(
             self.store, config.scheduler, config.public_url, self.changed,
@@ -135,6 +144,7 @@ class Service:
         if self._reaper:
             self._reaper.cancel()
         await self.engine.close()
+        self.usage.close()
         self.store.close()
 
     def user_for_token_hash(self, token_hash: str) -> dict | None:
@@ -203,6 +213,7 @@ class Service:
             max_keep_s=cap * 86400 if cap else None,
         )  # fmt: skip
         if n:
+            self.usage.forget()  # their room is free again
             log.info("deleted %d job(s) past their keep time (default %g days)", n,
                      self.config.keep_days)  # fmt: skip
         return n

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -53,7 +54,10 @@ class ObjectStore(Protocol):
     def local_path(self, key: str) -> Path | None: ...
     def presigned_get(self, key: str, expires_s: int = 3600) -> str | None: ...
     def store_url(self, key: str) -> str | None: ...
+    def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> None: ...
+    # (key, size, modified Unix time) of each object under a prefix (the storage quota).
+    def listing(self, prefix: str) -> Iterator[tuple[str, int, float]]: ...
     def describe(self) -> str: ...
     # Presigned uploads (S3): None means "send the bytes through the server".
     def upload_plan(self, key: str, size: int) -> dict | None: ...
@@ -165,8 +169,24 @@ class LocalObjectStore:
     def store_url(self, key: str) -> str | None:
         return None
 
+    def delete(self, key: str) -> None:
+        """Delete one object (nothing happens if it is not there)."""
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            self._path(key).unlink()
+
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
+
+    def listing(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """``(key, size, modified)`` of each object under ``prefix``; writes under way
+        (``.part-*``) are left out (an upload counts from its start, ``server/usage.py``)."""
+        for parent, _, files in os.walk(self._path(prefix)):
+            for name in files:
+                if not name.startswith(".part-"):
+                    path = os.path.join(parent, name)
+                    with contextlib.suppress(OSError):  # deleted meanwhile
+                        st = os.lstat(path)
+                        yield os.path.relpath(path, self.root), st.st_size, st.st_mtime
 
     def abort_stale_uploads(self, older_than_s: float) -> int:
         """Remove the ``.part-*`` files a write interrupted by a crash left behind."""

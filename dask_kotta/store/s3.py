@@ -274,13 +274,14 @@ class S3ObjectStore:
         "multipart", "upload_id", "part_size", "urls"}``: PUT part *i* (of
         ``part_size`` bytes, the last one shorter) to ``urls[i]``, then have the
         server call :meth:`complete_upload` with the parts' ETags.
+
+        Each URL signs its ``Content-Length`` (``size``, or the part's), so S3 itself
+        refuses a body of another size: a plan for 10 bytes cannot store 300 MiB.
         """
         k = self._key(key)
         if size <= MULTIPART_THRESHOLD:
-            return {
-                "mode": "put",
-                "url": presigner(self.client).url("PUT", self.bucket, k, expires_s),
-            }
+            url = presigner(self.client).url("PUT", self.bucket, k, expires_s, length=size)
+            return {"mode": "put", "url": url}
         part = max(PART_SIZE, math.ceil(size / MAX_PARTS))
         upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=k)["UploadId"]
         urls = [
@@ -291,6 +292,7 @@ class S3ObjectStore:
                     "Key": k,
                     "UploadId": upload_id,
                     "PartNumber": i + 1,
+                    "ContentLength": min(part, size - i * part),
                 },
                 ExpiresIn=expires_s,
             )
@@ -329,6 +331,22 @@ class S3ObjectStore:
         self.client.abort_multipart_upload(
             Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
         )
+
+    def listing(self, prefix: str) -> Iterator[tuple[str, int, float]]:
+        """``(key, size, modified)`` of each object under ``prefix`` (a request per 1,000)."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=self._key(prefix) + "/"
+        )
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in pages:
+            for o in page.get("Contents", []):
+                yield o["Key"][strip:], o["Size"], o["LastModified"].timestamp()
+
+    def delete(self, key: str) -> None:
+        """Delete one object (nothing happens if it is not there)."""
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with self._presigned_lock:
+            self._presigned.pop(key, None)
 
     def delete_prefix(self, prefix: str) -> None:
         full = self._key(prefix) + "/"

@@ -258,3 +258,21 @@ def test_fast_presigner_matches_botocore_and_the_server_accepts_it(store, s3env)
     assert store.get_bytes("u1/sig/d.txt") == b"fourth"
     forged = p.url("GET", "kotta-unit", k + "a.txt", 600).replace("/sig/a.txt", "/sig/b.txt")
     assert requests.get(forged, timeout=10).status_code == 403
+
+
+def test_a_presigned_put_that_signs_its_length_takes_no_other_size(store, s3env):
+    """An upload plan's URL signs its Content-Length: the fast signature (the second URL)
+    must equal botocore's, and S3 must refuse a body of another size with it."""
+    from dask_kotta.store.presign import Presigner
+
+    p = Presigner(store.client)
+    k = "some/prefix/u1/len/"
+    p.url("PUT", "kotta-unit", k + "a.txt", 600, length=4)  # botocore's, which fixes the shape
+    assert p.shapes[("kotta-unit", "PUT+length")] is not None  # ours equalled botocore's
+    put = p.url("PUT", "kotta-unit", k + "b.txt", 600, length=4)
+    assert "content-length%3Bhost" in put
+    for body in (b"12345", b"123", (c for c in (b"12", b"34"))):  # longer, shorter, chunked
+        assert requests.put(put, data=body, timeout=10).status_code == 403
+        assert store.size("u1/len/b.txt") is None
+    assert requests.put(put, data=b"1234", timeout=10).status_code == 200
+    assert store.get_bytes("u1/len/b.txt") == b"1234"
