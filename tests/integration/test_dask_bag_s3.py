@@ -59,7 +59,7 @@ def s3env(s3_server):
 def s3konn(s3env, tmp_path_factory):
     base = tmp_path_factory.mktemp("bag-service")
     grants = policy_args(base, s3_grants={"tester": [f"s3://{BUCKET}/"]})
-    svc = Service(base, env=s3env.env, extra=grants).start()
+    svc = Service(base, workers=1, env=s3env.env, extra=grants).start()
     yield svc.konn()
     svc.stop()
 

@@ -35,7 +35,9 @@ def env_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def envsvc(tmp_path_factory, env_dir):
-    svc = Service(tmp_path_factory.mktemp("envsvc"), env={"KOTTA_ENV_DIR": str(env_dir)}).start()
+    svc = Service(
+        tmp_path_factory.mktemp("envsvc"), workers=1, env={"KOTTA_ENV_DIR": str(env_dir)}
+    ).start()
     yield svc
     svc.stop()
 

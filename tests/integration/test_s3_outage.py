@@ -31,7 +31,7 @@ def svc(weed, tmp_path_factory):
     }
     base = tmp_path_factory.mktemp("outage")
     grants = policy_args(base, s3_grants={"tester": ["s3://outage-data/in/"]})
-    s = Service(base, env=env, extra=grants)
+    s = Service(base, workers=1, env=env, extra=grants)
     yield s.start()
     s.stop()
 
