@@ -26,14 +26,10 @@ from pathlib import Path
 
 import psutil
 
-from ..errors import ConfigError
+from ..errors import AlreadyServedError
 
 #: The file's name in the data directory.
 SERVED_FILE = "served.json"
-
-
-class AlreadyServedError(ConfigError):
-    """Another live service holds the data directory; the message names its URL."""
 
 
 @dataclass(frozen=True)

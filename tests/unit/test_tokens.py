@@ -15,11 +15,10 @@ import click
 import pytest
 
 from dask_kotta.cli.tokens import describe, duration_s, offline_url
-from dask_kotta.errors import ConfigError, ForbiddenError
+from dask_kotta.errors import AlreadyServedError, ConfigError, ForbiddenError
 from dask_kotta.server.admin import require_admin
 from dask_kotta.server.served import (
     SERVED_FILE,
-    AlreadyServedError,
     Served,
     claim,
     read_served,
