@@ -85,8 +85,8 @@ def _ends(lifetime: float | None, expires_at: float | None) -> str:
 @click.option(
     "--auth-file", type=click.Path(dir_okay=False), default=d.AUTH_FILE, show_default=True,
     envvar="KOTTA_AUTH_FILE",
-    help="An admin's credentials: the server to ask, and who asks (`up` writes its first "
-    "user's, an admin). Not used offline.",
+    help="An admin's credentials (or KOTTA_AUTH_FILE): the server to ask, and who asks "
+    "(`up` writes its first user's, an admin). Not used offline.",
 )  # fmt: skip
 @click.option(
     "--expires", metavar="DURATION",
