@@ -4,6 +4,7 @@
 
     KottaError
     ├── ConfigError            bad credentials, bad queue config, bad flags
+    │   └── AlreadyServedError     another live service serves this data dir (names its URL)
     ├── SerializationError     a function or argument cannot be pickled (client side)
     ├── UnsafePathError        a path that would escape its job's directory or prefix
     ├── ContainmentError       a worker cannot contain a job that must be contained
@@ -48,6 +49,11 @@ class KottaError(Exception):
 
 class ConfigError(KottaError):
     """The configuration (credentials, queues, flags) is invalid."""
+
+
+class AlreadyServedError(ConfigError):
+    """A live ``up`` or ``server`` already serves the data directory; the message names its
+    URL and pid (``server/served.py``)."""
 
 
 class SerializationError(KottaError):

@@ -1,11 +1,10 @@
-"""The service's commands: ``up``, ``server``, ``worker``, ``token``."""
+"""The service's commands: ``up``, ``server``, ``worker`` (``token`` is in ``tokens.py``)."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,22 +63,6 @@ def _size_aside(key: str) -> Callable[..., Any]:
         return n
 
     return callback
-
-
-def _duration_s(text: str) -> float:
-    """``30d``, ``12h``, ``90m``, ``45s`` or a bare number of days, in seconds (> 0)."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    raw = text.strip().lower()
-    unit = units.get(raw[-1:], None)
-    try:
-        value = float(raw[:-1] if unit else raw) * (unit or 86400)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise click.BadParameter(
-            f"{text!r} is not a duration like 30d, 12h, 90m or 45s", param_hint="--expires"
-        )
-    return value
 
 
 def _server_options(f):
@@ -225,6 +208,11 @@ def _private_data_dir(data_dir) -> None:
         )
 
 
+def _public_url(host: str, port: int, public_url: str | None = None) -> str:
+    """The URL workers and clients reach the server at (``--public-url``, or HOST:PORT)."""
+    return public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+
 def _config(
     data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload,
     allow_uncontained=False,
@@ -240,7 +228,7 @@ def _config(
             f"{max_payload!r} is not a size like 64MiB", param_hint="--max-payload"
         ) from None
 
-    url = public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    url = _public_url(host, port, public_url)
     meta = click.get_current_context().meta
     return ServerConfig(
         data_dir=Path(data_dir), scheduler=scheduler or "", public_url=url, database=database,
@@ -336,8 +324,11 @@ def up(
     """Start the server, a local dask cluster and a first user: everything, one command.
 
     Jobs, outputs and the user's token survive a restart with the same --data-dir.
-    The local cluster runs in processes of its own and speaks TLS with certificates
-    made at each start in DATA_DIR/tls.
+    The first user (--user) is an admin: its credentials file (--auth-file) lets
+    `dask-kotta token` make, list and revoke other users' tokens. The local cluster
+    runs in processes of its own and speaks TLS with certificates made at each start
+    in DATA_DIR/tls. While it runs, DATA_DIR/served.json names its URL: a second
+    `up` or `server` on the same data dir is refused.
     """
     from ..server.cluster import TLS_DIR, client_security, make_certificates, start_local_cluster
     from ..server.launch import (
@@ -349,10 +340,15 @@ def up(
         stop_on_sigterm,
     )
     from ..server.queues import load_queues
+    from ..server.served import claim, release
 
     _setup_logging()
     stop_on_sigterm()
     umask = private_umask()
+    # Before the port: a second `up` on this data dir says which server already serves it.
+    _private_data_dir(data_dir)
+    served = claim(data_dir, _public_url(host, port))
+    click.get_current_context().call_on_close(lambda: release(data_dir, served))
     check_port(host, port)
     if not scheduler and (tls_ca_file or tls_cert or tls_key):
         raise click.UsageError(
@@ -360,7 +356,6 @@ def up(
         )
     security = client_security(scheduler, tls_ca_file, tls_cert, tls_key) if scheduler else None
     queues = load_queues(queues_file)
-    _private_data_dir(data_dir)
     cluster = tls = None
     if not scheduler:
         click.echo(
@@ -392,7 +387,7 @@ def up(
         click.echo(f"Kotta API     {config.public_url}   (OpenAPI docs: {config.public_url}/docs)")
         click.echo(f"data dir      {Path(data_dir).resolve()}")
         click.echo(
-            f"credentials   {Path(auth_file).resolve()}  ({'new token for' if made else 'kept, user'} {user!r})"
+            f"credentials   {Path(auth_file).resolve()}  ({'new token for' if made else 'kept, user'} {user!r}, an admin)"
         )
         where = f"  (TLS certificates, new each start: {Path(tls.ca_file).parent.resolve()})"
         click.echo(f"dask          {config.scheduler}{where if tls else ''}")
@@ -424,17 +419,23 @@ def server(
 
     With a tls:// scheduler, give the certificates (or set them in dask's config);
     a plain tcp:// scheduler lets anything that reaches its port drive the cluster.
+    Its first admin comes from `dask-kotta token NAME --admin --new --data-dir D`
+    (or --database URL) before its first start. While it runs, DATA_DIR/served.json
+    names its URL: a second `up` or `server` on the same data dir is refused.
     """
     from ..server.app import create_app
     from ..server.cluster import client_security
     from ..server.launch import check_port, check_store, private_umask, serve, stop_on_sigterm
+    from ..server.served import claim, release
 
     _setup_logging()
     stop_on_sigterm()
     private_umask()
+    _private_data_dir(data_dir)
+    served = claim(data_dir, _public_url(host, port, public_url))
+    click.get_current_context().call_on_close(lambda: release(data_dir, served))
     check_port(host, port)
     security = client_security(scheduler, tls_ca_file, tls_cert, tls_key)
-    _private_data_dir(data_dir)
     config = _config(
         data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload,
         allow_uncontained,
@@ -492,88 +493,3 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
     for key, value in quiet_env().items():
         os.environ.setdefault(key, value)
     os.execv(args[0], args)
-
-
-@main.command()
-@click.argument("name", required=False)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    default=d.AUTH_FILE,
-    show_default=True,
-    help="Credentials file to write.",
-)
-@click.option("--data-dir", type=click.Path(file_okay=False), default=d.DATA_DIR, show_default=True)
-@click.option("--database", envvar="DASK_KOTTA_DATABASE", help="SQLAlchemy URL of the job store.")
-@click.option("--url", help="Server URL to put in the file. Default: http://127.0.0.1:PORT.")
-@click.option("--port", type=int, default=d.PORT, show_default=True)
-@click.option(
-    "--new",
-    is_flag=True,
-    help="Make the job store if there is none yet (before the first start of `server`).",
-)
-@click.option(
-    "--expires",
-    metavar="DURATION",
-    help="The new token stops working after this long: 30d, 12h, 90m, 45s (a bare number: "
-    "days). [default: never]",
-)
-@click.option("--label", help="What the new token is for, shown by --list (at most 128 chars).")
-@click.option("--list", "list_", is_flag=True, help="List the tokens (of NAME), with their ids.")
-@click.option(
-    "--revoke",
-    "revoke",
-    multiple=True,
-    metavar="ID",
-    help="Revoke the token with this id (from --list); running servers refuse it within 1 s.",
-)
-def token(name, output, data_dir, database, url, port, new, expires, label, list_, revoke):
-    """Create user NAME if new, and write a credentials file with a new token for it.
-
-    With --list, list the tokens (NAME's only, if given); with --revoke ID, revoke
-    tokens. Run it where the service keeps its data (its --data-dir, or --database).
-    """
-    from ..server.launch import issue_token
-    from ..store.jobs import JobStore
-
-    if not (list_ or revoke) and name is None:
-        raise click.UsageError("give NAME (the user to make a token for), --list or --revoke ID")
-    if name is not None and (not name.strip() or len(name) > 128):
-        raise click.BadParameter("must be 1-128 characters", param_hint="NAME")
-    if label is not None and len(label) > 128:
-        raise click.BadParameter("must be at most 128 characters", param_hint="--label")
-    lifetime = _duration_s(expires) if expires is not None else None
-    path = Path(data_dir) / "jobs.sqlite"
-    if not database and not (new and not (list_ or revoke)) and not path.exists():
-        # Run in the wrong directory, it made an empty store no server reads, and a token in it.
-        raise click.UsageError(
-            f"no job store at {path}: run this where the service was started (or give its "
-            "--data-dir or --database); --new makes a new store"
-        )
-    store = JobStore(database or str(path))
-    try:
-        for token_id in revoke:
-            try:
-                user = store.revoke_token(token_id)
-            except ValueError as e:
-                raise click.ClickException(str(e)) from None
-            click.echo(f"revoked token {token_id} of user {user!r}")
-        if list_:
-            now = time.time()
-            for t in store.list_tokens(name):
-                made = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t["created_at"]))
-                ends = t["expires_at"]
-                until = "never expires" if ends is None else (
-                    ("expired " if ends <= now else "expires ")
-                    + time.strftime("%Y-%m-%d %H:%M", time.gmtime(ends)))  # fmt: skip
-                click.echo(f"{t['id']}  {made} UTC  {t['user']}  ({until})"
-                           + (f"  {t['label']}" if t["label"] else ""))  # fmt: skip
-        if not (list_ or revoke):
-            ends = None if lifetime is None else time.time() + lifetime
-            issue_token(store, name, Path(output), url or f"http://127.0.0.1:{port}", label, ends)
-            click.echo(f"wrote {output} for user {name!r}" + (
-                "" if ends is None else
-                f", valid until {time.strftime('%Y-%m-%d %H:%M', time.gmtime(ends))} UTC"))  # fmt: skip
-    finally:
-        store.close()

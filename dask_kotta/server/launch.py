@@ -38,11 +38,17 @@ def write_credentials(path: Path, url: str, token: str) -> None:
 
 def issue_token(
     store: JobStore, user: str, path: Path, url: str, label: str | None = None,
-    expires_at: float | None = None,
+    expires_at: float | None = None, admin: bool = False,
 ) -> str:  # fmt: skip
-    """Create ``user`` if new, give it a new token (working until ``expires_at``, epoch
-    seconds; None: always) and write its credentials file."""
+    """Create ``user`` if new (an admin too if ``admin``), give it a new token (working until
+    ``expires_at``, epoch seconds; None: always) and write its credentials file.
+
+    This writes to the store directly: the operator's offline way, and ``up``'s. Users get
+    their tokens from the running server (``/api/v1/admin/tokens``).
+    """
     uid = store.get_or_create_user(user)
+    if admin:
+        store.set_admin(user, True)
     token = new_token()
     store.add_token(uid, hash_token(token), label=label, expires_at=expires_at)
     write_credentials(path, url, token)
@@ -50,15 +56,22 @@ def issue_token(
 
 
 def ensure_credentials(store: JobStore, user: str, path: Path, url: str) -> bool:
-    """Keep a valid credentials file (refreshing its URL), or make one; True if a token was made."""
+    """Make ``user`` an admin and keep its valid credentials file (refreshing its URL), or
+    make one; True if a token was made.
+
+    A file whose token is another user's (or no longer valid) is replaced: the file ``up``
+    writes is its admin's.
+    """
     path = Path(path)
+    store.set_admin(user, True)
     if path.exists():
         try:
             old = json.loads(path.read_text())
             token = old["token"]
         except (OSError, ValueError, KeyError, TypeError):
             token = None
-        if token and store.user_for_token(hash_token(token)):
+        found = store.user_for_token(hash_token(token)) if isinstance(token, str) else None
+        if found is not None and found["name"] == user:
             if old.get("url") != url:
                 write_credentials(path, url, token)
             return False

@@ -112,3 +112,21 @@ class RunnerCompleteBody(Body):
     upload_id: str
     etags: list[str] = []
     abort: bool = False
+
+
+# -- admins ---------------------------------------------------------------------------------
+
+#: The longest lifetime a token can be given (``expires_in_s``): 100 years.
+MAX_TOKEN_LIFETIME_S = 100 * 365 * 86400.0
+
+
+class TokenBody(Body):
+    """A new token for user ``name`` (made if new), asked by an admin."""
+
+    name: str = Field(..., min_length=1, max_length=128, pattern=r"\S")
+    label: str | None = Field(None, max_length=128, description="What the token is for")
+    expires_in_s: float | None = Field(
+        None, gt=0, le=MAX_TOKEN_LIFETIME_S, strict=True,
+        description="Seconds until the token stops working; null: never",
+    )  # fmt: skip
+    admin: bool = Field(False, strict=True, description="Make the user an admin too")

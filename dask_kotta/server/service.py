@@ -167,6 +167,12 @@ class Service:
         self._user_cache[token_hash] = (user, until)
         return user
 
+    def forget_tokens(self, id_prefix: str) -> None:
+        """Drop the cached look-ups of the tokens whose hash starts with ``id_prefix``: a
+        token revoked through this server is refused by it at once."""
+        for key in [k for k in self._user_cache if k.startswith(id_prefix)]:
+            self._user_cache.pop(key, None)
+
     def requeue_expired(self) -> None:
         for job in self.store.expired(time.time()):
             self._take_back(job, "runner stopped heart-beating (worker lost?)", "lease expired")

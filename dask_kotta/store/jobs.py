@@ -114,6 +114,12 @@ class JobStore:
                 uid = key[0]
             return int(uid)
 
+    def set_admin(self, name: str, admin: bool = True) -> None:
+        """Make user ``name`` (made if new) an admin, or no longer one."""
+        uid = self.get_or_create_user(name)
+        with self.engine.begin() as c:
+            c.execute(users.update().where(users.c.id == uid).values(admin=admin))
+
     def add_token(
         self, user_id: int, token_hash: str, label: str | None = None,
         expires_at: float | None = None,
@@ -142,9 +148,13 @@ class JobStore:
         return [{"id": h[:12], "user": name, "created_at": at, "label": label, "expires_at": exp}
                 for h, name, at, label, exp in rows]  # fmt: skip
 
-    def revoke_token(self, token_id: str) -> str:
-        """Delete the token whose hash starts with ``token_id`` (at least 8 hex digits, one
-        token only); returns its user's name. ``ValueError`` says why none was deleted."""
+    def revoke_token(self, token_id: str) -> builtins.list[str]:
+        """Delete the token whose id (its hash) starts with ``token_id``, if exactly one does.
+
+        Returns the names of the users of the tokens that matched: one name, that token
+        deleted; none or several, nothing deleted. ``ValueError`` if ``token_id`` is not
+        8 or more hex digits (a shorter prefix would name too many tokens).
+        """
         token_id = token_id.strip().lower()
         if len(token_id) < 8 or not all(ch in "0123456789abcdef" for ch in token_id):
             raise ValueError(f"{token_id!r} is not a token id (8 or more hex digits, as listed)")
@@ -153,17 +163,17 @@ class JobStore:
                 sa.select(tokens.c.token_hash, users.c.name)
                 .join(users, tokens.c.user_id == users.c.id)
                 .where(tokens.c.token_hash.startswith(token_id, autoescape=True))
+                .limit(2)
             ).all()
-            if len(found) != 1:
-                raise ValueError(f"{len(found)} tokens have an id starting {token_id!r}, not one")
-            c.execute(tokens.delete().where(tokens.c.token_hash == found[0][0]))
-        return str(found[0][1])
+            if len(found) == 1:
+                c.execute(tokens.delete().where(tokens.c.token_hash == found[0][0]))
+        return [str(name) for _, name in found]
 
     def user_for_token(self, token_hash: str) -> dict[str, Any] | None:
-        """``{id, name, expires_at}`` of the token's user, or None: unknown, or expired."""
+        """``{id, name, admin, expires_at}`` of the token's user, or None: unknown, or expired."""
         with self.engine.connect() as c:
             row = c.execute(
-                sa.select(users.c.id, users.c.name, tokens.c.expires_at)
+                sa.select(users.c.id, users.c.name, users.c.admin, tokens.c.expires_at)
                 .join(tokens, tokens.c.user_id == users.c.id)
                 .where(tokens.c.token_hash == token_hash)
             ).first()

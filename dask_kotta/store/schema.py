@@ -17,6 +17,8 @@ users = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(128), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
+    # May issue, list and revoke every user's tokens through the server (revision 0004).
+    sa.Column("admin", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 # Only the SHA-256 of a token is kept; the token itself exists in the user's credentials file.

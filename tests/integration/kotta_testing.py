@@ -190,7 +190,7 @@ class Service:
         if self.scheduler:
             # `server` does not make users: the first one comes from `token`.
             if not self.auth_file.exists():
-                self.token("tester", self.auth_file)
+                self.token("tester", self.auth_file, admin=True)
             return [
                 sys.executable,
                 "-m",
@@ -246,10 +246,18 @@ class Service:
 
         return Kotta(self.creds(path))
 
-    def token(self, name: str, path: Path) -> Path:
+    def token(self, name: str, path: Path, admin: bool = False) -> Path:
+        """Credentials for user ``name`` (made if new) at ``path``: asked of the running
+        service with its first user's (an admin's) credentials, as a user would; before the
+        service runs (a `server`'s first user), written to its job store offline."""
+        if self.proc is not None and self.proc.alive():
+            where = ["--auth-file", str(self.auth_file)]
+        else:
+            where = ["--data-dir", str(self.data_dir), "--port", str(self.port), "--new",
+                     *[a for a in self.extra if a.startswith("--database")]]  # fmt: skip
         subprocess.run(
-            [sys.executable, "-m", "dask_kotta.cli", "token", name, "-o", str(path), "--data-dir", str(self.data_dir),
-             "--port", str(self.port), "--new", *[a for a in self.extra if a.startswith("--database")]],
+            [sys.executable, "-m", "dask_kotta.cli", "token", name, "-o", str(path), *where,
+             *(["--admin"] if admin else [])],
             check=True, capture_output=True, env={**os.environ, **self.env},
         )  # fmt: skip
         return path

@@ -26,7 +26,7 @@ from kotta import KottaJob
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
 #: The package's newest schema revision.
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture
@@ -105,15 +105,17 @@ def test_a_postgres_database_made_by_0_1_0_is_stamped_upgraded_and_keeps_every_r
     assert len(before["jobs"]) == 28
 
     assert migrate.status(sa.make_url(url)).state == "unversioned"
-    with pytest.raises(SchemaError, match="needs 0003: run `dask-kotta db upgrade"):
+    with pytest.raises(SchemaError, match="needs 0004: run `dask-kotta db upgrade"):
         JobStore(url)  # as `server` without --upgrade-db
     assert pg_rows(url) == before
     store = JobStore(url, upgrade=True)
     assert migrate.status(store.engine.url).revision == HEAD
     after = pg_rows(url)
-    assert {t: v for t, v in after.items() if t not in ("jobs", "tokens")} == {
-        t: v for t, v in before.items() if t not in ("jobs", "tokens")
+    assert {t: v for t, v in after.items() if t not in ("jobs", "tokens", "users")} == {
+        t: v for t, v in before.items() if t not in ("jobs", "tokens", "users")
     }
+    assert sorted((r[:-1] for r in after["users"]), key=repr) == before["users"]
+    assert {r[-1] for r in after["users"]} == {False}  # 0004: no old user is an admin
     assert sorted((r[:-1] for r in after["jobs"]), key=repr) == before["jobs"]
     assert {r[-1] for r in after["jobs"]} == {None}  # keep_s: the old jobs follow --keep
     assert sorted((r[:-2] for r in after["tokens"]), key=repr) == before["tokens"]
