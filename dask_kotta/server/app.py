@@ -19,11 +19,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from .. import __version__
 from .. import defaults as d
 from ..errors import APIError, UnsafePathError
 from . import routes_files, routes_jobs, routes_runner
+from .models import NOT_TEXT
+from .openapi import publish
 from .service import ServerConfig, Service
 
 
@@ -53,6 +56,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return HTMLResponse(page)
 
     _add_error_handlers(app)
+    publish(app)
     return app
 
 
@@ -60,17 +64,22 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette's own: no such route (404), wrong method (405)
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+        headers = exc.headers
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path only (POST for
+            # /jobs, which GET also serves); the schema lists them all, and so does Allow.
+            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
+        parts, status = [], 422
         for err in exc.errors():
+            if err.get("type") == NOT_TEXT:
+                status = 400  # well-formed, but a string in it is not text (models.Body)
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=status)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -93,6 +102,25 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": str(d.DB_RETRY_AFTER_S)},
         )
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves on the request's path, as an ``Allow`` header says it."""
+    # Asked of the router per method, on a fresh scope: FastAPI's included routers answer a
+    # full match only, and not for the scope routing has already written into.
+    scope = {"type": "http", "path": request.scope["path"], "headers": [], "query_string": b"",
+             "root_path": request.scope.get("root_path", "")}  # fmt: skip
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    )
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 def database_problem(exc: sa_exc.DBAPIError) -> str:
