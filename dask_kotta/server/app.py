@@ -19,7 +19,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from .. import __version__
 from .. import defaults as d
@@ -65,10 +64,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette's own: no such route (404), wrong method (405)
         headers = exc.headers
-        if exc.status_code == 405:
-            # Starlette names the methods of the first route on the path only (POST for
-            # /jobs, which GET also serves); the schema lists them all, and so does Allow.
-            headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+        # Starlette names the methods of the first route on the path only (POST for /jobs,
+        # which GET also serves); the schema lists them all, and so does Allow.
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -104,23 +103,22 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _allowed_methods(request: Request) -> str:
-    """Every method some route serves on the request's path, as an ``Allow`` header says it."""
-    # Asked of the router per method, on a fresh scope: FastAPI's included routers answer a
-    # full match only, and not for the scope routing has already written into.
-    scope = {"type": "http", "path": request.scope["path"], "headers": [], "query_string": b"",
-             "root_path": request.scope.get("root_path", "")}  # fmt: skip
-    return ", ".join(
-        method
-        for method in _METHODS
-        if any(
-            route.matches({**scope, "method": method})[0] is Match.FULL
-            for route in request.app.router.routes
-        )
-    )
+def _allowed_methods(request: Request) -> str | None:
+    """The methods the published schema gives the request's path, as ``Allow`` says them.
 
-
-_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+    The most specific paths win: ``/jobs/wait`` is POST alone, though ``/jobs/{job_id}``
+    (GET, DELETE) would match it too. None for a path the schema does not have.
+    """
+    path, best = request.scope["path"], None
+    methods: set[str] = set()
+    for template, ops in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path):
+            params = template.count("{")
+            if best is None or params < best:
+                best, methods = params, set()
+            if params == best:
+                methods |= {m.upper() for m in ops}
+    return ", ".join(sorted(methods)) if methods else None
 
 
 def database_problem(exc: sa_exc.DBAPIError) -> str:
