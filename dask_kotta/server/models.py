@@ -1,4 +1,5 @@
-"""The JSON bodies the API accepts, as pydantic models (FastAPI checks them, 422 otherwise)."""
+"""The JSON bodies the API accepts, as pydantic models (FastAPI checks them: 422 otherwise, 400
+for a string that is not text)."""
 
 from __future__ import annotations
 

@@ -95,7 +95,9 @@ def phase(request: Request, a: Auth, body: Phase) -> dict:
     return {"status": body.status}
 
 
-@router.put(JOB + "/files/{name:path}", responses=for_runner(400), openapi_extra=BYTES_BODY)
+# 404: no route takes a name with a line break ({name:path} is ".*"), so such a PUT is
+# Starlette's "Not Found" (the long fuzz found it).
+@router.put(JOB + "/files/{name:path}", responses=for_runner(400, 404), openapi_extra=BYTES_BODY)
 async def put_file(request: Request, a: Auth, name: str) -> dict:
     s = svc(request)
     key, name = files.runner_file_key(claims.held(s, a), name)
