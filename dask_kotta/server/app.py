@@ -24,6 +24,8 @@ from .. import __version__
 from .. import defaults as d
 from ..errors import APIError, UnsafePathError
 from . import routes_admin, routes_files, routes_jobs, routes_runner
+from .models import NOT_TEXT
+from .openapi import publish
 from .service import ServerConfig, Service
 
 
@@ -54,6 +56,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return HTMLResponse(page)
 
     _add_error_handlers(app)
+    publish(app)
     return app
 
 
@@ -61,17 +64,22 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # Starlette's own: no such route (404), wrong method (405)
-        return JSONResponse(
-            {"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
-        )
+        headers = exc.headers
+        # Starlette names the methods of the first route on the path only (POST for /jobs,
+        # which GET also serves); the schema lists them all, and so does Allow.
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
+        parts, status = [], 422
         for err in exc.errors():
+            if err.get("type") == NOT_TEXT:
+                status = 400  # well-formed, but a string in it is not text (models.Body)
             loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=status)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -94,6 +102,24 @@ def _add_error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": str(d.DB_RETRY_AFTER_S)},
         )
+
+
+def _allowed_methods(request: Request) -> str | None:
+    """The methods the published schema gives the request's path, as ``Allow`` says them.
+
+    The most specific paths win: ``/jobs/wait`` is POST alone, though ``/jobs/{job_id}``
+    (GET, DELETE) would match it too. None for a path the schema does not have.
+    """
+    path, best = request.scope["path"], None
+    methods: set[str] = set()
+    for template, ops in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path):
+            params = template.count("{")
+            if best is None or params < best:
+                best, methods = params, set()
+            if params == best:
+                methods |= {m.upper() for m in ops}
+    return ", ".join(sorted(methods)) if methods else None
 
 
 def database_problem(exc: sa_exc.DBAPIError) -> str:

@@ -11,8 +11,9 @@ import tempfile
 from contextlib import aclosing
 from typing import IO, Annotated, Any
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Request, Security
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import FormData
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -28,7 +29,17 @@ def svc(request: Request) -> Service:
     return request.app.state.svc
 
 
-def current_user(request: Request) -> dict[str, Any]:
+#: For the published schema only: says which routes take a bearer token. It refuses nothing
+#: (``auto_error=False``); the dependencies below read the header and answer 401 themselves.
+BEARER = HTTPBearer(
+    auto_error=False,
+    description="A user's token (`dask-kotta token`); on runner routes, the attempt's "
+    "dispatch token, or the slot secret for `/runner/next`",
+)
+_Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+
+
+def current_user(request: Request, _: _Bearer = None) -> dict[str, Any]:
     """The user whose token the request carries (401 for none or an unknown one)."""
     token = bearer(request.headers.get("authorization"))
     if token is None:
@@ -54,7 +65,12 @@ PathInt = Annotated[int, Path(ge=0, le=MAX_INT)]
 
 
 def runner_auth(
-    request: Request, job_id: str, x_kotta_attempt: Annotated[int, Header(ge=0, le=MAX_INT)]
+    request: Request,
+    job_id: str,
+    x_kotta_attempt: Annotated[
+        int, Header(ge=0, le=MAX_INT, description="The attempt number the job was claimed with")
+    ],
+    _: _Bearer = None,
 ) -> Attempt:
     """The attempt a runner names: path's job, ``X-Kotta-Attempt`` and its dispatch token."""
     token = bearer(request.headers.get("authorization"))

@@ -1,18 +1,33 @@
-"""The JSON bodies the API accepts, as pydantic models (FastAPI checks them, 422 otherwise)."""
+"""The JSON bodies the API accepts, as pydantic models (FastAPI checks them: 422 otherwise, 400
+for a string that is not text)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from ..jobspec import bad_text
+
+#: The pydantic error type of a string in a body that is not text (see :class:`Body`).
+NOT_TEXT = "not_text"
 
 #: The largest integer the API takes: 2**53 - 1, exact in every JSON reader, and stored
 #: by SQLite and PostgreSQL alike (a larger one failed deep in the database, a 500).
 MAX_INT = 2**53 - 1
+
+
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 665.0 is the integer 665 to JSON Schema (and to the
+    # published schema's readers), so it is taken; 665.5, "665" and false still are not.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 #: A count, size or attempt number: a JSON integer (not a bool nor a string) up to MAX_INT.
-Count = Annotated[int, Field(ge=0, le=MAX_INT, strict=True)]
+#: (The validator after the Field: before it, pydantic publishes `ge`/`le`, which JSON Schema
+#: does not know, instead of `minimum`/`maximum`.)
+Count = Annotated[int, Field(ge=0, le=MAX_INT, strict=True), BeforeValidator(_integral)]
 
 
 class Body(BaseModel):
@@ -26,7 +41,10 @@ class Body(BaseModel):
     @classmethod
     def _text(cls, data: Any) -> Any:
         if problem := bad_text(data):
-            raise ValueError(problem)
+            # Its own error type, which app's handler answers with 400 (not the 422 of a
+            # malformed request): the schema cannot say "no NUL, no lone surrogate", so the
+            # request is well-formed by it, and its content is what is refused.
+            raise PydanticCustomError(NOT_TEXT, problem)
         return data
 
 

@@ -14,11 +14,17 @@ from fastapi import APIRouter, Query, Request
 from . import admin
 from .deps import User, svc
 from .models import TokenBody
+from .openapi import for_user
 
 router = APIRouter(prefix="/api/v1/admin")
 
 
-@router.post("/tokens", status_code=201, summary="Make a token for a user (made if new)")
+@router.post(
+    "/tokens",
+    status_code=201,
+    summary="Make a token for a user (made if new)",
+    responses=for_user(400),
+)
 def create_token(request: Request, user: User, body: TokenBody) -> dict:
     """Returns the token once, with ``credentials``: the JSON a client connects with."""
     return admin.create_token(
@@ -26,7 +32,9 @@ def create_token(request: Request, user: User, body: TokenBody) -> dict:
     )
 
 
-@router.get("/tokens", summary="List tokens, with their ids (never the tokens)")
+@router.get(
+    "/tokens", summary="List tokens, with their ids (never the tokens)", responses=for_user()
+)
 def list_tokens(
     request: Request,
     user: User,
@@ -36,7 +44,9 @@ def list_tokens(
     return {"tokens": admin.list_tokens(svc(request), user, name)}
 
 
-@router.delete("/tokens/{token_id}", summary="Revoke a token by its id")
+@router.delete(
+    "/tokens/{token_id}", summary="Revoke a token by its id", responses=for_user(400, 404, 409)
+)
 def revoke_token(request: Request, user: User, token_id: str) -> dict:
     """``token_id``: 8 or more hex digits of an id from the list; one token must match."""
     return admin.revoke_token(svc(request), user, token_id)

@@ -15,11 +15,16 @@ from . import files
 from .deps import BodyTooLarge, PathInt, User, serve, spool, svc
 from .inputs import own_hosts
 from .models import CompleteBody, UploadBody
+from .openapi import BYTES, BYTES_BODY, for_user
 
 router = APIRouter(prefix="/api/v1")
 
 
-@router.post("/uploads", summary="Start storing a file of yours; returns its input URL")
+@router.post(
+    "/uploads",
+    summary="Start storing a file of yours; returns its input URL",
+    responses=for_user(400, 413, 429),
+)
 def start_upload(request: Request, user: User, body: UploadBody) -> dict:
     """Returns ``url`` (for ``inputs=``) and ``plan``: how to send the bytes.
 
@@ -30,7 +35,12 @@ def start_upload(request: Request, user: User, body: UploadBody) -> dict:
     return files.start_upload(svc(request), user["id"], body.name, body.size, str(request.base_url))
 
 
-@router.put("/uploads/{uid}/{upload_id}/{name}", summary="Send an upload's bytes (local store)")
+@router.put(
+    "/uploads/{uid}/{upload_id}/{name}",
+    summary="Send an upload's bytes (local store)",
+    responses=for_user(400, 404, 413),
+    openapi_extra=BYTES_BODY,
+)
 async def put_upload(request: Request, user: User, uid: PathInt, upload_id: str, name: str) -> dict:
     """The body must be exactly the size its start declared (413 over it, 400 under it); the
     server stops reading past it, and stores nothing unless the size is right."""
@@ -52,7 +62,9 @@ async def put_upload(request: Request, user: User, uid: PathInt, upload_id: str,
     return {"size": size}
 
 
-@router.delete("/uploads", summary="Delete one of your uploads by its URL")
+@router.delete(
+    "/uploads", summary="Delete one of your uploads by its URL", responses=for_user(400, 404)
+)
 def delete_upload(request: Request, user: User, url: str) -> dict:
     """Frees its room in your storage quota; jobs that already staged it are not affected."""
     s = svc(request)
@@ -60,13 +72,22 @@ def delete_upload(request: Request, user: User, url: str) -> dict:
     return {"deleted": url}
 
 
-@router.get("/uploads/{uid}/{upload_id}/{name}", summary="Read back one of your uploads")
+@router.get(
+    "/uploads/{uid}/{upload_id}/{name}",
+    summary="Read back one of your uploads",
+    response_class=Response,
+    responses={**for_user(400, 404), **BYTES},
+)
 def get_upload(request: Request, user: User, uid: PathInt, upload_id: str, name: str) -> Response:
     key = files.existing_upload_key(svc(request), user["id"], uid, upload_id, name)
     return serve(request, key, name)
 
 
-@router.post("/uploads/complete", summary="Finish (or abort) a multipart upload of yours")
+@router.post(
+    "/uploads/complete",
+    summary="Finish (or abort) a multipart upload of yours",
+    responses=for_user(400, 403, 404),
+)
 def complete_user_upload(request: Request, user: User, body: CompleteBody) -> dict:
     s = svc(request)
     key = files.users_upload_key(s, user["id"], body.url, own_hosts(s, request.url.netloc))
@@ -75,7 +96,12 @@ def complete_user_upload(request: Request, user: User, body: CompleteBody) -> di
     return {"url": body.url}
 
 
-@router.get("/objects", summary="Fetch an object of yours by its s3:// or server URL")
+@router.get(
+    "/objects",
+    summary="Fetch an object of yours by its s3:// or server URL",
+    response_class=Response,
+    responses={**for_user(400, 404), **BYTES},
+)
 def get_object(request: Request, user: User, url: str) -> Response:
     """Redirects to a fresh presigned URL (S3) or serves the bytes (local store).
 

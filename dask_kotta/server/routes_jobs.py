@@ -19,6 +19,7 @@ from . import jobs
 from .deps import User, bounded_form, serve, svc
 from .inputs import own_hosts
 from .models import WaitBody
+from .openapi import BYTES, SUBMIT_BODY, for_user
 from .views import job_view
 
 router = APIRouter(prefix="/api/v1")
@@ -28,12 +29,12 @@ def _view(request: Request, job: dict[str, Any]) -> dict[str, Any]:
     return job_view(job, str(request.base_url), svc(request).objects)
 
 
-@router.get("/whoami", summary="The user a token belongs to")
+@router.get("/whoami", summary="The user a token belongs to", responses=for_user())
 def whoami(user: User) -> dict:
     return {"id": user["id"], "name": user["name"]}
 
 
-@router.get("/queues", summary="Queues and their limits")
+@router.get("/queues", summary="Queues and their limits", responses=for_user())
 async def queues(request: Request, user: User) -> dict:
     """Each queue's limits; ``slots``: how many of its jobs the cluster runs at once now;
     ``yours``: your jobs ``running`` and ``pending`` in it. A free slot goes to the user with
@@ -88,7 +89,13 @@ async def _read_submission(request: Request) -> list[tuple[dict[str, Any], bytes
         await form.close()
 
 
-@router.post("/jobs", status_code=201, summary="Submit one or more jobs")
+@router.post(
+    "/jobs",
+    status_code=201,
+    summary="Submit one or more jobs",
+    responses=for_user(400, 404, 413, 422, 429),
+    openapi_extra=SUBMIT_BODY,
+)
 async def submit(request: Request, user: User) -> dict:
     """Multipart form: ``specs`` (JSON list of job descriptions) and ``payload<i>`` files.
 
@@ -102,7 +109,7 @@ async def submit(request: Request, user: User) -> dict:
     return {"jobs": [_view(request, j) for j, _ in rows], "created": [c for _, c in rows]}
 
 
-@router.get("/jobs", summary="Your jobs, newest first")
+@router.get("/jobs", summary="Your jobs, newest first", responses=for_user())
 def list_jobs(
     request: Request, user: User, limit: int = Query(50, ge=1, le=10_000), status: str | None = None
 ) -> dict:
@@ -110,7 +117,9 @@ def list_jobs(
     return {"jobs": [_view(request, j) for j in found]}
 
 
-@router.get("/jobs/{job_id}", summary="One job; ?wait=S long-polls until it ends")
+@router.get(
+    "/jobs/{job_id}", summary="One job; ?wait=S long-polls until it ends", responses=for_user(404)
+)
 async def get_job(
     request: Request,
     user: User,
@@ -132,7 +141,11 @@ async def get_job(
     return view
 
 
-@router.post("/jobs/wait", summary="Long-poll until any (or all) of the jobs end")
+@router.post(
+    "/jobs/wait",
+    summary="Long-poll until any (or all) of the jobs end",
+    responses=for_user(404),
+)
 async def wait_any(request: Request, user: User, body: WaitBody) -> dict:
     s = svc(request)
     ended = await jobs.wait(s, user["id"], body.ids, body.timeout, any_=not body.all)
@@ -142,31 +155,47 @@ async def wait_any(request: Request, user: User, body: WaitBody) -> dict:
     return out
 
 
-@router.get("/jobs/{job_id}/events", summary="A job's status history")
+@router.get("/jobs/{job_id}/events", summary="A job's status history", responses=for_user(404))
 def events(request: Request, user: User, job_id: str) -> dict:
     s = svc(request)
     jobs.own_job(s, user["id"], job_id)
     return {"events": s.store.events(job_id)}
 
 
-@router.get("/jobs/{job_id}/result", summary="A python job's pickled result (or exception)")
+@router.get(
+    "/jobs/{job_id}/result",
+    summary="A python job's pickled result (or exception)",
+    response_class=Response,
+    responses={**for_user(404), **BYTES},
+)
 def result(request: Request, user: User, job_id: str) -> Response:
     return serve(request, jobs.result_key(svc(request), user["id"], job_id), "result.pkl")
 
 
-@router.get("/jobs/{job_id}/files/{name:path}", summary="One of a job's outputs")
+@router.get(
+    "/jobs/{job_id}/files/{name:path}",
+    summary="One of a job's outputs",
+    response_class=Response,
+    responses={**for_user(400, 404), **BYTES},
+)
 def output_file(request: Request, user: User, job_id: str, name: str) -> Response:
     key, filename = jobs.output_key(svc(request), user["id"], job_id, name)
     return serve(request, key, filename)
 
 
-@router.post("/jobs/{job_id}/cancel", summary="Cancel a pending or running job")
+@router.post(
+    "/jobs/{job_id}/cancel", summary="Cancel a pending or running job", responses=for_user(404, 409)
+)
 async def cancel(request: Request, user: User, job_id: str) -> dict:
     return _view(request, await jobs.cancel(svc(request), user["id"], job_id))
 
 
 @router.delete(
-    "/jobs/{job_id}", summary="Delete an ended job: its record, history and files", status_code=204
+    "/jobs/{job_id}",
+    summary="Delete an ended job: its record, history and files",
+    status_code=204,
+    response_class=Response,
+    responses=for_user(404, 409),
 )
 def delete(request: Request, user: User, job_id: str) -> Response:
     jobs.delete(svc(request), user["id"], job_id)

@@ -10,21 +10,24 @@ answers with.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Security
 from fastapi.responses import Response
 
 from . import claims, files
 from .auth import bearer
-from .deps import Auth, PathInt, serve, spool, svc
+from .deps import BEARER, Auth, PathInt, serve, spool, svc
 from .models import MAX_INT, Finish, NextBody, Phase, PlansBody, RunnerCompleteBody
+from .openapi import BYTES, BYTES_BODY, errors, for_runner
 
 router = APIRouter(prefix="/api/v1/runner")
 JOB = "/jobs/{job_id}"
 
 
-@router.post("/next", summary="A slot reports ends and takes jobs")
+@router.post(
+    "/next", summary="A slot reports ends and takes jobs", responses=errors(400, 401, 404, 503)
+)
 async def next_job(
     request: Request,
     queue: str,
@@ -32,6 +35,7 @@ async def next_job(
     worker: str = "",
     limit: int = Query(1, alias="max", ge=0, le=MAX_INT),
     body: NextBody | None = None,
+    _: Annotated[Any, Security(BEARER)] = None,
 ) -> Any:
     """A slot reports the jobs it ended and claims the next ones of ``queue``.
 
@@ -52,19 +56,23 @@ async def next_job(
     )
 
 
-@router.post(JOB + "/claim")
+@router.post(JOB + "/claim", responses=for_runner())
 def claim(request: Request, a: Auth, worker: str = "") -> dict:
     # A plain dict to FastAPI: a TypedDict return would become a response schema.
     return dict(claims.claim(svc(request), a, worker))
 
 
-@router.get(JOB + "/payload")
+@router.get(JOB + "/payload", response_class=Response, responses={**for_runner(), **BYTES})
 def payload(request: Request, a: Auth) -> Response:
     job = claims.held(svc(request), a)
     return serve(request, claims.payload_key(job), "payload.pkl")
 
 
-@router.get(JOB + "/deps/{dep_id}/result")
+@router.get(
+    JOB + "/deps/{dep_id}/result",
+    response_class=Response,
+    responses={**for_runner(403, 404), **BYTES},
+)
 def dep_result(request: Request, a: Auth, dep_id: str) -> Response:
     """The result of a job this one depends on: same owner, and listed in this job's ``deps``.
 
@@ -75,19 +83,21 @@ def dep_result(request: Request, a: Auth, dep_id: str) -> Response:
     return serve(request, claims.dep_result_key(s, claims.held(s, a), dep_id), "result.pkl")
 
 
-@router.post(JOB + "/heartbeat")
+@router.post(JOB + "/heartbeat", responses=for_runner())
 def heartbeat(request: Request, a: Auth) -> dict:
     claims.heartbeat(svc(request), a)
     return {"continue": True}
 
 
-@router.post(JOB + "/phase")
+@router.post(JOB + "/phase", responses=for_runner())
 def phase(request: Request, a: Auth, body: Phase) -> dict:
     claims.advance(svc(request), a, body.status)
     return {"status": body.status}
 
 
-@router.put(JOB + "/files/{name:path}")
+# 404: no route takes a name with a line break ({name:path} is ".*"), so such a PUT is
+# Starlette's "Not Found" (the long fuzz found it).
+@router.put(JOB + "/files/{name:path}", responses=for_runner(400, 404), openapi_extra=BYTES_BODY)
 async def put_file(request: Request, a: Auth, name: str) -> dict:
     s = svc(request)
     key, name = files.runner_file_key(claims.held(s, a), name)
@@ -96,7 +106,7 @@ async def put_file(request: Request, a: Auth, name: str) -> dict:
     return {"name": name, "size": size}
 
 
-@router.put(JOB + "/result")
+@router.put(JOB + "/result", responses=for_runner(), openapi_extra=BYTES_BODY)
 async def put_result(request: Request, a: Auth) -> dict:
     s = svc(request)
     key = claims.result_key(claims.held(s, a))
@@ -105,21 +115,26 @@ async def put_result(request: Request, a: Auth) -> dict:
     return {"size": size}
 
 
-@router.post(JOB + "/finish")
+@router.post(JOB + "/finish", responses=for_runner(400))
 async def finish(request: Request, a: Auth, body: Finish) -> dict:
     # On the event loop, not the thread pool: a handful of short store and file calls cost
     # less than the hand-off, and the client waiting on this job is woken on the same loop.
     return {"status": claims.finish(svc(request), a, body)}
 
 
-@router.get(JOB + "/inputs/{index}", summary="One input of the job, from the store")
+@router.get(
+    JOB + "/inputs/{index}",
+    summary="One input of the job, from the store",
+    response_class=Response,
+    responses={**for_runner(403, 404), **BYTES},
+)
 def runner_input(request: Request, a: Auth, job_id: str, index: PathInt) -> Response:
     s = svc(request)
     key = files.runner_input_key(s, claims.held(s, a), index)
     return serve(request, key, key.rsplit("/", 1)[-1])
 
 
-@router.post(JOB + "/uploads", summary="How to upload each output")
+@router.post(JOB + "/uploads", summary="How to upload each output", responses=for_runner(400, 403))
 def runner_upload_plans(request: Request, a: Auth, body: PlansBody) -> dict:
     s = svc(request)
     job = claims.held(s, a)
@@ -131,7 +146,9 @@ def runner_upload_plans(request: Request, a: Auth, body: PlansBody) -> dict:
     }
 
 
-@router.post(JOB + "/uploads/complete", summary="Finish a multipart output")
+@router.post(
+    JOB + "/uploads/complete", summary="Finish a multipart output", responses=for_runner(400, 403)
+)
 def runner_complete(request: Request, a: Auth, body: RunnerCompleteBody) -> dict:
     s = svc(request)
     key = files.declared_output_key(claims.held(s, a), body.name)
