@@ -151,7 +151,7 @@ def test_a_chunked_payload_over_the_limit_is_refused_as_it_streams(konn, service
         yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"specs\"\r\n\r\n"
                f"{spec}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"payload0\"; "
                f"filename=\"payload0\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode()  # fmt: skip
-        for _ in range(200):  # 200 MiB; the test service's limit is 32 MiB
+        for _ in range(300):  # 300 MiB; the test service's limit is 32 MiB
             yield mib
         yield f"\r\n--{boundary}--\r\n".encode()
 
@@ -163,7 +163,8 @@ def test_a_chunked_payload_over_the_limit_is_refused_as_it_streams(konn, service
     except requests.ConnectionError:
         pass  # refused mid-body: the server answered 413 and closed while we still sent
     grown = (server.memory_info().rss - rss) / 2**20
-    assert grown < 20, f"the server grew by {grown:.0f} MiB reading a refused payload"
+    # The bound; measured +3.8 MiB on a new server, +0.3 MiB after.
+    assert grown < 10, f"the server grew by {grown:.0f} MiB reading a refused payload"
     assert len(konn.jobs(limit=10_000)) == before_jobs
 
 
