@@ -28,7 +28,7 @@ from ..paths import safe_relpath
 from ..store.objects import job_key, user_prefix
 from .inputs import store_key
 from .service import Service
-from .usage import PLAN, show_bytes
+from .usage import PLAN, read_plan, show_bytes
 
 
 def _upload_dir(user_id: int, upload_id: str) -> str:
@@ -58,9 +58,10 @@ def start_upload(s: Service, user_id: int, name: str, size: int, base_url: str) 
         raise InvalidRequestError(f"upload name {name!r} is reserved: choose another")
     s.usage.check(user_id, size, s.config.max_storage_bytes, "this upload")
     upload_id = secrets.token_hex(8)
-    key = f"{_upload_dir(user_id, upload_id)}/{name}"
+    upload_dir = _upload_dir(user_id, upload_id)
+    key = f"{upload_dir}/{name}"
     state = json.dumps({"name": name, "size": size, "at": time.time()}).encode()
-    s.objects.put_bytes(f"{_upload_dir(user_id, upload_id)}/{PLAN}", state)
+    s.objects.put_bytes(f"{upload_dir}/{PLAN}", state)
     plan = s.objects.upload_plan(key, size)
     server_url = f"{base_url.rstrip('/')}/api/v1/uploads/{user_id}/{upload_id}/{quote(name)}"
     if plan is None:
@@ -74,7 +75,7 @@ def upload_key(user_id: int, uid: int, upload_id: str, name: str) -> str:
         raise NotFoundError("no such upload")
     if not re.fullmatch(r"[0-9a-f]{8,64}", upload_id):
         raise InvalidRequestError(f"malformed upload id {upload_id!r}")
-    return f"{user_prefix(uid)}/uploads/{upload_id}/{safe_relpath(name, 'upload name')}"
+    return f"{_upload_dir(uid, upload_id)}/{safe_relpath(name, 'upload name')}"
 
 
 def declared_size(s: Service, key: str) -> int | None:
@@ -82,7 +83,7 @@ def declared_size(s: Service, key: str) -> int | None:
     were kept (or with no start at all)."""
     upload_dir, _, name = key.rpartition("/")
     try:
-        state = json.loads(s.objects.get_bytes(f"{upload_dir}/{PLAN}"))
+        state = read_plan(s.objects, f"{upload_dir}/{PLAN}")
     except NotFoundError:
         return None
     return int(state["size"]) if state.get("name") == name else None

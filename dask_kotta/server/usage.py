@@ -44,6 +44,12 @@ PLAN = ".kotta/upload.json"
 log = logging.getLogger("dask_kotta.server")
 
 
+def read_plan(objects: ObjectStore, key: str) -> dict:
+    """What an upload's start declared (``name``, ``size``, ``at``), from its :data:`PLAN`
+    object at ``key``; ``NotFoundError`` if there is none."""
+    return json.loads(objects.get_bytes(key))
+
+
 def show_bytes(n: int) -> str:
     """``n`` bytes for a person: ``3.00 MiB (3145728 bytes)``, or ``200 bytes``."""
     from dask.utils import format_bytes
@@ -150,7 +156,7 @@ class StorageUsage:
         for upload, key in plans.items():
             if upload not in sent:
                 with contextlib.suppress(NotFoundError, ValueError, KeyError, TypeError):
-                    total += int(json.loads(self.objects.get_bytes(key))["size"])
+                    total += int(read_plan(self.objects, key)["size"])
         return total
 
     def check(self, user_id: int, adding: int, limit: int, what: str) -> None:
