@@ -24,6 +24,7 @@ from ..jobspec import JobSpec
 from ..transfer.common import StagingError, http_session
 from ..transfer.upload import send_file
 from .job import KottaJob
+from .mapping import CallFuture, map_calls
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after, window_s
 
 
@@ -223,6 +224,39 @@ class Kotta:
             for j, info in zip(part, infos, strict=True):
                 j.apply_record(info, self)
         return out
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        queue: str = d.QUEUE,
+        walltime: float = d.WALLTIME_MIN,
+        chunksize: int | None = None,
+        requirements: str | None = None,
+        retries: int = 0,
+        keep_days: float | None = None,
+    ) -> list[CallFuture]:
+        """``fn(*args)`` for each ``args`` of ``zip(*iterables)``, packed into few jobs.
+
+        Returns one ``CallFuture`` per call, in order; ``konn.gather(futures)``
+        gives their values. A job costs milliseconds across the server and a
+        worker, so calls go ``chunksize`` to a job (default: four jobs per slot
+        of the queue, as ``multiprocessing.Pool.map`` sizes its chunks), and the
+        options (``walltime`` included) are each job's. One call's exception is
+        its own (with its remote traceback) and does not lose its neighbours'
+        results; a job that fails as a whole (walltime, memory, cancelled) fails
+        each of its calls, with a note naming them; ``retries`` retries such a
+        job. All of a job's arguments travel in its payload: for large
+        arguments, pass a smaller ``chunksize`` or stage them as inputs.
+
+        >>> futures = konn.map(inc, range(100_000), queue='Test', walltime=5)
+        >>> konn.gather(futures)[:3]
+        [1, 2, 3]
+        """
+        return map_calls(
+            self, fn, iterables, queue=queue, walltime=walltime, chunksize=chunksize,
+            requirements=requirements, retries=retries, keep_days=keep_days,
+        )  # fmt: skip
 
     def gather(
         self, jobs: Iterable[KottaJob], timeout: float | None = None, errors: str = "raise"
