@@ -110,7 +110,8 @@ def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable
 @click.argument("job_id")
 def status(auth_file, job_id):
     """Show a job: status, reason, times, per-phase durations, and its outputs, each with
-    a link that opens in a browser or with curl, without a token, for 10 minutes."""
+    a link that opens in a browser or with curl, without a token, for a short time (the
+    server's --link-ttl, 10 minutes by default)."""
     konn = _konn(auth_file)
     j = konn.job(job_id)
     t = j["timings"]
