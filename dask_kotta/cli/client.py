@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .. import defaults as d
+from .fetch import fetch_declared, show_outputs
 from .group import main
 
 _auth = click.option(
@@ -71,7 +72,10 @@ def _when(t: float | None) -> str:
     help="Delete the job (record, logs, outputs) this many days after it ends; fractions "
     "allowed, 0 keeps it for ever. Default: the server's --keep.",
 )
-@click.option("--wait/--no-wait", default=False, help="Wait for the job and print its STDOUT.")
+@click.option(
+    "--wait/--no-wait", default=False,
+    help="Wait for the job, print its STDOUT, and download its outputs (-o) here.",
+)  # fmt: skip
 def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable, keep, wait):
     """Submit SCRIPT as a Kotta script job; prints its id."""
     from ..client.job import KottaJob
@@ -98,13 +102,16 @@ def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable
         _print_logs(konn, job.job_id, True, True)
         if job.status(konn) != d.COMPLETED:
             raise click.ClickException(f"job {job.job_id} {job.info['status']}: {job.reason}")
+        fetch_declared(konn, job.info, job.spec().outputs)
 
 
 @main.command()
 @_auth
 @click.argument("job_id")
 def status(auth_file, job_id):
-    """Show a job: status, reason, times, per-phase durations, outputs."""
+    """Show a job: status, reason, times, per-phase durations, and its outputs, each with
+    a link that opens in a browser or with curl, without a token, for a short time (the
+    server's --link-ttl, 10 minutes by default)."""
     konn = _konn(auth_file)
     j = konn.job(job_id)
     t = j["timings"]
@@ -117,10 +124,11 @@ def status(auth_file, job_id):
         ("total", _dur(total)), ("attempts", str(j["attempt"])), ("worker", j["worker"] or "-"),
         ("kept", _kept(j.get("keep_days"))),
     ]  # fmt: skip
+    if j.get("resubmit_of"):
+        lines.append(("rerun of", j["resubmit_of"]))
     for k, v in lines:
         click.echo(f"{k:<10} {v}")
-    for o in j["outputs"]:
-        click.echo(f"{'output':<10} {o['name']} ({o['size']} bytes) {o['url']}")
+    show_outputs(konn, j)
     if j["traceback"]:
         click.echo("traceback:\n" + j["traceback"])
 
