@@ -9,6 +9,8 @@ runner's side. What is kept, and for how long, is ``logs.py``'s.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
@@ -21,7 +23,7 @@ from .openapi import BYTES_BODY, for_runner, for_user
 
 router = APIRouter()
 
-_HEADERS = {
+_HEADERS: dict[str, Any] = {
     "X-Kotta-Log-Size": {
         "description": "Bytes of the stream the server has had so far: the offset to ask from next",
         "required": True,
@@ -33,7 +35,7 @@ _HEADERS = {
         "schema": {"type": "string", "enum": ["0", "1"]},
     },
 }
-_TEXT = {
+_TEXT: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The log's bytes from `offset` to what the server holds now (may be "
         "empty); where the live log was cut, a line saying how much",
