@@ -27,6 +27,7 @@ from ..transfer.common import StagingError, http_session
 from ..transfer.upload import send_file
 from .download import download
 from .job import KottaJob
+from .logs import LogChunk, read_log
 from .mapping import CallFuture, map_calls
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after, window_s
 
@@ -348,6 +349,12 @@ class Kotta:
         if status:
             params["status"] = status
         return self.request("GET", "/api/v1/jobs", params=params).json()["jobs"]
+
+    def read_log(self, job_id: str, stream: str = "stdout", offset: int = 0) -> LogChunk:
+        """A job's ``stream`` (``"stdout"``/``"stderr"``) from ``offset``, even while it runs:
+        ``LogChunk(data, size, final)``; read on from ``size`` until ``final``
+        (``dask_kotta.client.logs.follow`` does)."""
+        return read_log(self, job_id, stream, offset)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         """A job's status history."""
