@@ -186,7 +186,7 @@ class Kotta:
         jobs: Iterable[KottaJob | tuple],
         *,
         queue: str = d.QUEUE,
-        walltime: float = d.WALLTIME_MIN,
+        walltime: float | str = d.WALLTIME_MIN,
         requirements: str | None = None,
         retries: int = 0,
         keep_days: float | None = None,

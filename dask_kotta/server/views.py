@@ -73,6 +73,7 @@ def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[s
         "stderr": spec.get("stderr"),
         "script_name": spec.get("script_name"),
         "executable": spec.get("executable"),
+        "args": spec.get("args") or [],
         "requirements": spec.get("requirements"),
         "annotations": spec.get("annotations") or {},
     }
