@@ -1,6 +1,6 @@
 """The ASGI application: routes, JSON errors, and the service's start and stop.
 
-Three routers, one per audience (``routes_jobs``: users' jobs, ``routes_runner``:
+Routers, one per audience (``routes_jobs``, ``routes_listing``: users' jobs; ``routes_runner``:
 runners and slots, ``routes_files``: users' uploads and objects), over one
 :class:`~.service.Service`. Routes and the modules under them raise the domain
 errors of ``dask_kotta.errors``; the handlers here are the one place that turns
@@ -22,7 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from .. import defaults as d
 from ..errors import APIError, UnsafePathError
-from . import routes_admin, routes_files, routes_jobs, routes_runner, routes_web
+from . import (
+    routes_admin,
+    routes_files,
+    routes_jobs,
+    routes_listing,
+    routes_runner,
+    routes_web,
+)
 from .models import NOT_TEXT
 from .openapi import publish
 from .service import ServerConfig, Service
@@ -42,6 +49,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             await svc.close()
 
     app = FastAPI(title="dask-kotta", version=__version__, lifespan=lifespan)
+    app.include_router(routes_listing.router)  # before routes_jobs: /jobs/counts
     app.include_router(routes_jobs.router)
     app.include_router(routes_runner.router)
     app.include_router(routes_files.router)
