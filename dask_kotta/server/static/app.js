@@ -63,8 +63,8 @@ function elapsed(job) {
 }
 function waiting(job) {
   if (job.status !== "pending") return job.reason || "";
-  if (job.position != null) return `#${job.position} in its queue`;
-  return job.reason || "";
+  const place = job.position != null ? `#${job.position} in its queue` : "";
+  return [place, job.reason].filter(Boolean).join("; ");
 }
 
 // --- the API ------------------------------------------------------------------------------
