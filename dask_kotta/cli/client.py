@@ -43,12 +43,17 @@ from .scripting import WALLTIME, echo_json, progress
     help="Delete the job (record, logs, outputs) this many days after it ends; fractions "
     "allowed, 0 keeps it for ever. Default: the server's --keep.",
 )
-@click.option("--wait/--no-wait", default=False, help="Wait for the job and print its STDOUT.")
+@click.option(
+    "--wait/--no-wait", default=False,
+    help="Wait for the job, printing its STDOUT and STDERR as they arrive; exit 1 unless it "
+    "completed.",
+)  # fmt: skip
+@click.option("--quiet", is_flag=True, help="With --wait: print no output, only the job's end.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the job's record as JSON (with --wait: once it ended) instead of its id.")  # fmt: skip
 def submit(
     auth_file, script, args, queue, walltime, inputs, outputs, name, executable, keep, wait,
-    as_json,
+    quiet, as_json,
 ):  # fmt: skip
     """Submit SCRIPT as a Kotta script job; prints its id.
 
@@ -76,13 +81,17 @@ def submit(
     if not as_json:
         click.echo(job.job_id)
     if wait:
-        job.wait(konn, maxwait=float("inf"))
-        if not as_json:
-            _print_logs(konn, job.job_id, True, True)
-    if as_json:
+        from .logs import ended, follow_to_end
+
+        # With --json the record is the output: no logs mixed into it.
+        record = follow_to_end(konn, job.job_id, ("stdout", "stderr"), quiet=quiet or as_json)
+        if as_json:
+            echo_json(record)
+        ended(record)
+        if quiet and not as_json:
+            click.echo(f"job {job.job_id} completed")
+    elif as_json:
         echo_json(konn.job(job.job_id))
-    if wait and job.status(konn) != d.COMPLETED:
-        raise click.ClickException(f"job {job.job_id} {job.info['status']}: {job.reason}")
 
 
 @main.command()
@@ -118,34 +127,31 @@ def status(auth_file, job_id, as_json):
         click.echo("traceback:\n" + j["traceback"])
 
 
-def _print_logs(konn, job_id: str, stdout: bool, stderr: bool) -> None:
-    """Print STDOUT to stdout and STDERR to stderr, each under a header on stderr."""
-    from ..client.job import KottaJob
-
-    job = KottaJob.attach(konn, job_id)
-    outputs = {o.file: o for o in job.outputs}
-    for want, name, err in (
-        (stdout, job.info["stdout"], False),
-        (stderr, job.info["stderr"], True),
-    ):
-        if not want:
-            continue
-        out = outputs.get(name.rsplit("/", 1)[-1])
-        if out is None:
-            click.echo(f"--- {name}: not available (job is {job.info['status']})", err=True)
-            continue
-        click.echo(f"--- {name}", err=True)
-        click.echo(out.read(), nl=False, err=err)
-
-
 @main.command()
 @_auth
 @click.argument("job_id")
-@click.option("--stdout/--no-stdout", default=True)
-@click.option("--stderr/--no-stderr", default=True)
-def logs(auth_file, job_id, stdout, stderr):
-    """Print a job's STDOUT and STDERR."""
-    _print_logs(_konn(auth_file), job_id, stdout, stderr)
+@click.option("--stdout/--no-stdout", default=True, help="Show STDOUT (to stdout).")
+@click.option("--stderr/--no-stderr", default=True, help="Show STDERR (to stderr).")
+@click.option(
+    "--follow", "-f", is_flag=True,
+    help="Print new output as it arrives until the job ends; exit 0 if it completed, 1 if not.",
+)  # fmt: skip
+def logs(auth_file, job_id, stdout, stderr, follow):
+    """Print a job's STDOUT and STDERR, also while it runs.
+
+    A running job's output reaches the server about every second. While it
+    runs the server keeps the first 256 KiB and the last 1 MiB of each stream
+    (a line marks what was cut); once it has ended, the whole files. A
+    cancelled or killed job keeps what it printed.
+    """
+    from .logs import ended, follow_to_end, print_once
+
+    konn = _konn(auth_file)
+    streams = tuple(s for s, want in (("stdout", stdout), ("stderr", stderr)) if want)
+    if follow:
+        ended(follow_to_end(konn, job_id, streams))
+    else:
+        print_once(konn, konn.job(job_id), streams)
 
 
 @main.command()

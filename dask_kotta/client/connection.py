@@ -24,6 +24,7 @@ from ..jobspec import JobSpec
 from ..transfer.common import StagingError, http_session
 from ..transfer.upload import send_file
 from .job import KottaJob
+from .logs import LogChunk, read_log
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after, window_s
 
 
@@ -321,6 +322,12 @@ class Kotta:
     def job_counts(self) -> dict[str, int]:
         """How many of your jobs are in each status."""
         return self.request("GET", "/api/v1/jobs/counts").json()["counts"]
+
+    def read_log(self, job_id: str, stream: str = "stdout", offset: int = 0) -> LogChunk:
+        """A job's ``stream`` (``"stdout"``/``"stderr"``) from ``offset``, even while it runs:
+        ``LogChunk(data, size, final)``; read on from ``size`` until ``final``
+        (``dask_kotta.client.logs.follow`` does)."""
+        return read_log(self, job_id, stream, offset)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
         """A job's status history."""
