@@ -472,7 +472,7 @@ async function pollLogs(d) {
       t.final = r.headers.get("X-Kotta-Log-Final") === "1" && !(t.offset < held);
       if (state.detail !== d) return;
       append(t, t.decoder.decode(data, { stream: !t.final }));
-      if (t.final && !t.pre.textContent) t.note.textContent = "(empty)";
+      if (t.final && !t.pre.textContent && !t.tbShown) t.note.textContent = "(empty)";
     }
   } catch (e) {
     failed(e);
