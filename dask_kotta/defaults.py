@@ -73,6 +73,9 @@ MAX_STORAGE_BYTES = 100 * 1024**3
 #: How long the server trusts its listing of a user's objects for the storage quota, in
 #: seconds (``DASK_KOTTA_USAGE_RECOUNT_S``); what it accepted since is added to it.
 USAGE_RECOUNT_S = 30.0
+#: How long a download link (``POST /api/v1/jobs/{id}/links``) opens without a token, in
+#: seconds (``--link-ttl``).
+LINK_TTL_S = 600.0
 #: Child-process poll interval for walltime/memory/cancel checks, in seconds.
 MONITOR_S = 0.05
 

@@ -10,6 +10,7 @@ import click
 
 from .. import defaults as d
 from .common import _auth, _dur, _kept, _konn, _when
+from .fetch import fetch_declared, show_outputs
 from .group import main
 from .scripting import WALLTIME, echo_json, progress
 
@@ -45,8 +46,8 @@ from .scripting import WALLTIME, echo_json, progress
 )
 @click.option(
     "--wait/--no-wait", default=False,
-    help="Wait for the job, printing its STDOUT and STDERR as they arrive; exit 1 unless it "
-    "completed.",
+    help="Wait for the job, printing its STDOUT and STDERR as they arrive, then download its "
+    "outputs (-o) here; exit 1 unless it completed.",
 )  # fmt: skip
 @click.option("--quiet", is_flag=True, help="With --wait: print no output, only the job's end.")
 @click.option("--json", "as_json", is_flag=True,
@@ -88,6 +89,7 @@ def submit(
         if as_json:
             echo_json(record)
         ended(record)
+        fetch_declared(konn, record, job.spec().outputs)
         if quiet and not as_json:
             click.echo(f"job {job.job_id} completed")
     elif as_json:
@@ -102,7 +104,8 @@ def submit(
 )
 def status(auth_file, job_id, as_json):
     """Show a job: status, reason, times, per-phase durations, elapsed time or place in
-    its queue, outputs."""
+    its queue, and its outputs, each with a link that opens in a browser or with curl,
+    without a token, for 10 minutes."""
     konn = _konn(auth_file)
     j = konn.job(job_id)
     if as_json:
@@ -119,10 +122,11 @@ def status(auth_file, job_id, as_json):
         ("total", _dur(total)), ("attempts", str(j["attempt"])), ("worker", j["worker"] or "-"),
         ("kept", _kept(j.get("keep_days"))),
     ]  # fmt: skip
+    if j.get("resubmit_of"):
+        lines.append(("rerun of", j["resubmit_of"]))
     for k, v in lines:
         click.echo(f"{k:<10} {v}")
-    for o in j["outputs"]:
-        click.echo(f"{'output':<10} {o['name']} ({o['size']} bytes) {o['url']}")
+    show_outputs(konn, j)
     if j["traceback"]:
         click.echo("traceback:\n" + j["traceback"])
 

@@ -46,6 +46,8 @@ _dashboard_url = _aside("dask_kotta.dashboard_url", lambda v: v.startswith(("htt
                         "must be an http:// or https:// URL")  # fmt: skip
 _max_pending = _aside("dask_kotta.max_pending", lambda v: v >= 0,
                       "must be a number of jobs >= 0 (0: no limit)")  # fmt: skip
+_link_ttl = _aside("dask_kotta.link_ttl", lambda v: 1 <= v <= 7 * 86400,
+                   "must be between 1 s and 7 days (604800 s)")  # fmt: skip
 
 
 def _size_aside(key: str) -> Callable[..., Any]:
@@ -69,6 +71,16 @@ def _size_aside(key: str) -> Callable[..., Any]:
 
 def _server_options(f):
     f = upgrade_db_option(f)
+    f = click.option(
+        "--link-ttl",
+        envvar="DASK_KOTTA_LINK_TTL_S",
+        type=float,
+        expose_value=False,
+        callback=_link_ttl,
+        metavar="SECONDS",
+        help="How long a download link (`dask-kotta status`, POST /jobs/ID/links) opens "
+        f"without a token. [default: {d.LINK_TTL_S:g}]",
+    )(f)
     f = click.option(
         "--dashboard-url",
         envvar="DASK_KOTTA_DASHBOARD_URL",
@@ -253,6 +265,7 @@ def _config(
         max_upload_bytes=meta.get("dask_kotta.max_upload", d.MAX_UPLOAD_BYTES),
         max_storage_bytes=meta.get("dask_kotta.max_storage", d.MAX_STORAGE_BYTES),
         dashboard_url=meta.get("dask_kotta.dashboard_url"),
+        link_ttl_s=meta.get("dask_kotta.link_ttl") or d.LINK_TTL_S,
     )  # fmt: skip
 
 

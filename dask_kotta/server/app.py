@@ -28,6 +28,7 @@ from . import (
     routes_jobs,
     routes_listing,
     routes_logs,
+    routes_outputs,
     routes_runner,
     routes_web,
 )
@@ -56,6 +57,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(routes_files.router)
     app.include_router(routes_admin.router)  # admins: users' tokens
     app.include_router(routes_logs.router)  # live logs: users read them, runners send them
+    app.include_router(routes_outputs.router)  # download links, resubmit
     app.include_router(routes_web.router)  # the web page and what it asks
 
     _add_error_handlers(app)

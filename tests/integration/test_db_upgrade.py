@@ -26,7 +26,7 @@ from kotta import KottaJob
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
 #: The package's newest schema revision.
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture
