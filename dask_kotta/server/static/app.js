@@ -283,7 +283,7 @@ function openJob(id) {
   const logs = el("div");
   box.replaceChildren(summary, outputs, logs);
   box.hidden = false;
-  state.detail = { id, summary, outputs, logs, tails: null, outputsKey: null, links: null, linksAt: 0, job: null };
+  state.detail = { id, summary, outputs, logs, tails: null, outputsKey: null, linksUntil: 0, job: null };
   window.scrollTo(0, 0);
 }
 
@@ -367,10 +367,10 @@ async function act(d, what) {
 }
 
 // Outputs with links a browser opens without the token: the server's signed links where it
-// makes them (made again before they expire); else a download through this page.
+// makes them (made again a minute before they expire); else a download through this page.
 async function renderOutputs(d, job) {
   const names = job.outputs.map((o) => `${o.name}:${o.size}`).join("\n");
-  const stale = caps.has(P.links) && Date.now() - d.linksAt > 5 * 60 * 1000;
+  const stale = caps.has(P.links) && Date.now() > d.linksUntil - 60 * 1000;
   if (names === d.outputsKey && !stale) return;
   d.outputsKey = names;
   if (!job.outputs.length) {
@@ -380,8 +380,9 @@ async function renderOutputs(d, job) {
   let links = {};
   if (caps.has(P.links)) {
     try {
-      links = (await json(jobPath(d.id, "/links"), { method: "POST" })).links || {};
-      d.linksAt = Date.now();
+      const made = await json(jobPath(d.id, "/links"), { method: "POST" });
+      links = made.links || {};
+      d.linksUntil = (made.expires || 0) * 1000;
     } catch (e) {
       failed(e);
     }
