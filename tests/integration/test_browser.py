@@ -208,6 +208,9 @@ def test_a_running_job_is_cancelled_from_the_page(page, wkonn, token):
     job = script(wkonn, "sleep 120")
     wait_for(lambda: job.status(wkonn) == "processing", 60, "the job to run")
     page.open(f"job={job.job_id}", token=token)
+    # The queue's load counts it among the busy slots (of all users).
+    busy = f'#queues tr[data-queue="{wkonn.job(job.job_id)["queue"]}"] td:nth-child(3)'
+    page.until(lambda: page.text(busy).isdigit() and int(page.text(busy)) >= 1, "a busy slot")
     page.click("#cancel")
     wait_for(lambda: job.status(wkonn) == "cancelled", WAIT_S, "the job to be cancelled")
     page.until(lambda: page.text("#job-status") == "cancelled", "the page to say so")
@@ -295,3 +298,34 @@ def test_a_job_name_or_log_that_looks_like_html_stays_text(page, wkonn, token):
     assert page.text(f'#jobs tr[data-id="{job.job_id}"] td:nth-child(2)') == evil
     assert evil in page.text("#detail h2")
     assert page.js("return document.querySelectorAll('img').length") == 0
+
+
+def test_refreshing_stops_while_the_tab_is_hidden(page, wkonn, token):
+    job = script(wkonn, "sleep 30")  # a job whose log the page would keep asking for
+    page.open(f"job={job.job_id}", token=token)
+    page.until(lambda: page.text("#updated"), "a first refresh")
+    page.js(
+        "performance.setResourceTimingBufferSize(100000); window.__seen = [];"
+        "document.addEventListener('visibilitychange',"
+        " () => window.__seen.push([document.hidden, performance.now()]))"
+    )
+    first = page.d.current_window_handle
+    page.d.switch_to.new_window("tab")  # the page's tab goes to the background
+    try:
+        time.sleep(8)  # more than two refresh periods and eight log polls
+    finally:
+        page.d.close()
+        page.d.switch_to.window(first)
+    seen = page.js("return window.__seen")
+    assert seen and seen[0][0] is True, f"the page's tab was not hidden: {seen}"
+    hidden_at = seen[0][1]
+    shown_at = next((t for hidden, t in seen[1:] if not hidden), hidden_at + 7000)
+    assert shown_at - hidden_at > 6000, seen
+    asked = page.js(
+        "return performance.getEntriesByType('resource').filter(e => e.startTime > arguments[0]"
+        " && e.startTime < arguments[1] && e.name.includes('/api/')).map(e => e.name)",
+        hidden_at + 100,  # a request already on its way when the tab was hidden
+        shown_at,
+    )
+    assert asked == [], f"the hidden page kept asking: {asked}"
+    wkonn.cancel_job(job.job_id)
