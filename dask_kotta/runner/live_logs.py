@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import requests
+
 from .. import defaults as d
 from .api import LostJob, RunnerAPI
 from .jobfiles import job_file
@@ -104,6 +106,12 @@ class LiveLogs:
                     self._send(final=False, patience_s=0)
                 except LostJob:
                     self._stopped = True  # taken away: finish() sends the rest, if called
+                except requests.HTTPError as e:
+                    if e.response is not None and e.response.status_code < 500:
+                        # Refused (a server without live logs: 404): asking again each second
+                        # would be refused again.
+                        log.info("live log of job %s refused: %s", self.api.identity["id"], e)
+                        self._stopped = True
                 except Exception as e:  # the server away for now: the next tick tries again
                     log.debug("live log of job %s not sent: %s", self.api.identity["id"], e)
             if self._stopped:

@@ -40,7 +40,8 @@ from .service import Service
 STREAMS = ("stdout", "stderr")
 #: An ended job's live log is final this long after its end even if its runner never said so.
 FINAL_AFTER_S = 10.0
-_lock = threading.Lock()  # one read-modify-write of a log object at a time
+#: One read-modify-write of a log object at a time (a lock per log, striped: never grows).
+_locks = [threading.Lock() for _ in range(64)]
 
 
 def cut_notice(n: int) -> bytes:
@@ -142,7 +143,7 @@ def append(s: Service, a: Attempt, stream: str, offset: int, data: bytes, final:
     job = s.store.get(a.job_id)
     if job is None or job["attempt"] != a.attempt or job["dispatch_hash"] != a.token_hash:
         raise ConflictError(f"attempt {a.attempt} no longer holds job {a.job_id}")
-    with _lock:
+    with _locks[hash((a.job_id, stream)) % len(_locks)]:
         log = _load(s, job, stream)
         if log is None or log.attempt < a.attempt:
             log = LiveLog(attempt=a.attempt)  # a new attempt's output starts over

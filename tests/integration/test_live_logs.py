@@ -72,7 +72,7 @@ def test_a_python_jobs_prints_are_live_too(konn):
         import time
 
         print("python says hi", flush=True)
-        time.sleep(6)
+        time.sleep(10)
         return 1
 
     job = chatty()
@@ -82,7 +82,8 @@ def test_a_python_jobs_prints_are_live_too(konn):
 
 
 def test_logs_f_prints_both_streams_and_exits_with_the_job(konn, service):
-    job = submit(konn, "echo one\necho e-one >&2\nsleep 5\necho two\nexit 3\n")
+    # Long enough for `logs -f` to start on a loaded machine and see the job still running.
+    job = submit(konn, "echo one\necho e-one >&2\nsleep 12\necho two\nexit 3\n")
     wait_for(lambda: konn.read_log(job.job_id).data, 30, "the job's first output")
 
     now = service.cli("logs", job.job_id, check=True)  # while it runs: what has arrived
@@ -91,14 +92,17 @@ def test_logs_f_prints_both_streams_and_exits_with_the_job(konn, service):
 
     cmd = [sys.executable, "-m", "dask_kotta.cli", "logs", "-f", job.job_id,
            "--auth-file", str(service.auth_file)]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first: list[str] = []
-    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()))
-    reader.start()
-    reader.join(30)
-    assert first == ["one\n"]
-    assert status(konn, job.job_id) == d.PROCESSING, "followed while it ran"
-    out, err = proc.communicate(timeout=60)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            first: list[str] = []
+            reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()))
+            reader.start()
+            reader.join(30)
+            assert first == ["one\n"]
+            assert status(konn, job.job_id) == d.PROCESSING, "followed while it ran"
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
     assert out == "two\n" and "e-one\n" in err
     assert proc.returncode == 1 and f"job {job.job_id} failed" in err, err
 
@@ -156,6 +160,9 @@ def test_another_users_job_log_is_not_found(konn, service, other_user):
     job = submit(konn, "echo mine\n", walltime=0.5)
     ended(konn, job.job_id)
     assert konn.read_log(job.job_id).data == b"mine\n"
+    # A job over within a second sent nothing while it ran: no live log was ever stored.
+    assert not [p for p in service.data_dir.rglob("live-*.log") if job.job_id in p.parts]
+    assert [p for p in service.data_dir.rglob("STDOUT.txt") if job.job_id in p.parts]
     mallory = service.konn(other_user)
     with pytest.raises(NotFoundError):
         mallory.read_log(job.job_id)
@@ -192,7 +199,7 @@ def test_live_logs_of_a_task_dispatched_job_on_an_s3_store(tmp_path, s3_server):
     with Service(tmp_path, workers=1, env=env, extra=["--store", f"s3://{bucket}/jobs"]) as svc:
         svc.start()
         konn = svc.konn()
-        job = submit(konn, "echo first\nsleep 5\necho second\n")
+        job = submit(konn, "echo first\nsleep 10\necho second\n")
         wait_for(lambda: konn.read_log(job.job_id).data == b"first\n", 30, "the first line")
         assert status(konn, job.job_id) == d.PROCESSING
         assert ended(konn, job.job_id)["status"] == d.COMPLETED
