@@ -105,7 +105,7 @@ def submit(
 def status(auth_file, job_id, as_json):
     """Show a job: status, reason, times, per-phase durations, elapsed time or place in
     its queue, and its outputs, each with a link that opens in a browser or with curl,
-    without a token, for 10 minutes."""
+    without a token, for a short time (the server's --link-ttl, 10 minutes by default)."""
     konn = _konn(auth_file)
     j = konn.job(job_id)
     if as_json:

@@ -22,6 +22,7 @@ from kotta_testing import run_script as run
 
 from dask_kotta.errors import ConflictError, JobError, NotFoundError, UnsafePathError
 from kotta import Kotta, KottaJob
+from kotta.kotta_functions import kottajob
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -270,11 +271,11 @@ def test_submit_wait_fetches_the_declared_outputs(svc, tmp_path):
 
 
 def test_resubmit_runs_a_python_job_again_with_the_same_result(k):
+    @kottajob(k, "Test", 1, block=False)
     def times_two(x):  # local: pickled by value, as a user's function is
         return 2 * x
 
-    job = KottaJob.call(times_two, 21)
-    job.submit(k)
+    job = times_two(21)  # the decorator's future is a KottaJob
     assert job.get_results(k) == 42
     again = job.resubmit(k)
     assert again.job_id != job.job_id and again.info["resubmit_of"] == job.job_id
