@@ -456,7 +456,7 @@ function append(t, text) {
 
 let tailing = false;
 async function pollLogs(d) {
-  if (tailing || state.detail !== d || !d.tails) return;
+  if (tailing || state.detail !== d || !d.tails || !caps.has(P.logs)) return;
   tailing = true;
   try {
     for (const t of d.tails) {
