@@ -40,10 +40,12 @@ def ensure_chromium() -> None:
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         pytest.fail(f"the browser tests need Chromium and its driver: run `{how}` as root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run = subprocess.run(how.split(), capture_output=True, text=True, env=env, timeout=900)
+    # Wait for another apt (a second test process, the host's own) rather than fail on its lock.
+    args = ["apt-get", "-o", "DPkg::Lock::Timeout=600", *how.split()[1:]]
+    run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1200)
     if run.returncode != 0:  # the package lists may be missing on a fresh machine
         subprocess.run(["apt-get", "update"], capture_output=True, env=env, timeout=600)
-        run = subprocess.run(how.split(), capture_output=True, text=True, env=env, timeout=900)
+        run = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1200)
     if not _present():
         pytest.fail(
             f"the browser tests need Chromium and its driver, and `{how}` failed "
