@@ -116,7 +116,9 @@ def ended(wkonn, job: KottaJob) -> KottaJob:
 def test_without_a_token_the_page_says_how_to_give_one(page):
     page.open()
     page.until(lambda: page.visible("#login"), "the login box")
-    assert "#token=" in page.text("#login-msg") and "auth.file" in page.text("#login-msg")
+    assert f"{page.url}/#token=" in page.text("#login-msg") and "auth.file" in page.text(
+        "#login-msg"
+    )
     assert not page.visible("#app")
 
 
@@ -220,6 +222,7 @@ def test_a_running_job_is_cancelled_from_the_page(page, wkonn, token):
     page.click("#cancel")
     wait_for(lambda: job.status(wkonn) == "cancelled", WAIT_S, "the job to be cancelled")
     page.until(lambda: page.text("#job-status") == "cancelled", "the page to say so")
+    assert "null" not in page.text("#detail") and "undefined" not in page.text("#detail")
     assert not page.visible("#cancel")
 
 

@@ -132,12 +132,13 @@ function showLogin(text) {
   $("login").hidden = false;
   $("app").hidden = true;
   $("logout").hidden = true;
+  $("refreshing").hidden = true;
   $("who").textContent = "";
   stopTimers();
 }
 
 const HOW_TO_LOGIN =
-  ' Open this page as URL/#token=YOUR_TOKEN (the "token" of your auth.file; after the #, ' +
+  ` Open this page as ${location.origin}/#token=YOUR_TOKEN (the "token" of your auth.file; after the #, ` +
   "so it never reaches the server or its logs), or paste the token here.";
 
 // --- state --------------------------------------------------------------------------------
@@ -341,11 +342,13 @@ function renderSummary(d, job) {
   }
   actions.append(el("a", { href: "#" }, "Close"));
   d.summary.replaceChildren(
-    el("h2", {}, `Job ${job.id} `, el("span", { class: "muted" }, job.name || job.jobtype)),
-    el("dl", {}, ...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
-    actions,
-    // One traceback: the remote one, once (the reason repeats its last line).
-    job.traceback ? el("pre", { class: "traceback", id: "traceback" }, job.traceback) : null,
+    ...[
+      el("h2", {}, `Job ${job.id} `, el("span", { class: "muted" }, job.name || job.jobtype)),
+      el("dl", {}, ...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+      actions,
+      // One traceback: the remote one, once (the reason repeats its last line).
+      job.traceback ? el("pre", { class: "traceback", id: "traceback" }, job.traceback) : null,
+    ].filter(Boolean),
   );
 }
 
@@ -553,6 +556,7 @@ async function start() {
   $("login").hidden = true;
   $("app").hidden = false;
   $("logout").hidden = false;
+  $("refreshing").hidden = false;
   refreshInfo().catch(failed);
   await refresh();
   timers.push(setInterval(() => paused() || refresh(), REFRESH_MS));
