@@ -199,6 +199,21 @@ def test_the_log_grows_while_the_job_runs(page, wkonn, token):
     assert lines == [f"line-{i}" for i in range(1, 31)] + ["done-42"], "each line once, in order"
 
 
+def test_a_long_log_shows_its_end(page, wkonn, token):
+    job = ended(wkonn, script(wkonn, "seq 1 200000"))  # 1.3 MB
+    page.open(f"job={job.job_id}", token=token)
+    page.until(lambda: page.text("#log-stdout").endswith("\n200000\n"), "the log's last line")
+    shown = page.text("#log-stdout")
+    assert len(shown) <= 256 * 1024 and not shown.startswith("1\n2\n")
+    assert "not shown here" in page.text("#detail")
+    # Only the end travelled: the page did not fetch the whole log to cut it itself.
+    sizes = page.js(
+        "return performance.getEntriesByType('resource')"
+        ".filter(e => e.name.includes('/logs/stdout')).map(e => e.encodedBodySize)"
+    )
+    assert sizes and max(sizes) <= 256 * 1024, sizes
+
+
 def test_an_output_downloads_through_its_link(page, wkonn, token, downloads):
     data = f"payload-{uuid.uuid4().hex}\n" * 1000
     job = ended(wkonn, script(wkonn, f"printf '%s' '{data}' > result.dat", outputs="result.dat"))

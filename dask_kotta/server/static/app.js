@@ -14,6 +14,7 @@ const TOKEN_KEY = "kotta-token";
 const REFRESH_MS = 3000; // list, counts, queues and the open job
 const TAIL_MS = 1000; // a running job's logs
 const MAX_LOG_CHARS = 256 * 1024; // the tail kept on the page per stream
+const FAR = Number.MAX_SAFE_INTEGER; // an offset past any log: asks only for its size
 const ENDED = new Set(["completed", "failed", "cancelled"]);
 const RUNNING = new Set(["staging_inputs", "processing", "staging_outputs"]);
 const P = {
@@ -435,7 +436,7 @@ function startTails(d, job) {
     const pre = el("pre", { id: `log-${stream}`, class: "log" });
     const note = el("p", { class: "muted" });
     d.logs.append(el("h3", {}, stream === "stdout" ? job.stdout || "STDOUT" : job.stderr || "STDERR"), note, pre);
-    return { stream, pre, note, offset: 0, final: false, decoder: new TextDecoder(), cut: false, fetched: false };
+    return { stream, pre, note, offset: 0, probed: false, final: false, decoder: new TextDecoder(), cut: false, fetched: false };
   });
   if (caps.has(P.logs)) pollLogs(d);
   else if (ENDED.has(job.status)) finalLogs(d, job).catch(failed);
@@ -464,6 +465,17 @@ async function pollLogs(d) {
   try {
     for (const t of d.tails) {
       if (t.final) continue;
+      if (!t.probed) {
+        // A long log is read from its last MAX_LOG_CHARS bytes, not moved whole to be cut here.
+        const head = await api(jobPath(d.id, `/logs/${t.stream}?offset=${FAR}`));
+        const held = Number(head.headers.get("X-Kotta-Log-Size"));
+        t.probed = true;
+        if (head.ok && held > MAX_LOG_CHARS) {
+          t.offset = held - MAX_LOG_CHARS;
+          t.cut = true;
+          t.note.textContent = `The first ${size(t.offset)} are not shown here: download the log for all of it.`;
+        }
+      }
       const r = await api(jobPath(d.id, `/logs/${t.stream}?offset=${t.offset}`));
       if (!r.ok) {
         t.final = true;
