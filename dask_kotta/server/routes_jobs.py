@@ -48,7 +48,7 @@ async def queues(request: Request, user: User) -> dict:
     except Exception:  # the scheduler is unreachable: limits still answer
         slots = {}
     mine = s.store.queue_counts(user["id"])
-    load = s.store.queue_load()
+    load = s.store.queue_load(s.queues)
     return {
         name: {**q.to_json(), "slots": slots.get(name, 0),
                "yours": mine.get(name, {"running": 0, "pending": 0}),

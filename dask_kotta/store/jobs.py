@@ -335,9 +335,9 @@ class JobStore:
         """``owner``'s jobs per status."""
         return listing.status_counts(self.engine, owner)
 
-    def queue_load(self) -> dict[str, dict[str, int]]:
-        """Every user's jobs per queue: ``busy`` and ``pending``."""
-        return listing.queue_load(self.engine)
+    def queue_load(self, queues: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Every user's jobs in each of ``queues``: ``busy`` and ``pending``."""
+        return listing.queue_load(self.engine, queues)
 
     def positions(self, owner: int, found: Iterable[dict[str, Any]]) -> dict[str, int]:
         """The place in its queue of each of ``owner``'s pending jobs in ``found``."""

@@ -117,18 +117,22 @@ def status_counts(engine: sa.Engine, owner: int) -> dict[str, int]:
     return out
 
 
-def queue_load(engine: sa.Engine) -> dict[str, dict[str, int]]:
+def queue_load(engine: sa.Engine, queues: Iterable[str]) -> dict[str, dict[str, int]]:
     """Per queue, every user's jobs ``busy`` (holding a slot) and ``pending``."""
-    with engine.connect() as c:
-        rows = c.execute(
-            sa.select(jobs.c.queue, jobs.c.status, sa.func.count())
-            .where(jobs.c.status.in_((d.PENDING, *d.ACTIVE_STATUSES)))
-            .group_by(jobs.c.queue, jobs.c.status)
-        ).all()
     out: dict[str, dict[str, int]] = {}
-    for queue, status, n in rows:
-        load = out.setdefault(queue, {"busy": 0, "pending": 0})
-        load["pending" if status == d.PENDING else "busy"] += int(n)
+    with engine.connect() as c:
+        for queue in queues:
+            # One queue at a time: a range of jobs_queue_status, counted in the index (with
+            # every queue at once SQLite walked jobs_status and read each row: 300 ms behind
+            # 100,000 pending jobs, against 25 ms).
+            rows = c.execute(
+                sa.select(jobs.c.status, sa.func.count())
+                .where(jobs.c.queue == queue, jobs.c.status.in_((d.PENDING, *d.ACTIVE_STATUSES)))
+                .group_by(jobs.c.status)
+            ).all()
+            load = out[queue] = {"busy": 0, "pending": 0}
+            for status, n in rows:
+                load["pending" if status == d.PENDING else "busy"] += int(n)
     return out
 
 
@@ -154,16 +158,6 @@ def _waiting(c: sa.Connection, queue: str) -> _Waiting:
     return _Waiting(running, pending)
 
 
-def _key_before(key: tuple[float, str]) -> sa.ColumnElement[bool]:
-    at, job_id = key
-    return sa.or_(jobs.c.submitted_at < at, sa.and_(jobs.c.submitted_at == at, jobs.c.id < job_id))
-
-
-def _key_after(key: tuple[float, str]) -> sa.ColumnElement[bool]:
-    at, job_id = key
-    return sa.or_(jobs.c.submitted_at > at, sa.and_(jobs.c.submitted_at == at, jobs.c.id > job_id))
-
-
 def _ordered_pending(
     c: sa.Connection, queue: str, owner: int, first: int, count: int
 ) -> list[tuple[float, str]]:
@@ -172,7 +166,9 @@ def _ordered_pending(
     rows = c.execute(
         sa.select(jobs.c.submitted_at, jobs.c.id)
         .where(jobs.c.queue == queue, jobs.c.status == d.PENDING, jobs.c.owner == owner)
-        .order_by(jobs.c.submitted_at, jobs.c.id)
+        # Not by id too: the index (jobs_queue_status) ends at submitted_at, and one user's
+        # jobs never share a submit time (a batch's are a microsecond apart).
+        .order_by(jobs.c.submitted_at)
         .offset(first - 1)
         .limit(count)
     ).all()
@@ -199,19 +195,20 @@ def positions(engine: sa.Engine, owner: int, pending: Iterable[dict[str, Any]]) 
             # up to the oldest asked, then those between the oldest and newest asked read.
             keys = {(float(j["submitted_at"]), j["id"]) for j in mine}
             lo, hi = min(keys), max(keys)
+            # Ranges of submitted_at alone, which the index holds; ties broken here by id.
+            mine_q = (jobs.c.queue == queue, jobs.c.status == d.PENDING, jobs.c.owner == owner)
             older = c.execute(
-                sa.select(sa.func.count()).where(
-                    jobs.c.queue == queue, jobs.c.status == d.PENDING, jobs.c.owner == owner,
-                    _key_before(lo),
+                sa.select(sa.func.count()).where(*mine_q, jobs.c.submitted_at < lo[0])
+            ).scalar_one()
+            between = sorted(
+                (float(at), str(i))
+                for at, i in c.execute(
+                    sa.select(jobs.c.submitted_at, jobs.c.id).where(
+                        *mine_q, jobs.c.submitted_at >= lo[0], jobs.c.submitted_at <= hi[0]
+                    )
                 )
-            ).scalar_one()  # fmt: skip
-            between = c.execute(
-                sa.select(jobs.c.submitted_at, jobs.c.id)
-                .where(jobs.c.queue == queue, jobs.c.status == d.PENDING, jobs.c.owner == owner,
-                       sa.not_(_key_before(lo)), sa.not_(_key_after(hi)))
-                .order_by(jobs.c.submitted_at, jobs.c.id)
-            ).all()  # fmt: skip
-            k_of = {(float(at), str(i)): older + n for n, (at, i) in enumerate(between, 1)}
+            )
+            k_of = {key: older + n for n, key in enumerate(between, 1)}
             keys = {k for k in keys if k in k_of}  # claimed meanwhile: no place
             if not keys:
                 continue

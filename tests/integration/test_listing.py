@@ -120,3 +120,55 @@ def test_elapsed_of_running_and_ended_jobs_and_load(service, konn):
     assert ended["elapsed"] == pytest.approx(ended["ended_at"] - ended["started_at"])
     time.sleep(0.5)
     assert konn.job(job.job_id)["elapsed"] == ended["elapsed"], "an ended job's stays put"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A job store on a real SQLite file, or on a database of the session's PostgreSQL."""
+    import sqlalchemy as sa
+
+    from dask_kotta.store.jobs import JobStore
+
+    if request.param == "sqlite":
+        s = JobStore(str(tmp_path / "jobs.sqlite"))
+    else:
+        pg = request.getfixturevalue("pg_server")
+        name = f"listing_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(pg.url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(sa.text(f"CREATE DATABASE {name}"))
+        admin.dispose()
+        s = JobStore(pg.url.rsplit("/", 1)[0] + "/" + name)
+    yield s
+    s.close()
+
+
+def test_the_stores_reads_agree_on_sqlite_and_postgres(store):
+    a, b = store.get_or_create_user("a"), store.get_or_create_user("b")
+
+    def add(owner, n, name, queue="Test"):
+        specs = [{"jobtype": "script", "queue": queue, "walltime_min": 1, "name": name,
+                  "script": "true"} for _ in range(n)]  # fmt: skip
+        return [job["id"] for job, _ in store.insert_jobs(owner, specs)]
+
+    a1 = add(a, 3, "x_1%")
+    b1 = add(b, 2, "other")
+    a2 = add(a, 2, "plain", queue="Prod")
+    seen, cursor = [], None
+    while True:
+        page, cursor = store.page(a, 2, before=cursor)
+        seen += [j["id"] for j in page]
+        if cursor is None:
+            break
+    assert seen == (a1 + a2)[::-1]
+    assert [j["id"] for j in store.page(a, 10, name="_1%")[0]] == a1[::-1]
+    assert store.page(a, 10, name="x%1")[0] == []
+    assert {j["id"] for j in store.page(a, 10, statuses=("pending",), queue="Prod")[0]} == set(a2)
+    assert store.status_counts(a)["pending"] == 5
+    assert store.queue_load(["Test", "Prod", "Tiny"]) == {
+        "Test": {"busy": 0, "pending": 5}, "Prod": {"busy": 0, "pending": 2},
+        "Tiny": {"busy": 0, "pending": 0},
+    }  # fmt: skip
+    jobs = store.page(a, 10, queue="Test")[0] + store.page(b, 10)[0]
+    places = {**store.positions(a, jobs), **store.positions(b, jobs)}
+    assert places == {a1[0]: 1, b1[0]: 2, a1[1]: 3, b1[1]: 4, a1[2]: 5}
