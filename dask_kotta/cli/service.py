@@ -43,6 +43,8 @@ _lease = _aside("dask_kotta.lease", lambda v: v >= 3 * d.HEARTBEAT_S,
                 f"must be at least {3 * d.HEARTBEAT_S:g} s (3 runner heartbeats)")  # fmt: skip
 _keep = _aside("dask_kotta.keep", lambda v: v >= 0, "must be 0 (keep every job) or more days")
 _max_keep = _aside("dask_kotta.max_keep", lambda v: v > 0, "must be a number of days > 0")
+_dashboard_url = _aside("dask_kotta.dashboard_url", lambda v: v.startswith(("http://", "https://")),
+                        "must be an http:// or https:// URL")  # fmt: skip
 _max_pending = _aside("dask_kotta.max_pending", lambda v: v >= 0,
                       "must be a number of jobs >= 0 (0: no limit)")  # fmt: skip
 _link_ttl = _aside("dask_kotta.link_ttl", lambda v: 1 <= v <= 7 * 86400,
@@ -79,6 +81,15 @@ def _server_options(f):
         metavar="SECONDS",
         help="How long a download link (`dask-kotta status`, POST /jobs/ID/links) opens "
         f"without a token. [default: {d.LINK_TTL_S:g}]",
+    )(f)
+    f = click.option(
+        "--dashboard-url",
+        envvar="DASK_KOTTA_DASHBOARD_URL",
+        expose_value=False,
+        callback=_dashboard_url,
+        metavar="URL",
+        help="The dask dashboard's URL, as users' browsers reach it; the web page links to "
+        "it. [default: no link; up's own cluster serves no dashboard]",
     )(f)
     f = click.option(
         "--max-storage",
@@ -271,6 +282,7 @@ def _config(
         else meta["dask_kotta.max_pending"],
         max_upload_bytes=meta.get("dask_kotta.max_upload", d.MAX_UPLOAD_BYTES),
         max_storage_bytes=meta.get("dask_kotta.max_storage", d.MAX_STORAGE_BYTES),
+        dashboard_url=meta.get("dask_kotta.dashboard_url"),
         link_ttl_s=meta.get("dask_kotta.link_ttl") or d.LINK_TTL_S,
     )  # fmt: skip
 

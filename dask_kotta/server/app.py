@@ -12,12 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
@@ -31,7 +30,8 @@ from . import (
     routes_logs,
     routes_outputs,
     routes_runner,
-)  # fmt: skip
+    routes_web,
+)
 from .models import NOT_TEXT
 from .openapi import publish
 from .service import ServerConfig, Service
@@ -56,15 +56,9 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(routes_runner.router)
     app.include_router(routes_files.router)
     app.include_router(routes_admin.router)  # admins: users' tokens
-    app.include_router(routes_outputs.router)  # download links, resubmit
     app.include_router(routes_logs.router)  # live logs: users read them, runners send them
-
-    page = (Path(__file__).with_name("static") / "index.html").read_text()
-
-    @app.get("/", include_in_schema=False)
-    def index() -> HTMLResponse:
-        # The page holds no data: it asks for a token and reads the API with it.
-        return HTMLResponse(page)
+    app.include_router(routes_outputs.router)  # download links, resubmit
+    app.include_router(routes_web.router)  # the web page and what it asks
 
     _add_error_handlers(app)
     publish(app)
