@@ -500,10 +500,12 @@ def server(
         data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload,
         allow_uncontained,
     )  # fmt: skip
-    check_scheduler(scheduler, security)  # one line naming it, not a traceback 30 s later
     config.security = security
     check_store(config)
     open_database(config.database_url, upgrade=upgrade_asked())
+    # After what is local (named at once), before serving: one line naming the scheduler,
+    # not a traceback 30 s later.
+    check_scheduler(scheduler, security)
     banner = f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"
     serve(create_app(config), host, port, on_serving=lambda: click.echo(banner))
     click.get_current_context().meta["dask_kotta.exit"] = 0

@@ -465,6 +465,7 @@ async function pollLogs(d) {
   try {
     for (const t of d.tails) {
       if (t.final) continue;
+      if (document.hidden) return; // a tab hidden while this ran asks nothing more
       if (!t.probed) {
         // A long log is read from its last MAX_LOG_CHARS bytes, not moved whole to be cut here.
         const head = await api(jobPath(d.id, `/logs/${t.stream}?offset=${FAR}`));
@@ -476,6 +477,7 @@ async function pollLogs(d) {
           t.note.textContent = `The first ${size(t.offset)} are not shown here: download the log for all of it.`;
         }
       }
+      if (document.hidden) return;
       const r = await api(jobPath(d.id, `/logs/${t.stream}?offset=${t.offset}`));
       if (!r.ok) {
         t.final = true;
@@ -484,7 +486,9 @@ async function pollLogs(d) {
       }
       const data = await r.arrayBuffer();
       const held = Number(r.headers.get("X-Kotta-Log-Size"));
-      t.offset += data.byteLength;
+      // Next from where the server's stream has reached: past a cut in the live log that is
+      // more than what this answer held.
+      t.offset = Number.isFinite(held) && held >= t.offset ? held : t.offset + data.byteLength;
       t.final = r.headers.get("X-Kotta-Log-Final") === "1" && !(t.offset < held);
       if (state.detail !== d) return;
       append(t, t.decoder.decode(data, { stream: !t.final }));
