@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,6 @@ from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
 from ..errors import (
-    ConfigError,
     InvalidRequestError,
     JobTimeoutError,
     KottaError,
@@ -23,17 +23,25 @@ from ..errors import (
 from ..jobspec import JobSpec
 from ..transfer.common import StagingError, http_session
 from ..transfer.upload import send_file
+from . import creds as creds_mod
 from .job import KottaJob
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after, window_s
 
 
 class Kotta:
-    """A connection to a Kotta server, made from a credentials JSON string.
+    """A connection to a Kotta server, made from credentials.
 
-    >>> konn = Kotta(open('../auth.file').read())
+    >>> konn = Kotta(open('../auth.file').read())   # the JSON text
+    >>> konn = Kotta('../auth.file')                # or its path
+    >>> konn = Kotta()                              # or found where they usually are
 
     The credentials are ``{"url": "http://host:port", "token": "..."}`` as
-    written by ``dask-kotta up`` or ``dask-kotta token NAME``. The server is
+    written by ``dask-kotta up`` or ``dask-kotta token NAME``: the JSON text, a
+    dict, or the path of a file holding them (a ``str`` not starting with ``{``,
+    or a ``pathlib.Path``). With none, they are read from the first file of
+    ``$KOTTA_AUTH_FILE``, ``./auth.file``, ``~/.config/dask-kotta/auth.json``
+    (``$XDG_CONFIG_HOME`` respected); ``ConfigError`` names the places looked
+    in when there is none, or the file that is not valid credentials. The server is
     asked who the token belongs to right away, so bad credentials (and a wrong
     URL) fail here, at once.
 
@@ -48,12 +56,12 @@ class Kotta:
 
     def __init__(
         self,
-        creds: str | dict,
+        creds: str | os.PathLike[str] | dict | None = None,
         *,
         timeout: float = d.READ_TIMEOUT_S,
         retry_window: float | None = None,
     ):
-        info = _parse_creds(creds)
+        info = creds_mod.load(creds)
         self.url: str = info["url"].rstrip("/")
         self._token: str = info["token"]
         self.timeout = timeout
@@ -410,30 +418,3 @@ def _short(e: Exception) -> str:
     if "Connection refused" in text:
         return "connection refused (is the server running?)"
     return text[:300]
-
-
-def _parse_creds(creds: str | dict | Path) -> dict[str, str]:
-    example = '{"url": "http://127.0.0.1:8765", "token": "kt_..."}'
-    if isinstance(creds, Path):
-        creds = creds.read_text()
-    if isinstance(creds, str):
-        if not creds.strip():
-            raise ConfigError(f"the credentials string is empty; expected JSON like {example}")
-        try:
-            creds = json.loads(creds)
-        except json.JSONDecodeError as e:
-            raise ConfigError(
-                f"the credentials are not valid JSON ({e}); expected {example}"
-            ) from None
-    if not isinstance(creds, dict):
-        raise ConfigError(f"the credentials must be a JSON object like {example}")
-    missing = [k for k in ("url", "token") if not isinstance(creds.get(k), str) or not creds.get(k)]
-    if missing:
-        raise ConfigError(
-            f"the credentials lack {' and '.join(repr(m) for m in missing)}; expected {example}"
-        )
-    if not creds["url"].startswith(("http://", "https://")):
-        raise ConfigError(
-            f"the credentials' url {creds['url']!r} must start with http:// or https://"
-        )
-    return creds
