@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -15,7 +15,6 @@ from requests.adapters import HTTPAdapter
 from .. import defaults as d
 from ..errors import (
     InvalidRequestError,
-    JobTimeoutError,
     KottaError,
     ServerUnavailableError,
     error_for_status,
@@ -24,6 +23,7 @@ from ..jobspec import JobSpec
 from ..transfer.common import StagingError, http_session
 from ..transfer.upload import send_file
 from . import creds as creds_mod
+from . import many
 from .job import KottaJob
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after, window_s
 
@@ -233,49 +233,45 @@ class Kotta:
         return out
 
     def gather(
-        self, jobs: Iterable[KottaJob], timeout: float | None = None, errors: str = "raise"
+        self,
+        jobs: Iterable[KottaJob],
+        timeout: float | None = None,
+        errors: str = "raise",
+        *,
+        progress: bool = False,
+        on_error: str = "leave",
     ) -> list[Any]:
         """Wait for all the jobs and return their results, in order.
 
         Small results come with the records, so a batch costs a few requests,
-        not two per job. ``errors='raise'`` raises the first job's error (in
-        order), ``'return'`` puts the exception in its place. Raises
-        ``JobTimeoutError`` if ``timeout`` seconds pass first.
+        not two per job. ``errors='raise'`` (default) raises the error of the
+        first job to fail (or be cancelled) as soon as it ends, not after the
+        others; ``on_error`` then says what happens to the jobs still running:
+        ``'leave'`` (default) lets them run, ``'cancel'`` cancels them (the
+        error's notes say how many). ``errors='return'`` waits for all and puts
+        each failed job's exception in its place. ``progress=True`` shows a bar
+        on a terminal (stderr), and elsewhere a plain line every 30 s and one at
+        the end. Raises ``JobTimeoutError`` if ``timeout`` seconds pass first.
+        Ctrl-C cancels the jobs not yet ended and says so in one line.
+
+        >>> results = konn.gather(jobs, progress=True, on_error='cancel')
         """
-        jobs = list(jobs)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        waiting = {j.require_id(): j for j in jobs if not j.done()}
-        while waiting:
-            left = d.LONGPOLL_MAX_S if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                first = next(iter(waiting))
-                raise JobTimeoutError(f"{len(waiting)} job(s) did not end within {timeout} s",
-                                      first)  # fmt: skip
-            ids = list(waiting)[:10_000]
-            r = self._long_poll(
-                min(left, d.LONGPOLL_MAX_S),
-                lambda h, ids=ids: self.request(
-                    "POST", "/api/v1/jobs/wait", timeout=self.timeout + h, retry=False,
-                    json={"ids": ids, "timeout": h, "all": True, "results": True},
-                ),
-            ).json()  # fmt: skip
-            results = r.get("results", {})
-            for info in r["jobs"]:
-                if info["id"] in results:
-                    info["result"] = results[info["id"]]
-                job = waiting[info["id"]]
-                job.apply_record(info, self)
-                if job.done():
-                    del waiting[info["id"]]
-        out: list[Any] = []
-        for j in jobs:
-            try:
-                out.append(j.get_results(self))
-            except Exception as e:
-                if errors != "return":
-                    raise
-                out.append(e)
-        return out
+        return many.gather(self, jobs, timeout, errors, progress, on_error)
+
+    def as_completed(
+        self, jobs: Iterable[KottaJob], timeout: float | None = None, *, progress: bool = False
+    ) -> Iterator[KottaJob]:
+        """Yield each job as it ends (jobs already ended first), with its record up to date.
+
+        ``job.get_results(konn)`` then answers at once (a small result came
+        along). ``progress`` is as for :meth:`gather`; ``JobTimeoutError`` if
+        ``timeout`` seconds pass before all ended. Ctrl-C while waiting cancels
+        the jobs not yet ended and says so in one line.
+
+        >>> for job in konn.as_completed(jobs):
+        ...     print(job.id, job.get_results(konn))
+        """
+        return many.as_completed(self, jobs, timeout, progress)
 
     def job(self, job_id: str, wait: float = 0, result: bool = False) -> dict[str, Any]:
         """A job's record; with ``wait`` the server holds the answer until it ends (at most ``wait`` s).
