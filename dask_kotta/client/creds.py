@@ -74,7 +74,7 @@ def find_credentials_file() -> Path:
 
 def read_file(path: str | os.PathLike[str]) -> dict[str, str]:
     """The credentials in a file; ``ConfigError`` naming the file if it cannot be read or parsed."""
-    p = Path(path)
+    p = Path(path).absolute()
     try:
         text = p.read_text()
     except OSError as e:

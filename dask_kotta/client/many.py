@@ -1,10 +1,12 @@
 """Waiting for many jobs: ``as_completed`` (each as it ends) and ``gather`` (all, in order).
 
 Both long-poll ``POST /api/v1/jobs/wait`` for *any* of the jobs still running,
-with small results riding along, and drop the ended ones from the next poll:
-each record and result crosses the wire once. Polls for a batch are at least
-``POLL_GAP_S`` apart, so thousands of jobs ending at once cost a few requests
-a second, not one per job; a single job's end is seen at once.
+asking only for the ended ones' records (``ended_only``), with small results
+riding along, and drop the ended ones from the next poll: each record and
+result crosses the wire once. Polls for a batch are at least ``POLL_GAP_S``
+apart (up to ``POLL_GAP_MAX_S`` for thousands of jobs), so jobs ending by the
+thousand cost a few requests a second, not one per job; a single job's end is
+seen at once.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ if TYPE_CHECKING:
     from .connection import Kotta
     from .job import KottaJob
 
-#: Least seconds between two polls while more than one job is waited for.
+#: Least seconds between two polls while more than one job is waited for; more for many
+#: jobs (each poll makes the server read every job still waited for), up to POLL_GAP_MAX_S.
 POLL_GAP_S = 0.2
+POLL_GAP_MAX_S = 2.0
+IDS_PER_S = 1000
 #: Ids in one poll, at most (the server's limit).
 MAX_IDS = 10_000
 ERRORS = ("raise", "return")
@@ -47,15 +52,17 @@ def _ends(konn: Kotta, jobs: list[KottaJob], timeout: float | None) -> Iterator[
             raise JobTimeoutError(
                 f"{len(waiting)} job(s) did not end within {timeout} s", next(iter(waiting))
             )
-        if len(waiting) > 1 and now - last < POLL_GAP_S:
-            time.sleep(min(POLL_GAP_S - (now - last), left))
+        gap = min(POLL_GAP_MAX_S, max(POLL_GAP_S, len(waiting) / IDS_PER_S))
+        if len(waiting) > 1 and now - last < gap:
+            time.sleep(min(gap - (now - last), left))
             continue
         ids = list(waiting)[:MAX_IDS]
         r = konn._long_poll(
             min(left, d.LONGPOLL_MAX_S),
             lambda h, ids=ids: konn.request(
                 "POST", "/api/v1/jobs/wait", timeout=konn.timeout + h, retry=False,
-                json={"ids": ids, "timeout": h, "all": False, "results": True},
+                json={"ids": ids, "timeout": h, "all": False, "results": True,
+                      "ended_only": True},
             ),
         ).json()  # fmt: skip
         last = time.monotonic()

@@ -24,7 +24,7 @@ import cloudpickle
 import pytest
 
 from dask_kotta import defaults as d
-from dask_kotta.errors import ConfigError, JobFailedError, RemoteError
+from dask_kotta.errors import ConfigError, JobFailedError, NotFoundError, RemoteError
 from kotta import Kotta
 from kotta.kotta_functions import *  # noqa: F403
 
@@ -114,6 +114,25 @@ def test_as_completed_yields_jobs_in_the_order_they_end(konn):
     # Jobs that had ended already come first, in the order given.
     again = [job.id for job in konn.as_completed([jobs[0], jobs[1]])]
     assert again == [jobs[0].id, jobs[1].id]
+
+
+def test_a_wait_for_ended_jobs_only_answers_those_that_ended(konn, other_user):
+    jobs = konn.submit_many([(nap, (0,)), (nap, (120,))], queue="Test", walltime=5)
+    try:
+        konn.gather(jobs[:1])
+        ids = [j.id for j in jobs]
+        body = {"ids": ids, "timeout": 0.5, "ended_only": True, "results": True}
+        r = konn.request("POST", "/api/v1/jobs/wait", json=body).json()
+        assert [j["id"] for j in r["jobs"]] == [ids[0]] and list(r["results"]) == [ids[0]]
+        # Without it, every job's record, as before.
+        r = konn.request("POST", "/api/v1/jobs/wait", json={**body, "ended_only": False}).json()
+        assert [j["id"] for j in r["jobs"]] == ids
+        # Another user's job is not found, ended or not.
+        mallory = Kotta(other_user)
+        with pytest.raises(NotFoundError):
+            mallory.request("POST", "/api/v1/jobs/wait", json={**body, "ids": ids[:1]})
+    finally:
+        jobs[1].cancel(konn)
 
 
 def test_gather_raises_at_the_first_failure_and_cancels_the_rest_when_asked(konn):
