@@ -16,7 +16,12 @@ process on the same machine:
    one without: the extra start-up of a second run (the first run's build is
    shown too);
 4. the server with ``--stored`` finished jobs in its store (inserted through
-   ``JobStore`` before the server starts): its RSS, and the p50 of a status call.
+   ``JobStore`` before the server starts): its RSS, and the p50 of a status call;
+5. ``Kotta.map`` over ``--map`` trivial calls (packed into jobs): calls/s, beside
+   ``ProcessPoolExecutor(2).map`` with chunks, ``Client.map`` on ``LocalCluster(2)``
+   and Parsl's ``HighThroughputExecutor`` with 2 workers (``pip install parsl``;
+   skipped, and said so, without it) over ``--map-baseline`` tasks each, since one
+   task per call is what those do.
 
 Figures vary with what else runs on the machine; run it on a quiet one.
 """
@@ -165,6 +170,51 @@ class KottaUp:
         self.log.close()
 
 
+def map_rates(konn, n: int, n_base: int) -> tuple[str, str, str, str]:
+    """Calls per second of ``Kotta.map`` and of the baselines' own ways to run many calls."""
+    t = time.perf_counter()
+    assert konn.gather(konn.map(inc, range(n), walltime=5))[-1] == n
+    kotta = n / (time.perf_counter() - t)
+    with ProcessPoolExecutor(2) as pool:
+        t = time.perf_counter()
+        assert list(pool.map(inc, range(n), chunksize=max(1, n // 8)))[-1] == n
+        pool_rate = n / (time.perf_counter() - t)
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:  # fmt: skip
+        client.gather(client.map(inc, range(10), pure=False))
+        t = time.perf_counter()
+        assert client.gather(client.map(inc, range(n_base), pure=False))[-1] == n_base
+        dask_rate = n_base / (time.perf_counter() - t)
+    return (f"Kotta.map, {n:,} calls", f"{kotta:,.0f} calls/s", f"{pool_rate:,.0f} /s",
+            f"{dask_rate:,.0f} /s")  # fmt: skip
+
+
+def parsl_rate(n: int, run_dir: Path) -> str:
+    """Tasks per second of Parsl's HighThroughputExecutor (2 workers, this machine)."""
+    try:
+        import parsl
+        from parsl.config import Config
+        from parsl.executors import HighThroughputExecutor
+        from parsl.providers import LocalProvider
+    except ImportError:
+        return "(parsl not installed)"
+    # Parsl starts its interchange as a script on PATH: the one beside this interpreter.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    htex = HighThroughputExecutor(label="htex", address="127.0.0.1", max_workers_per_node=2,
+                                  provider=LocalProvider(init_blocks=1, max_blocks=1))  # fmt: skip
+    try:
+        with parsl.load(Config(executors=[htex], run_dir=str(run_dir))):
+            app = parsl.python_app(inc)
+            [app(i).result() for i in range(10)]
+            t = time.perf_counter()
+            assert [f.result() for f in [app(i) for i in range(n)]][-1] == n
+            return f"{n / (time.perf_counter() - t):,.0f} tasks/s"
+    except Exception as e:  # the other figures still print
+        return f"(parsl failed: {type(e).__name__}: {e})"
+
+
 def timed(fn, n: int) -> list[float]:
     out = []
     for i in range(n):
@@ -179,6 +229,13 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=200)
     ap.add_argument("--batch", type=int, default=2000)
     ap.add_argument("--stored", type=int, default=100_000)
+    ap.add_argument("--map", type=int, default=100_000, help="calls for Kotta.map")
+    ap.add_argument(
+        "--map-baseline",
+        type=int,
+        default=10_000,
+        help="tasks for LocalCluster's Client.map and Parsl (one task per call)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = ap.parse_args()
 
@@ -256,6 +313,10 @@ def main() -> None:
         lat_plain = timed(lambda i: remote_inc(i), 20)
         extra = statistics.median(lat_reqs) - statistics.median(lat_plain)
 
+        # -- many small calls ---------------------------------------------------------------
+        rows.append(map_rates(konn, args.map, args.map_baseline))
+        htex = parsl_rate(args.map_baseline, base / "parsl")
+
         _, all_rss = svc.rss()
         print()
         print("| measure | dask-kotta | ProcessPoolExecutor(2) | dask LocalCluster(2) |")
@@ -275,6 +336,8 @@ def main() -> None:
               f"{ms(pct(status, 0.5))}, p95 {ms(pct(status, 0.95))}; server RSS "
               f"{own_rss / 2**20:.0f} MiB (with its workers and templates: "
               f"{all_rss / 2**20:.0f} MiB after the run)")  # fmt: skip
+        print(f"- Parsl HighThroughputExecutor (2 workers), {args.map_baseline:,} tasks: {htex}; "
+              f"Kotta.map is {rows[-1][1]}")  # fmt: skip
         print(f"- load average at the end: {os.getloadavg()[0]:.2f}")
     finally:
         svc.stop()

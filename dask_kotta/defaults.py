@@ -78,6 +78,9 @@ MAX_STORAGE_BYTES = 100 * 1024**3
 #: How long the server trusts its listing of a user's objects for the storage quota, in
 #: seconds (``DASK_KOTTA_USAGE_RECOUNT_S``); what it accepted since is added to it.
 USAGE_RECOUNT_S = 30.0
+#: How long a download link (``POST /api/v1/jobs/{id}/links``) opens without a token, in
+#: seconds (``--link-ttl``).
+LINK_TTL_S = 600.0
 #: Child-process poll interval for walltime/memory/cancel checks, in seconds.
 MONITOR_S = 0.05
 
@@ -93,3 +96,14 @@ DB_RETRY_AFTER_S = 2
 #: Object names the service gives a job's internal files, under the job's prefix.
 PAYLOAD_OBJECT = ".kotta/payload.pkl"
 RESULT_OBJECT = ".kotta/result.pkl"
+#: The live log of a running job's stream (``stdout``, ``stderr``): what reached the server so far.
+LIVE_LOG_OBJECT = ".kotta/live-{stream}.log"
+
+#: A live log keeps a stream's first this many bytes ...
+LIVE_LOG_HEAD_BYTES = 256 * 1024
+#: ... and its last this many; what lies between is cut, and the log says so where it was.
+LIVE_LOG_TAIL_BYTES = 1024 * 1024
+#: A running job's output is first sent this long after it started (a shorter job sends none),
+#: then at most every ``LIVE_LOG_EVERY_S`` while it grows, in seconds.
+LIVE_LOG_FIRST_S = 1.0
+LIVE_LOG_EVERY_S = 1.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .. import defaults as d
+from .fetch import fetch_declared, show_outputs
 from .group import main
 
 _auth = click.option(
@@ -68,8 +69,15 @@ def _when(t: float | None) -> str:
     help="Delete the job (record, logs, outputs) this many days after it ends; fractions "
     "allowed, 0 keeps it for ever. Default: the server's --keep.",
 )
-@click.option("--wait/--no-wait", default=False, help="Wait for the job and print its STDOUT.")
-def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable, keep, wait):
+@click.option(
+    "--wait/--no-wait", default=False,
+    help="Wait for the job, printing its STDOUT and STDERR as they arrive, then download its "
+    "outputs (-o) here; exit 1 unless it completed.",
+)  # fmt: skip
+@click.option("--quiet", is_flag=True, help="With --wait: print no output, only the job's end.")
+def submit(
+    auth_file, script, queue, walltime, inputs, outputs, name, executable, keep, wait, quiet
+):
     """Submit SCRIPT as a Kotta script job; prints its id."""
     from ..client.job import KottaJob
 
@@ -91,17 +99,23 @@ def submit(auth_file, script, queue, walltime, inputs, outputs, name, executable
     job.submit(konn)
     click.echo(job.job_id)
     if wait:
-        job.wait(konn, maxwait=float("inf"))
-        _print_logs(konn, job.job_id, True, True)
-        if job.status(konn) != d.COMPLETED:
-            raise click.ClickException(f"job {job.job_id} {job.info['status']}: {job.reason}")
+        from .logs import ended, follow_to_end
+
+        record = follow_to_end(konn, job.job_id, ("stdout", "stderr"), quiet=quiet)
+        ended(record)
+        if quiet:
+            click.echo(f"job {job.job_id} completed")
+        job.apply_record(record, konn)
+        fetch_declared(konn, job.info, job.spec().outputs)
 
 
 @main.command()
 @_auth
 @click.argument("job_id")
 def status(auth_file, job_id):
-    """Show a job: status, reason, times, per-phase durations, outputs."""
+    """Show a job: status, reason, times, per-phase durations, and its outputs, each with
+    a link that opens in a browser or with curl, without a token, for a short time (the
+    server's --link-ttl, 10 minutes by default)."""
     konn = _konn(auth_file)
     j = konn.job(job_id)
     t = j["timings"]
@@ -114,42 +128,40 @@ def status(auth_file, job_id):
         ("total", _dur(total)), ("attempts", str(j["attempt"])), ("worker", j["worker"] or "-"),
         ("kept", _kept(j.get("keep_days"))),
     ]  # fmt: skip
+    if j.get("resubmit_of"):
+        lines.append(("rerun of", j["resubmit_of"]))
     for k, v in lines:
         click.echo(f"{k:<10} {v}")
-    for o in j["outputs"]:
-        click.echo(f"{'output':<10} {o['name']} ({o['size']} bytes) {o['url']}")
+    show_outputs(konn, j)
     if j["traceback"]:
         click.echo("traceback:\n" + j["traceback"])
-
-
-def _print_logs(konn, job_id: str, stdout: bool, stderr: bool) -> None:
-    """Print STDOUT to stdout and STDERR to stderr, each under a header on stderr."""
-    from ..client.job import KottaJob
-
-    job = KottaJob.attach(konn, job_id)
-    outputs = {o.file: o for o in job.outputs}
-    for want, name, err in (
-        (stdout, job.info["stdout"], False),
-        (stderr, job.info["stderr"], True),
-    ):
-        if not want:
-            continue
-        out = outputs.get(name.rsplit("/", 1)[-1])
-        if out is None:
-            click.echo(f"--- {name}: not available (job is {job.info['status']})", err=True)
-            continue
-        click.echo(f"--- {name}", err=True)
-        click.echo(out.read(), nl=False, err=err)
 
 
 @main.command()
 @_auth
 @click.argument("job_id")
-@click.option("--stdout/--no-stdout", default=True)
-@click.option("--stderr/--no-stderr", default=True)
-def logs(auth_file, job_id, stdout, stderr):
-    """Print a job's STDOUT and STDERR."""
-    _print_logs(_konn(auth_file), job_id, stdout, stderr)
+@click.option("--stdout/--no-stdout", default=True, help="Show STDOUT (to stdout).")
+@click.option("--stderr/--no-stderr", default=True, help="Show STDERR (to stderr).")
+@click.option(
+    "--follow", "-f", is_flag=True,
+    help="Print new output as it arrives until the job ends; exit 0 if it completed, 1 if not.",
+)  # fmt: skip
+def logs(auth_file, job_id, stdout, stderr, follow):
+    """Print a job's STDOUT and STDERR, also while it runs.
+
+    A running job's output reaches the server about every second. While it
+    runs the server keeps the first 256 KiB and the last 1 MiB of each stream
+    (a line marks what was cut); once it has ended, the whole files. A
+    cancelled or killed job keeps what it printed.
+    """
+    from .logs import ended, follow_to_end, print_once
+
+    konn = _konn(auth_file)
+    streams = tuple(s for s, want in (("stdout", stdout), ("stderr", stderr)) if want)
+    if follow:
+        ended(follow_to_end(konn, job_id, streams))
+    else:
+        print_once(konn, konn.job(job_id), streams)
 
 
 @main.command()

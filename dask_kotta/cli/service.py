@@ -44,6 +44,8 @@ _keep = _aside("dask_kotta.keep", lambda v: v >= 0, "must be 0 (keep every job) 
 _max_keep = _aside("dask_kotta.max_keep", lambda v: v > 0, "must be a number of days > 0")
 _max_pending = _aside("dask_kotta.max_pending", lambda v: v >= 0,
                       "must be a number of jobs >= 0 (0: no limit)")  # fmt: skip
+_link_ttl = _aside("dask_kotta.link_ttl", lambda v: 1 <= v <= 7 * 86400,
+                   "must be between 1 s and 7 days (604800 s)")  # fmt: skip
 
 
 def _size_aside(key: str) -> Callable[..., Any]:
@@ -67,6 +69,16 @@ def _size_aside(key: str) -> Callable[..., Any]:
 
 def _server_options(f):
     f = upgrade_db_option(f)
+    f = click.option(
+        "--link-ttl",
+        envvar="DASK_KOTTA_LINK_TTL_S",
+        type=float,
+        expose_value=False,
+        callback=_link_ttl,
+        metavar="SECONDS",
+        help="How long a download link (`dask-kotta status`, POST /jobs/ID/links) opens "
+        f"without a token. [default: {d.LINK_TTL_S:g}]",
+    )(f)
     f = click.option(
         "--max-storage",
         envvar="DASK_KOTTA_MAX_STORAGE",
@@ -241,6 +253,7 @@ def _config(
         else meta["dask_kotta.max_pending"],
         max_upload_bytes=meta.get("dask_kotta.max_upload", d.MAX_UPLOAD_BYTES),
         max_storage_bytes=meta.get("dask_kotta.max_storage", d.MAX_STORAGE_BYTES),
+        link_ttl_s=meta.get("dask_kotta.link_ttl") or d.LINK_TTL_S,
     )  # fmt: skip
 
 

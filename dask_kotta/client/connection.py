@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -24,8 +25,20 @@ from ..transfer.common import StagingError, http_session
 from ..transfer.upload import send_file
 from . import creds as creds_mod
 from . import many
+from .download import download
 from .job import KottaJob
+from .logs import LogChunk, read_log
+from .mapping import CallFuture, map_calls
 from .retry import RETRY_STATUSES, RetryPolicy, parse_retry_after, window_s
+
+
+class Links(dict[str, str]):
+    """Download links by output name (``Kotta.links``); ``expires``: when they stop working,
+    in Unix seconds."""
+
+    def __init__(self, links: Mapping[str, str], expires: float):
+        super().__init__(links)
+        self.expires = expires
 
 
 class Kotta:
@@ -232,6 +245,39 @@ class Kotta:
                 j.apply_record(info, self)
         return out
 
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        queue: str = d.QUEUE,
+        walltime: float = d.WALLTIME_MIN,
+        chunksize: int | None = None,
+        requirements: str | None = None,
+        retries: int = 0,
+        keep_days: float | None = None,
+    ) -> list[CallFuture]:
+        """``fn(*args)`` for each ``args`` of ``zip(*iterables)``, packed into few jobs.
+
+        Returns one ``CallFuture`` per call, in order; ``konn.gather(futures)``
+        gives their values. A job costs milliseconds across the server and a
+        worker, so calls go ``chunksize`` to a job (default: four jobs per slot
+        of the queue, as ``multiprocessing.Pool.map`` sizes its chunks), and the
+        options (``walltime`` included) are each job's. One call's exception is
+        its own (with its remote traceback) and does not lose its neighbours'
+        results; a job that fails as a whole (walltime, memory, cancelled) fails
+        each of its calls, with a note naming them; ``retries`` retries such a
+        job. All of a job's arguments travel in its payload: for large
+        arguments, pass a smaller ``chunksize`` or stage them as inputs.
+
+        >>> futures = konn.map(inc, range(100_000), queue='Test', walltime=5)
+        >>> konn.gather(futures)[:3]
+        [1, 2, 3]
+        """
+        return map_calls(
+            self, fn, iterables, queue=queue, walltime=walltime, chunksize=chunksize,
+            requirements=requirements, retries=retries, keep_days=keep_days,
+        )  # fmt: skip
+
     def gather(
         self,
         jobs: Iterable[KottaJob],
@@ -307,6 +353,12 @@ class Kotta:
             params["status"] = status
         return self.request("GET", "/api/v1/jobs", params=params).json()["jobs"]
 
+    def read_log(self, job_id: str, stream: str = "stdout", offset: int = 0) -> LogChunk:
+        """A job's ``stream`` (``"stdout"``/``"stderr"``) from ``offset``, even while it runs:
+        ``LogChunk(data, size, final)``; read on from ``size`` until ``final``
+        (``dask_kotta.client.logs.follow`` does)."""
+        return read_log(self, job_id, stream, offset)
+
     def events(self, job_id: str) -> list[dict[str, Any]]:
         """A job's status history."""
         return self.request("GET", f"/api/v1/jobs/{job_id}/events").json()["events"]
@@ -333,6 +385,52 @@ class Kotta:
             if not job_id:
                 raise ValueError(f"{job!r} was never submitted: it has no job id to delete")
             self.request("DELETE", f"/api/v1/jobs/{job_id}")
+
+    def links(self, job_id: str, names: Iterable[str] | None = None) -> Links:
+        """Links to a job's outputs that open in a browser or with ``curl``, with no token,
+        for a short time (10 minutes unless the server's ``--link-ttl`` says otherwise):
+        ``{name: url}``, whose ``.expires`` is when they stop working (Unix seconds).
+
+        ``names``: the outputs to link (``STDOUT.txt``/``STDERR.txt`` by name too); None:
+        every output the job has. ``NotFoundError`` for a name it has not (or a job that is
+        not yours). A link carries no token: anyone who has it can open it until it expires.
+        """
+        if isinstance(names, str):
+            names = [names]
+        body = {} if names is None else {"names": list(names)}
+        # Safe to repeat: each call only signs new links.
+        r = self.request("POST", f"/api/v1/jobs/{job_id}/links", json=body, retry=True).json()
+        return Links(r["links"], expires=r["expires"])
+
+    def resubmit(self, job: KottaJob | str) -> KottaJob:
+        """Run an ended job of yours again, as a new job; returns its future.
+
+        The server copies the job's description and payload; the new job's record says
+        ``resubmit_of``. ``ConflictError`` while the job is pending or running,
+        ``NotFoundError`` if it is not yours.
+        """
+        job_id = job if isinstance(job, str) else job.require_id()
+        # One key for every attempt: a repeat after a lost answer gets the same new job.
+        body = {"idempotency_key": uuid.uuid4().hex}
+        r = self.request("POST", f"/api/v1/jobs/{job_id}/resubmit", json=body, retry=True)
+        return KottaJob.from_record(r.json(), self)
+
+    def download(
+        self,
+        job_id: str,
+        names: Iterable[str] | None = None,
+        directory: str | os.PathLike = ".",
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Download an ended job's outputs (all, or ``names``; ``STDOUT.txt``/``STDERR.txt``
+        by name too) into ``directory``, streaming; returns the paths written.
+
+        Output ``sub/a.csv`` goes to ``directory/sub/a.csv``. Refused before anything is
+        fetched: a job still pending or running (``JobError``), a name the job has no
+        output under (``NotFoundError``), one that would land outside ``directory``
+        (``UnsafePathError``), and, unless ``overwrite``, any file already there.
+        """
+        return download(self, job_id, names, directory, overwrite)
 
     def result_bytes(self, job_id: str) -> bytes:
         """The pickled result of a python job."""

@@ -60,7 +60,8 @@ def cancel_on_interrupt(konn: Kotta, jobs: Iterable[KottaJob]) -> Iterator[None]
 def _cancel(konn: Kotta, jobs: Iterable[KottaJob]) -> tuple[list[str], list[str]]:
     cancelled: list[str] = []
     failed: list[str] = []
-    live = [j.job_id for j in jobs if j.job_id and not j.done()]
+    # Several Kotta.map futures share one job: cancel (and name) it once.
+    live = list(dict.fromkeys(j.job_id for j in jobs if j.job_id and not j.done()))
     for i, job_id in enumerate(live):
         try:
             # Not retried: a user who pressed Ctrl-C will not wait out a server that is away.

@@ -307,10 +307,24 @@ class KottaJob:
             raise JobFailedError(f"job {job_id} completed without a result", job_id)
         return self.outputs
 
+    def resubmit(self, konn: Kotta) -> KottaJob:
+        """Run this ended job again, as a new job with the same description and payload;
+        returns the new job's future (its ``info["resubmit_of"]`` is this job's id).
+
+        ``ConflictError`` while this job is pending or running.
+        """
+        new = konn.resubmit(self.require_id())
+        new._desc = dict(self._desc)
+        return new
+
     @classmethod
     def attach(cls, konn: Kotta, job_id: str) -> KottaJob:
         """A ``KottaJob`` for a job submitted earlier (by id)."""
-        info = konn.job(job_id)
+        return cls.from_record(konn.job(job_id), konn)
+
+    @classmethod
+    def from_record(cls, info: dict[str, Any], konn: Kotta) -> KottaJob:
+        """A ``KottaJob`` for the job a record (as the server sends it) describes."""
         job = cls(
             jobtype=info["jobtype"],
             jobname=info["name"],

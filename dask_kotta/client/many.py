@@ -1,5 +1,8 @@
 """Waiting for many jobs: ``as_completed`` (each as it ends) and ``gather`` (all, in order).
 
+Both take ``KottaJob`` futures and the ``CallFuture`` of ``Kotta.map`` (one per
+call; the calls of one job end together).
+
 Both long-poll ``POST /api/v1/jobs/wait`` for *any* of the jobs still running,
 asking only for the ended ones' records (``ended_only``), with small results
 riding along, and drop the ended ones from the next poll: each record and
@@ -23,6 +26,10 @@ from .progress import Progress
 if TYPE_CHECKING:
     from .connection import Kotta
     from .job import KottaJob
+    from .mapping import CallFuture
+
+    #: What gather and as_completed wait for: jobs, or the futures of ``Kotta.map`` calls.
+    Waitable = KottaJob | CallFuture
 
 #: Least seconds between two polls while more than one job is waited for; more for many
 #: jobs (each poll makes the server read every job still waited for), up to POLL_GAP_MAX_S.
@@ -35,13 +42,22 @@ ERRORS = ("raise", "return")
 ON_ERROR = ("leave", "cancel")
 
 
-def _ends(konn: Kotta, jobs: list[KottaJob], timeout: float | None) -> Iterator[KottaJob]:
-    """Each job as it ends: those already ended first (in order), then in the order they end."""
+def _status(item: Waitable) -> str:
+    """The status last seen of a job, or of the job holding a ``Kotta.map`` call."""
+    job = getattr(item, "job", item)  # a CallFuture's job is the chunk's KottaJob
+    return job.last_status
+
+
+def _ends(
+    konn: Kotta, jobs: list[Waitable], timeout: float | None
+) -> Iterator[tuple[Waitable, str]]:
+    """Each job as it ends, with its status: those already ended first (in order), then in
+    the order they end (the futures of one ``Kotta.map`` job together)."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    waiting: dict[str, list[KottaJob]] = {}
+    waiting: dict[str, list[Waitable]] = {}
     for job in jobs:
         if job.done():
-            yield job
+            yield job, _status(job)
         else:
             waiting.setdefault(job.require_id(), []).append(job)
     last = -POLL_GAP_S
@@ -74,25 +90,26 @@ def _ends(konn: Kotta, jobs: list[KottaJob], timeout: float | None) -> Iterator[
             for job in waiting[info["id"]]:
                 job.apply_record(info, konn)
             if info["status"] in d.TERMINAL_STATUSES:
-                ended.append((info.get("ended_at") or 0, info["id"]))
-        for _, job_id in sorted(ended):
-            yield from waiting.pop(job_id)
+                ended.append((info.get("ended_at") or 0, info["id"], info["status"]))
+        for _, job_id, status in sorted(ended):
+            for job in waiting.pop(job_id):
+                yield job, status
 
 
 def as_completed(
-    konn: Kotta, jobs: Iterable[KottaJob], timeout: float | None = None, progress: bool = False
-) -> Iterator[KottaJob]:
+    konn: Kotta, jobs: Iterable[Waitable], timeout: float | None = None, progress: bool = False
+) -> Iterator[Waitable]:
     """Yield each job as it ends (see ``Kotta.as_completed``)."""
     jobs = list(jobs)
     with cancel_on_interrupt(konn, jobs), Progress(len(jobs), progress) as bar:
-        for job in _ends(konn, jobs, timeout):
-            bar.ended(job.last_status != d.COMPLETED)
+        for job, status in _ends(konn, jobs, timeout):
+            bar.ended(status != d.COMPLETED)
             yield job
 
 
 def gather(
     konn: Kotta,
-    jobs: Iterable[KottaJob],
+    jobs: Iterable[Waitable],
     timeout: float | None = None,
     errors: str = "raise",
     progress: bool = False,
@@ -104,38 +121,40 @@ def gather(
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error={on_error!r}: expected one of {', '.join(map(repr, ON_ERROR))}")
     jobs = list(jobs)
+    places: dict[int, list[int]] = {}  # the same job may be given twice
+    for i, job in enumerate(jobs):
+        places.setdefault(id(job), []).append(i)
+    out: list[Any] = [None] * len(jobs)
     with cancel_on_interrupt(konn, jobs), Progress(len(jobs), progress) as bar:
-        for job in _ends(konn, jobs, timeout):
-            failed = job.last_status != d.COMPLETED
-            bar.ended(failed)
-            if failed and errors == "raise":
-                try:
-                    job.get_results(konn)
-                except Exception as e:
+        for job, _ in _ends(konn, jobs, timeout):
+            # Read as each ends (its small result came along): a call of a Kotta.map job
+            # that completed may still have raised, and fail-fast must see that too.
+            try:
+                value: Any = job.get_results(konn)
+                failed = False
+            except Exception as e:
+                if errors == "raise":
+                    bar.ended(True)
                     if on_error == "cancel":
                         n = _cancel_rest(konn, jobs)
                         e.add_note(f"gather cancelled the {n} other job(s) still running")
                     raise
-    out: list[Any] = []
-    for job in jobs:
-        try:
-            out.append(job.get_results(konn))
-        except Exception as e:
-            if errors != "return":
-                raise
-            out.append(e)
+                value, failed = e, True
+            bar.ended(failed)
+            for i in places[id(job)]:
+                out[i] = value
     return out
 
 
-def _cancel_rest(konn: Kotta, jobs: list[KottaJob]) -> int:
+def _cancel_rest(konn: Kotta, jobs: list[Waitable]) -> int:
     n = 0
-    for job in jobs:
-        if job.job_id and not job.done():
-            try:
-                konn.cancel_job(job.job_id)
-                n += 1
-            except (ConflictError, NotFoundError):
-                pass  # it ended meanwhile
-            except KottaError:
-                pass  # best effort: the job's error being raised matters more
+    live = dict.fromkeys(j.job_id for j in jobs if j.job_id and not j.done())
+    for job_id in live:
+        try:
+            konn.cancel_job(job_id)  # type: ignore[arg-type]
+            n += 1
+        except (ConflictError, NotFoundError):
+            pass  # it ended meanwhile
+        except KottaError:
+            pass  # best effort: the job's error being raised matters more
     return n

@@ -177,5 +177,21 @@ class RunnerAPI:
     def upload_result(self, f: BinaryIO, patience_s: float | None = None) -> int:
         return self._call("PUT", "/result", patience_s=patience_s, data=f).json()["size"]
 
+    def send_log(
+        self,
+        stream: str,
+        offset: int,
+        data: bytes,
+        final: bool = False,
+        patience_s: float | None = None,
+    ) -> int:
+        """Send the job's ``stream`` bytes from ``offset`` (``final``: the last); the size
+        the server holds now."""
+        params = {"offset": offset, "final": "true" if final else "false"}
+        # A short read timeout: a send holds up the next one, and the job's end (finish).
+        r = self._call("PUT", f"/logs/{stream}", patience_s=patience_s, params=params,
+                       data=data, timeout=(d.CONNECT_TIMEOUT_S, 10))  # fmt: skip
+        return r.json()["size"]
+
     def finish(self, patience_s: float | None = None, **body) -> str:
         return self._call("POST", "/finish", patience_s=patience_s, json=body).json()["status"]

@@ -20,6 +20,9 @@ the point           :class:`Direct`              ``SlotReporting`` (``slot_repor
                     a small one on a local
                     store rides with the end
 ``send_result``     ``PUT /result``; the same    the same
+``follow_logs``     ``PUT /logs/<stream>`` from  the same, from the host's timer thread
+                    a timer thread, 1 s after    and pool
+                    the start, then every 1 s
 ``report_end``      ``POST /finish`` now,        handed to the slot, which sends a batch
                     returns the job's status     of ends with its next request;
                                                  returns ``"reported"``
@@ -39,12 +42,14 @@ import base64
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 import requests
 
 from . import outbox
 from .api import BROKEN, LostJob, RunnerAPI
+from .live_logs import LiveLogs, on_timer_threads
 
 
 class Lease(Protocol):
@@ -85,6 +90,11 @@ class Reporting(Protocol):
 
     def send_result(self, f: BinaryIO) -> int:
         """Send the job's pickled result; returns its size."""
+        ...
+
+    def follow_logs(self, workdir: Path, job: Mapping[str, Any]) -> LiveLogs:
+        """Start sending the job's STDOUT/STDERR files in ``workdir`` as they grow
+        (``live_logs.py``)."""
         ...
 
     def report_end(self, **report: Any) -> str:
@@ -276,6 +286,9 @@ class Direct:
 
     def send_result(self, f: BinaryIO) -> int:
         return send_result(self.inline, self.api, f)
+
+    def follow_logs(self, workdir: Path, job: Mapping[str, Any]) -> LiveLogs:
+        return on_timer_threads(self.api, workdir, job)
 
     def report_end(self, **report: Any) -> str:
         as_text(report)

@@ -22,12 +22,10 @@ import contextlib
 import json
 import os
 import shlex
-import stat
 import sys
 import time
 import traceback
 from pathlib import Path
-from typing import BinaryIO
 
 from .. import defaults as d
 from ..claim import Claim
@@ -37,6 +35,7 @@ from ..transfer.common import StagingError
 from . import envs, isolation, outbox
 from .api import LostJob, RunnerAPI
 from .forkserver import run_forked
+from .jobfiles import job_file, read_job_file
 from .process import run_process
 from .reporting import Direct, Lease, OutputChannel, Reporting
 from .stage_in import stage_inputs
@@ -167,41 +166,6 @@ def run_claimed(job: Claim, reporting: Reporting) -> str:
         reporting.close()
 
 
-def job_file(workdir: Path, name: str) -> BinaryIO | None:
-    """``name`` in ``workdir``, written by the job, opened for reading if it is a plain file
-    of the job's own.
-
-    The job has ended (its processes are gone), but what it left is untrusted: a
-    symlink anywhere on the way (``.kotta`` itself may have become one), a FIFO
-    or a hard link where its result should be is treated as no file, never
-    followed: it could name the service's own files.
-    """
-    try:
-        path = resolve_inside(workdir, name)
-    except UnsafePathError:
-        return None
-    if path != Path(workdir).resolve() / name:
-        return None  # a symlink on the way, even one that stays inside
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        os.close(fd)
-        return None
-    return os.fdopen(fd, "rb")
-
-
-def read_job_file(workdir: Path, name: str) -> str:
-    """The text of a file the job wrote (see :func:`job_file`); OSError if there is none."""
-    f = job_file(workdir, name)
-    if f is None:
-        raise FileNotFoundError(name)
-    with f:
-        return f.read().decode()
-
-
 def _start_failure(workdir: Path, job: Claim) -> str | None:
     """Why the child never started its command, from the line it left on STDERR (exit 126/127).
 
@@ -287,6 +251,7 @@ def _run(
     # run_child
     reporting.report_phase(d.PROCESSING)
     command = _command(job, workdir, private)
+    live = reporting.follow_logs(workdir, job)
     try:
         outcome = _run_child(job, lease, workdir, private, command, pyenv)
     except (OSError, ContainmentError) as e:
@@ -298,8 +263,13 @@ def _run(
         )
         reporting.report_end(ok=False, reason=reason, timings=timings, outputs=[], has_result=False)
         return "failed"
+    finally:
+        live.stop()  # the outputs carry the streams from here
     timings["run"] = outcome.seconds
     if lease.lost:
+        # Cancelled (or requeued): no outputs will be staged, so what the job printed is
+        # kept only if its live log gets the rest now.
+        live.finish()
         raise LostJob(lease.lost)
 
     # stage_outputs

@@ -17,7 +17,9 @@ the job all of its own round trips in the usual case:
   there are no presigned uploads, so none are asked for;
 - **end**: handed to the slot (``deliver``), which sends the ends of its
   jobs together with its next request (``slots.py``);
-- **lease**: renewed by a timer on the host's thread (``slot_host.py``).
+- **lease**: renewed by a timer on the host's thread (``slot_host.py``);
+- **live logs**: a job still running 1 s after it started sends its new output
+  from the host's timer thread and pool (``live_logs.py``); a shorter one sends none.
 
 So a short job that writes small files costs one share of the slot's next
 request, and nothing else.
@@ -28,10 +30,12 @@ from __future__ import annotations
 import base64
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from .api import RunnerAPI
+from .live_logs import LiveLogs
 from .reporting import Inline, Lease, as_text, send_output, send_result
 from .slot_host import SlotHost, TimerHeartbeat
 
@@ -106,6 +110,13 @@ class SlotReporting:
 
     def send_result(self, f: BinaryIO) -> int:
         return send_result(self.inline, self.api, f)
+
+    # -- live logs: on the host's timer, from 1 s after the start -----------------------
+
+    def follow_logs(self, workdir: Path, job: Mapping[str, Any]) -> LiveLogs:
+        logs = LiveLogs(self.api, workdir, job, self._host.later, self._host.background)
+        logs.start()
+        return logs
 
     # -- end: delivered to the slot -----------------------------------------------------
 

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from .. import defaults as d
 from ..errors import APIError, UnsafePathError
-from . import routes_admin, routes_files, routes_jobs, routes_runner
+from . import routes_admin, routes_files, routes_jobs, routes_logs, routes_outputs, routes_runner
 from .models import NOT_TEXT
 from .openapi import publish
 from .service import ServerConfig, Service
@@ -47,6 +47,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.include_router(routes_runner.router)
     app.include_router(routes_files.router)
     app.include_router(routes_admin.router)  # admins: users' tokens
+    app.include_router(routes_outputs.router)  # download links, resubmit
+    app.include_router(routes_logs.router)  # live logs: users read them, runners send them
 
     page = (Path(__file__).with_name("static") / "index.html").read_text()
 

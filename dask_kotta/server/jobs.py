@@ -51,6 +51,7 @@ async def submit(
     user: dict[str, Any],
     items: list[tuple[dict[str, Any], bytes | None]],
     hosts: set[str],
+    resubmit_of: str | None = None,
 ) -> list[tuple[dict[str, Any], bool]]:
     """Check, store and dispatch job descriptions with their payloads, in one transaction.
 
@@ -59,6 +60,7 @@ async def submit(
     description whose ``idempotency_key`` this user already used gets the job
     made the first time, with ``created`` false. A refused description refuses
     the whole batch; the error names its index when the batch has more than one.
+    ``resubmit_of``: the id of the job these run again (``rerun.resubmit``).
     """
     limit = s.config.max_pending
     if limit:
@@ -84,6 +86,8 @@ async def submit(
         if granted:
             spec["granted_inputs"] = granted
         spec["has_payload"] = payload is not None
+        if resubmit_of is not None:
+            spec["resubmit_of"] = resubmit_of  # a column of its own, not part of the spec
         specs.append(spec)
     # http(s) inputs other than the service's own must not lead into the service's network.
     refused = await input_host_refusals(

@@ -63,6 +63,21 @@ class WaitBody(Body):
     )
 
 
+class LinksBody(Body):
+    names: list[str] | None = Field(
+        None, max_length=100_000,
+        description="The outputs to link (STDOUT.txt and STDERR.txt by name too); absent or "
+        "null: every output the job has",
+    )  # fmt: skip
+
+
+class ResubmitBody(Body):
+    idempotency_key: str | None = Field(
+        None, min_length=1, max_length=128,
+        description="A repeat with the same key answers the job made the first time",
+    )  # fmt: skip
+
+
 class UploadBody(Body):
     name: str = Field(..., min_length=1, max_length=255)
     size: Count

@@ -63,6 +63,8 @@ class ServerConfig:
     max_upload_bytes: int = d.MAX_UPLOAD_BYTES
     #: Bytes one user may keep in the object store (``--max-storage``; 0: no limit).
     max_storage_bytes: int = d.MAX_STORAGE_BYTES
+    #: Seconds a download link opens without a token (``--link-ttl``).
+    link_ttl_s: float = d.LINK_TTL_S
     #: Run jobs uncontained on workers that cannot contain them (``--allow-uncontained``).
     allow_uncontained: bool = False
     #: The only user served, when jobs here cannot be contained (``uncontained`` says why).
@@ -99,6 +101,14 @@ class Service:
         self._reaper: asyncio.Task | None = None
         # token hash -> (user, until): a deleted token is refused within TOKEN_CACHE_S.
         self._user_cache: dict[str, tuple[dict, float]] = {}
+        self._link_key: bytes | None = None
+
+    def link_key(self) -> bytes:
+        """The secret download links are signed with, shared by every server of the store's
+        database (read once per process)."""
+        if self._link_key is None:
+            self._link_key = bytes.fromhex(self.store.server_key("download-links"))
+        return self._link_key
 
     def grant_presigner(self) -> Presigner:
         """Signs GETs of users' granted ``s3://`` inputs: the store's S3 client, or one from

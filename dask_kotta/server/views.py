@@ -58,4 +58,6 @@ def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[s
         "executable": spec.get("executable"),
         "requirements": spec.get("requirements"),
         "annotations": spec.get("annotations") or {},
+        # The job this one runs again (`dask-kotta resubmit`); null for a job submitted as new.
+        "resubmit_of": job.get("resubmit_of"),
     }

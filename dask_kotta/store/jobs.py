@@ -23,7 +23,7 @@ from .. import defaults as d
 from .attempts import Attempts, move
 from .migrate import prepare
 from .retention import Retention
-from .schema import job_events, job_row, jobs, tokens, users
+from .schema import job_events, job_row, jobs, server_keys, tokens, users
 
 
 def private_sqlite_file(path: str | Path) -> None:
@@ -181,6 +181,25 @@ class JobStore:
             return None
         return dict(row._mapping)
 
+    def server_key(self, name: str) -> str:
+        """The secret ``name`` that every server of this database shares (64 hex digits),
+        made by the first one that asks."""
+        query = sa.select(server_keys.c.value).where(server_keys.c.name == name)
+        with self.engine.connect() as c:
+            value = c.execute(query).scalar()
+        if value is not None:
+            return str(value)
+        try:
+            with self.engine.begin() as c:
+                made = secrets.token_hex(32)
+                c.execute(
+                    server_keys.insert().values(name=name, value=made, created_at=time.time())
+                )
+                return made
+        except sa.exc.IntegrityError:  # another server made it a moment ago: theirs holds
+            with self.engine.connect() as c:
+                return str(c.execute(query).scalar_one())
+
     def queue_counts(self, owner: int) -> dict[str, dict[str, int]]:
         """``owner``'s jobs per queue: ``running`` (being staged, run or staged out) and
         ``pending``; queues where it has none are left out."""
@@ -234,6 +253,7 @@ class JobStore:
                     continue
                 job_id = secrets.token_hex(8)
                 keep_days = spec.pop("keep_days", None)
+                resubmit_of = spec.pop("resubmit_of", None)
                 values = dict(
                     id=job_id,
                     owner=owner,
@@ -263,6 +283,7 @@ class JobStore:
                     t_run=None,
                     t_stage_out=None,
                     keep_s=None if keep_days is None else float(keep_days) * 86400,
+                    resubmit_of=resubmit_of,
                 )
                 if key:
                     old[key] = values  # the same key twice in one batch makes one job

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import IO, Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from ..errors import ConfigError, NotFoundError, UnsafePathError
 from ..paths import safe_relpath
@@ -41,6 +41,13 @@ MAX_PARTS = 10_000
 GET_EXPIRES_S = 6 * 3600
 #: Lifetime of presigned upload URLs: long enough for a slow multi-GB upload.
 PUT_EXPIRES_S = 6 * 3600
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` under ``filename``, for any name: an ASCII fallback and RFC 6266's
+    UTF-8 form."""
+    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "_" for ch in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _error_code(e: Exception) -> str:
@@ -264,6 +271,19 @@ class S3ObjectStore:
                 self._presigned.clear()
             self._presigned[key] = (url, now + expires_s)
         return url
+
+    def download_url(self, key: str, expires_s: int, filename: str) -> str:
+        """A presigned GET of ``key`` for a person's browser: valid ``expires_s`` seconds (at
+        least 1), saved as ``filename`` (``Content-Disposition``). Not cached: each is made
+        for one download link as it is opened."""
+        disposition = content_disposition(filename)
+        return self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self._key(key),
+                    "ResponseContentDisposition": disposition,
+                    "ResponseCacheControl": "no-store"},
+            ExpiresIn=max(1, int(expires_s)),
+        )  # fmt: skip
 
     # -- uploads by presigned URL ---------------------------------------------------------
 

@@ -67,6 +67,9 @@ jobs = sa.Table(
     # Seconds the job is kept after it ends (revision 0002): NULL follows the server's --keep,
     # 0 keeps it for ever. Last, where Alembic's add_column puts it on an upgraded database.
     sa.Column("keep_s", sa.Float, nullable=True),
+    # The job this one runs again (``POST /jobs/{id}/resubmit``, revision 0005); NULL for a
+    # job submitted as new. No foreign key: the old job may be deleted before its rerun.
+    sa.Column("resubmit_of", sa.String(32), nullable=True),
     sa.CheckConstraint(
         "status IN ({})".format(", ".join(f"'{s}'" for s in defaults.SERVER_STATUSES)),
         name="jobs_status_valid",
@@ -80,6 +83,16 @@ sa.Index("jobs_ended", jobs.c.ended_at)
 # A claim reads a queue's pending jobs by user, oldest first, and counts its running ones
 # by user (fair share, revision 0003).
 sa.Index("jobs_queue_status", jobs.c.queue, jobs.c.status, jobs.c.owner, jobs.c.submitted_at)
+
+# Secrets the servers of one store share (revision 0005): ``links`` signs download links, so
+# a link made by one server opens on any other of the same database.
+server_keys = sa.Table(
+    "server_keys",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
 
 job_events = sa.Table(
     "job_events",

@@ -10,7 +10,7 @@ import pytest
 from kotta_testing import wait_for
 
 COMMANDS = ["up", "server", "worker", "token", "submit", "status", "logs", "cancel", "rm", "ls",
-            "gc"]  # fmt: skip
+            "gc", "get", "resubmit"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -26,7 +26,7 @@ from kotta import KottaJob
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
 #: The package's newest schema revision.
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_a_postgres_database_made_by_0_1_0_is_stamped_upgraded_and_keeps_every_r
         command.upgrade(cfg, migrate.BASELINE)
         c.execute(sa.text("DROP TABLE alembic_version"))
     with sqlite3.connect(FIXTURE) as src, engine.begin() as c:
-        for table in metadata.sorted_tables:
+        for table in (t for t in metadata.sorted_tables if t.name in TABLES):  # the release's
             cur = src.execute(f"SELECT * FROM {table.name}")
             names = [d[0] for d in cur.description]
             c.execute(table.insert(), [dict(zip(names, r, strict=True)) for r in cur])
@@ -105,7 +105,7 @@ def test_a_postgres_database_made_by_0_1_0_is_stamped_upgraded_and_keeps_every_r
     assert len(before["jobs"]) == 28
 
     assert migrate.status(sa.make_url(url)).state == "unversioned"
-    with pytest.raises(SchemaError, match="needs 0004: run `dask-kotta db upgrade"):
+    with pytest.raises(SchemaError, match="needs 0005: run `dask-kotta db upgrade"):
         JobStore(url)  # as `server` without --upgrade-db
     assert pg_rows(url) == before
     store = JobStore(url, upgrade=True)
@@ -116,8 +116,9 @@ def test_a_postgres_database_made_by_0_1_0_is_stamped_upgraded_and_keeps_every_r
     }
     assert sorted((r[:-1] for r in after["users"]), key=repr) == before["users"]
     assert {r[-1] for r in after["users"]} == {False}  # 0004: no old user is an admin
-    assert sorted((r[:-1] for r in after["jobs"]), key=repr) == before["jobs"]
-    assert {r[-1] for r in after["jobs"]} == {None}  # keep_s: the old jobs follow --keep
+    assert sorted((r[:-2] for r in after["jobs"]), key=repr) == before["jobs"]
+    # keep_s: the old jobs follow --keep; resubmit_of (0005): none reran another
+    assert {r[-2:] for r in after["jobs"]} == {(None, None)}
     assert sorted((r[:-2] for r in after["tokens"]), key=repr) == before["tokens"]
     assert {r[-2:] for r in after["tokens"]} == {(None, None)}  # no label, no expiry
     assert store.user_for_token(f"{1:064x}")["name"] == "bob"
@@ -176,8 +177,9 @@ def test_up_restart_on_a_data_dir_made_before_migrations_keeps_its_jobs(tmp_path
         assert {o.file: o.read() for o in job.outputs}["k.txt"] == "kept\n"
         with sqlite3.connect(db) as c:
             assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [(HEAD,)]
-            # Every job kept, with keep_s NULL (the server's --keep), the column 0002 added.
-            assert sorted(r[:-1] for r in c.execute("SELECT * FROM jobs")) == jobs_before
+            # Every job kept, with keep_s NULL (the server's --keep), the column 0002 added,
+            # and resubmit_of NULL (0005's).
+            assert sorted(r[:-2] for r in c.execute("SELECT * FROM jobs")) == jobs_before
         c.close()
         assert (svc.data_dir / "jobs.sqlite.before-unversioned").exists()
         again = KottaJob(script="echo new", walltime=0.5)
