@@ -41,7 +41,8 @@ class _Pickler(cloudpickle.Pickler):
         )
 
 
-def _dumps(obj: Any) -> bytes:
+def dumps_value(obj: Any) -> bytes:
+    """cloudpickle ``obj``, keeping the file of each function pickled by value."""
     with io.BytesIO() as f:
         _Pickler(f).dump(obj)
         return f.getvalue()
@@ -55,7 +56,7 @@ def dumps_call(fn: Any, args: tuple, kwargs: dict) -> bytes:
     """
     name = getattr(fn, "__qualname__", None) or repr(fn)
     try:
-        return _dumps({"fn": fn, "args": tuple(args), "kwargs": dict(kwargs)})
+        return dumps_value({"fn": fn, "args": tuple(args), "kwargs": dict(kwargs)})
     except Exception as e:
         raise SerializationError(
             f"cannot pickle {name} or its arguments for Kotta: {type(e).__name__}: {e}. "

@@ -17,6 +17,8 @@ import signal
 import sys
 import traceback
 
+from ..tracebacks import describe
+
 
 def versions() -> dict[str, str]:
     import cloudpickle
@@ -93,29 +95,9 @@ def _write(private: str | os.PathLike, outcome: dict, pickled: dict | None) -> N
 
 
 def failure(e: BaseException) -> dict:
-    """The outcome of a call that raised ``e``: its type, message and traceback, where the
-    traceback starts at the user's function (this module's frame is dropped) and is also given
-    as ``frames`` (``[file, line, function, source]`` each, the source "" where this worker
-    cannot read the file: the client fills it in from its own copy), ``chain``, the text
-    of the exceptions it was raised from or during (``""`` if none), and ``exc_only``, the
-    lines that name the exception (with its notes)."""
-    te = traceback.TracebackException.from_exception(e)
-    here = main.__code__.co_filename
-    stack = list(te.stack)
-    while stack and stack[0].filename == here:  # the call in main(), not the user's code
-        stack.pop(0)
-    te.stack = traceback.StackSummary.from_list(stack)
-    full = "".join(te.format())
-    chain = full[: len(full) - len("".join(te.format(chain=False)))]
-    return {
-        "ok": False,
-        "type": type(e).__name__,
-        "message": str(e),
-        "traceback": full,
-        "frames": [[f.filename, f.lineno, f.name, f.line or ""] for f in stack],
-        "chain": chain,
-        "exc_only": "".join(te.format_exception_only()),
-    }
+    """The outcome of a call that raised ``e``, from the user's function on (this module's
+    frame dropped): see ``dask_kotta.tracebacks``."""
+    return describe(e, main.__code__.co_filename)
 
 
 def main(argv: list[str], client: dict[str, str] | None = None) -> int:

@@ -161,6 +161,39 @@ def test_gather_raises_at_the_first_failure_and_leaves_the_rest_running(konn):
     assert ok == 0.1 and isinstance(failed, ValueError)
 
 
+def slow_or_failing(i):
+    import time
+
+    if i == 0:
+        time.sleep(120)
+    if i == 3:
+        raise KeyError(f"call {i}")
+    return i
+
+
+def test_gather_of_map_futures_fails_fast_at_a_call_that_raised(konn):
+    # Chunks of 2 calls: the job of calls 0-1 runs for 2 minutes; call 3 raises in a job
+    # that completes at once.
+    futures = konn.map(slow_or_failing, range(6), queue="Test", walltime=5, chunksize=2)
+    start = time.monotonic()
+    with pytest.raises(KeyError, match="call 3"):
+        konn.gather(futures, on_error="cancel")
+    assert time.monotonic() - start < 60
+    assert futures[0].status() == "cancelled"
+    done = [f for f in konn.as_completed(futures[2:]) if f.exception() is None]
+    assert [f.result() for f in done] == [2, 4, 5]
+
+
+def test_a_map_calls_traceback_shows_the_users_line_too(konn):
+    (future,) = konn.map(lookup, [{}], queue="Test", walltime=1)
+    err = future.exception()
+    assert isinstance(err, KeyError) and isinstance(err, RemoteError)
+    shown = "".join(traceback.format_exception(err))
+    assert 'value = table["missing_key"]  # the line the remote traceback must show' in shown
+    assert "dask_kotta/calls.py" not in shown[shown.index("Remote traceback") :]
+    assert shown.count("KeyError") == 1, shown
+
+
 def test_gather_keeps_the_spec_call_and_checks_its_options(konn):
     jobs = konn.submit_many([(nap, (0,)) for _ in range(3)], queue="Test", walltime=1)
     assert konn.gather(jobs, 60, "raise") == [0, 0, 0]
