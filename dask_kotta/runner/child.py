@@ -17,8 +17,6 @@ import signal
 import sys
 import traceback
 
-from ..tracebacks import describe
-
 
 def versions() -> dict[str, str]:
     import cloudpickle
@@ -96,8 +94,26 @@ def _write(private: str | os.PathLike, outcome: dict, pickled: dict | None) -> N
 
 def failure(e: BaseException) -> dict:
     """The outcome of a call that raised ``e``, from the user's function on (this module's
-    frame dropped): see ``dask_kotta.tracebacks``."""
-    return describe(e, main.__code__.co_filename)
+    frame dropped), as ``dask_kotta.tracebacks.describe`` makes it (see there). A copy, as
+    this module stands alone: it is copied into per-job environments, which have no
+    dask_kotta (``tests/unit/test_client_ux.py`` holds the two to the same answer)."""
+    te = traceback.TracebackException.from_exception(e)
+    here = main.__code__.co_filename
+    stack = list(te.stack)
+    while stack and stack[0].filename == here:  # the call in main(), not the user's code
+        stack.pop(0)
+    te.stack = traceback.StackSummary.from_list(stack)
+    full = "".join(te.format())
+    chain = full[: len(full) - len("".join(te.format(chain=False)))]
+    return {
+        "ok": False,
+        "type": type(e).__name__,
+        "message": str(e),
+        "traceback": full,
+        "frames": [[f.filename, f.lineno, f.name, f.line or ""] for f in stack],
+        "chain": chain,
+        "exc_only": "".join(te.format_exception_only()),
+    }
 
 
 def main(argv: list[str], client: dict[str, str] | None = None) -> int:

@@ -76,6 +76,19 @@ def test_a_remote_traceback_starts_at_the_users_code_with_its_lines_and_the_type
     assert "dynamic-code" not in shown and "runner/child.py" not in shown
 
 
+def test_the_child_describes_an_exception_as_the_shared_module_does():
+    # runner/child.py keeps its own copy (it is copied alone into per-job environments).
+    from dask_kotta.tracebacks import describe
+
+    try:
+        try:
+            _user_code({})
+        except KeyError as e:
+            raise ValueError("wrapped") from e
+    except ValueError as e:
+        assert failure(e) == describe(e, "no such file")
+
+
 def test_a_chained_remote_exception_keeps_its_chain():
     def chained():
         try:
