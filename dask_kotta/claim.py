@@ -48,6 +48,8 @@ class Claim(Sandbox):
     script: str | None
     script_name: str | None
     executable: str | None
+    #: a script job's arguments, after its script or executable's own
+    args: NotRequired[list[str]]
     requirements: str | None
     #: the submitting client's Python and library versions (checked by the child)
     client: dict[str, Any]

@@ -12,13 +12,14 @@ Its JSON form (:meth:`JobSpec.to_json`) is what the API takes::
     jobtype          'script' (default) or 'python'
     name             a label, at most 256 characters
     queue            a queue of the server ('Test' by default)
-    walltime_min     minutes, > 0 (fractions allowed)
+    walltime_min     minutes, > 0 (fractions allowed), or "HH:MM:SS" / "MM:SS"
     inputs           URLs staged into the job's directory, each under its own name
     outputs          relative paths uploaded after the job
     deps             ids of jobs whose results are staged under .kotta/deps/
     stdout, stderr   file names of the job's output streams
     script           a script job's text, saved as script_name ('script.sh')
     executable       the command line a script job runs instead of its script
+    args             strings passed to a script job's script (or executable) as arguments
     requirements     requirements.txt text: the job runs in that environment
     retries          0..100 runs again after a failure
     keep_days        days the job is kept after it ends (fractions allowed), then deleted
@@ -57,6 +58,38 @@ INPUT_SCHEMES = ("http", "https", "s3")
 STDOUT = "STDOUT.txt"
 STDERR = "STDERR.txt"
 SCRIPT_NAME = "script.sh"
+#: Bounds of a script job's ``args``: how many, and how long each (characters).
+MAX_ARGS = 1000
+MAX_ARG_CHARS = 4096
+
+
+def walltime_minutes(v: Any) -> float:
+    """Minutes of a walltime given as a number of minutes (fractions allowed, also as a
+    string) or as ``HH:MM:SS`` / ``MM:SS``; ``ValueError`` says what is accepted."""
+    if isinstance(v, bool):  # not a number of minutes, whatever Python says
+        raise ValueError(f"walltime {v!r} is not a number of minutes, HH:MM:SS or MM:SS")
+    if isinstance(v, str) and ":" in v:
+        parts = v.strip().split(":")
+        try:
+            if len(parts) not in (2, 3) or not all(p.strip().isdigit() for p in parts):
+                raise ValueError
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"walltime {v!r} is not minutes, HH:MM:SS or MM:SS") from None
+        if any(n >= 60 for n in nums[1:]):
+            raise ValueError(f"walltime {v!r}: minutes and seconds must be below 60")
+        h, m, sec = [0, *nums] if len(nums) == 2 else nums
+        minutes = h * 60 + m + sec / 60
+    else:
+        try:
+            minutes = float(v)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"walltime {v!r} is not a number of minutes, HH:MM:SS or MM:SS"
+            ) from None
+    if not minutes > 0 or not math.isfinite(minutes):
+        raise ValueError(f"walltime must be > 0 minutes, got {v!r}")
+    return minutes
 
 
 def input_name(url: str) -> str:
@@ -176,6 +209,7 @@ class JobSpec(BaseModel):
     # Checked even when omitted: a script job's script has a name ('script.sh' by default).
     script_name: str | None = Field(default=None, validate_default=True)
     executable: str | None = None
+    args: list[str] = []
     client: dict[str, str] | None = None
     annotations: dict[str, Any] | None = None
     idempotency_key: str | None = None
@@ -202,7 +236,10 @@ class JobSpec(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         """The spec as the API takes it: a JSON object without the fields that are null."""
-        return self.model_dump(exclude_none=True)
+        out = self.model_dump(exclude_none=True)
+        if not out["args"]:  # most jobs have none: not stored with each
+            del out["args"]
+        return out
 
     # -- field by field (a problem is reported for the first field declared above) -----------
 
@@ -216,13 +253,7 @@ class JobSpec(BaseModel):
     @field_validator("walltime_min", mode="before")
     @classmethod
     def _walltime(cls, v: Any) -> float:
-        try:
-            minutes = float(v)
-        except (TypeError, ValueError):
-            raise ValueError(f"walltime {v!r} is not a number of minutes") from None
-        if not minutes > 0:
-            raise ValueError(f"walltime must be > 0 minutes, got {minutes:g}")
-        return minutes
+        return walltime_minutes(v)
 
     @field_validator("inputs", mode="before")
     @classmethod
@@ -295,6 +326,20 @@ class JobSpec(BaseModel):
             raise ValueError(f"{info.field_name} must be a string")
         return v
 
+    @field_validator("args", mode="before")
+    @classmethod
+    def _args(cls, v: Any) -> list[str]:
+        args = _strings(v, "args")
+        if len(args) > MAX_ARGS:
+            raise ValueError(f"args: {len(args)} arguments, over the limit of {MAX_ARGS}")
+        for i, a in enumerate(args):
+            if len(a) > MAX_ARG_CHARS:
+                raise ValueError(
+                    f"args[{i}] is {len(a)} characters, over the limit of {MAX_ARG_CHARS}; "
+                    "pass large data as an input file"
+                )
+        return args
+
     @field_validator("script_name", mode="before")
     @classmethod
     def _script_name(cls, v: Any, info: ValidationInfo) -> Any:
@@ -309,6 +354,10 @@ class JobSpec(BaseModel):
     def _job(self) -> JobSpec:
         if self.jobtype == "script" and not self.script and not self.executable:
             raise ValueError("a script job needs a script or an executable")
+        if self.args and self.jobtype != "script":
+            raise ValueError(
+                "args are for script jobs; a python job takes its arguments in the call"
+            )
         # An input staged under the name of the job's stdout, stderr or script would be overwritten.
         own = {self.stdout: "output_file_stdout", self.stderr: "output_file_stderr"}
         if self.jobtype == "script" and self.script and self.script_name:

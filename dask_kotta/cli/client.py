@@ -1,57 +1,32 @@
-"""The client's commands: ``submit``, ``status``, ``logs``, ``cancel``, ``rm``, ``ls``."""
+"""The client's commands: ``submit``, ``status``, ``logs``, ``cancel``, ``rm`` (``ls`` is in
+``scripting.py``)."""
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from .. import defaults as d
+from .common import _auth, _dur, _kept, _konn, _when
 from .fetch import fetch_declared, show_outputs
 from .group import main
-
-_auth = click.option(
-    "--auth-file", type=click.Path(dir_okay=False), default=None,
-    help="Credentials file (from `up` or `token`). [default: the first of "
-    "$KOTTA_AUTH_FILE, ./auth.file, ~/.config/dask-kotta/auth.json ($XDG_CONFIG_HOME respected)]",
-)  # fmt: skip
-
-
-def _konn(auth_file: str | None):
-    from ..client.connection import Kotta
-    from ..client.creds import find_credentials_file
-
-    # Kotta() raises ConfigError naming the file or the places looked in; the group prints it.
-    return Kotta(Path(auth_file) if auth_file else find_credentials_file())
-
-
-def _dur(x: float | None) -> str:
-    return "-" if x is None else (f"{x * 1000:.0f}ms" if x < 1 else f"{x:.2f}s")
-
-
-def _kept(days: float | None) -> str:
-    if days is None:
-        return "the server's --keep after it ends"
-    return "for ever" if days == 0 else f"{days:g} days after it ends"
-
-
-def _when(t: float | None) -> str:
-    return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+from .scripting import WALLTIME, echo_json, progress
 
 
 @main.command()
 @_auth
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("args", nargs=-1, metavar="[-- ARGS...]")
 @click.option("--queue", "-q", default=d.QUEUE, show_default=True)
 @click.option(
     "--walltime",
     "-w",
-    type=float,
-    default=60,
+    type=WALLTIME,
+    default="60",
     show_default=True,
-    help="Minutes (fractions allowed).",
+    help="Minutes (fractions allowed), or HH:MM:SS or MM:SS.",
 )
 @click.option(
     "--inputs", "-i", default="", help="Comma-separated s3:// or http(s):// URLs to stage in."
@@ -75,10 +50,17 @@ def _when(t: float | None) -> str:
     "outputs (-o) here; exit 1 unless it completed.",
 )  # fmt: skip
 @click.option("--quiet", is_flag=True, help="With --wait: print no output, only the job's end.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the job's record as JSON (with --wait: once it ended) instead of its id.")  # fmt: skip
 def submit(
-    auth_file, script, queue, walltime, inputs, outputs, name, executable, keep, wait, quiet
-):
-    """Submit SCRIPT as a Kotta script job; prints its id."""
+    auth_file, script, args, queue, walltime, inputs, outputs, name, executable, keep, wait,
+    quiet, as_json,
+):  # fmt: skip
+    """Submit SCRIPT as a Kotta script job; prints its id.
+
+    Arguments after `--` are passed to the script (or --executable):
+    `dask-kotta submit job.sh -- a b` runs `job.sh a b`.
+    """
     from ..client.job import KottaJob
 
     konn = _konn(auth_file)
@@ -94,35 +76,48 @@ def submit(
     job = KottaJob(
         jobtype="script", jobname=name or path.name, script=text, script_name=path.name,
         executable=executable, queue=queue, walltime=walltime, inputs=inputs, outputs=outputs,
-        keep_days=keep,
+        keep_days=keep, args=list(args),
     )  # fmt: skip
     job.submit(konn)
-    click.echo(job.job_id)
+    if not as_json:
+        click.echo(job.job_id)
     if wait:
         from .logs import ended, follow_to_end
 
-        record = follow_to_end(konn, job.job_id, ("stdout", "stderr"), quiet=quiet)
-        ended(record)
-        if quiet:
-            click.echo(f"job {job.job_id} completed")
+        # With --json, stdout is one JSON document: no log lines on it.
+        record = follow_to_end(konn, job.job_id, ("stdout", "stderr"), quiet=quiet or as_json)
         job.apply_record(record, konn)
+        if as_json:
+            echo_json(record)
+        ended(record)
+        if quiet and not as_json:
+            click.echo(f"job {job.job_id} completed")
         fetch_declared(konn, job.info, job.spec().outputs)
+    elif as_json:
+        echo_json(konn.job(job.job_id))
 
 
 @main.command()
 @_auth
 @click.argument("job_id")
-def status(auth_file, job_id):
-    """Show a job: status, reason, times, per-phase durations, and its outputs, each with
-    a link that opens in a browser or with curl, without a token, for a short time (the
-    server's --link-ttl, 10 minutes by default)."""
+@click.option(
+    "--json", "as_json", is_flag=True, help="The job's record as JSON, as the API gives it."
+)
+def status(auth_file, job_id, as_json):
+    """Show a job: status, reason, times, per-phase durations, elapsed time or place in
+    its queue, and its outputs, each with a link that opens in a browser or with curl,
+    without a token, for a short time (the server's --link-ttl, 10 minutes by default)."""
     konn = _konn(auth_file)
     j = konn.job(job_id)
+    if as_json:
+        echo_json(j)
+        return
     t = j["timings"]
     total = (j["ended_at"] - j["submitted_at"]) if j["ended_at"] else None
     lines = [
         ("id", j["id"]), ("name", j["name"]), ("type", j["jobtype"]), ("queue", j["queue"]),
         ("walltime", f"{j['walltime_min']:g} min"), ("status", j["status"]), ("reason", j["reason"] or "-"),
+        ("elapsed" if j["status"] != d.PENDING else "waiting", progress(j)),
         ("submitted", _when(j["submitted_at"])), ("started", _when(j["started_at"])), ("ended", _when(j["ended_at"])),
         ("stage in", _dur(t["stage_in"])), ("run", _dur(t["run"])), ("stage out", _dur(t["stage_out"])),
         ("total", _dur(total)), ("attempts", str(j["attempt"])), ("worker", j["worker"] or "-"),
@@ -197,35 +192,3 @@ def rm(auth_file, job_ids):
             failed = True
     if failed:
         sys.exit(1)
-
-
-@main.command(name="ls")
-@_auth
-@click.option("--limit", "-n", type=int, default=20, show_default=True)
-@click.option("--status", "status_filter", type=click.Choice(d.SERVER_STATUSES), default=None)
-def ls_(auth_file, limit, status_filter):
-    """List your jobs, newest first, with status and durations."""
-    from rich.console import Console
-    from rich.table import Table
-
-    konn = _konn(auth_file)
-    table = Table(box=None)
-    for col in (
-        "id",
-        "name",
-        "queue",
-        "status",
-        "submitted",
-        "stage in",
-        "run",
-        "stage out",
-        "reason",
-    ):
-        table.add_column(col)
-    for j in konn.jobs(limit=limit, status=status_filter):
-        t = j["timings"]
-        table.add_row(
-            j["id"], j["name"][:30], j["queue"], j["status"], _when(j["submitted_at"]),
-            _dur(t["stage_in"]), _dur(t["run"]), _dur(t["stage_out"]), (j["reason"] or "")[:50],
-        )  # fmt: skip
-    Console(width=200).print(table)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -42,6 +43,8 @@ _lease = _aside("dask_kotta.lease", lambda v: v >= 3 * d.HEARTBEAT_S,
                 f"must be at least {3 * d.HEARTBEAT_S:g} s (3 runner heartbeats)")  # fmt: skip
 _keep = _aside("dask_kotta.keep", lambda v: v >= 0, "must be 0 (keep every job) or more days")
 _max_keep = _aside("dask_kotta.max_keep", lambda v: v > 0, "must be a number of days > 0")
+_dashboard_url = _aside("dask_kotta.dashboard_url", lambda v: v.startswith(("http://", "https://")),
+                        "must be an http:// or https:// URL")  # fmt: skip
 _max_pending = _aside("dask_kotta.max_pending", lambda v: v >= 0,
                       "must be a number of jobs >= 0 (0: no limit)")  # fmt: skip
 _link_ttl = _aside("dask_kotta.link_ttl", lambda v: 1 <= v <= 7 * 86400,
@@ -78,6 +81,15 @@ def _server_options(f):
         metavar="SECONDS",
         help="How long a download link (`dask-kotta status`, POST /jobs/ID/links) opens "
         f"without a token. [default: {d.LINK_TTL_S:g}]",
+    )(f)
+    f = click.option(
+        "--dashboard-url",
+        envvar="DASK_KOTTA_DASHBOARD_URL",
+        expose_value=False,
+        callback=_dashboard_url,
+        metavar="URL",
+        help="The dask dashboard's URL, as users' browsers reach it; the web page links to "
+        "it. [default: no link; up's own cluster serves no dashboard]",
     )(f)
     f = click.option(
         "--max-storage",
@@ -220,6 +232,23 @@ def _private_data_dir(data_dir) -> None:
         )
 
 
+def _exit_when_closed() -> None:
+    """Once the command's context has closed (its data dir released), end the process at
+    once if the command said how (``ctx.meta["dask_kotta.exit"]``): Python's teardown of the
+    server's modules took ~2 s of a stop that should take under 2."""
+    ctx = click.get_current_context()
+
+    def exit_now() -> None:
+        code = ctx.meta.get("dask_kotta.exit")
+        if code is not None:
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    ctx.call_on_close(exit_now)  # first: so it runs after every later one
+
+
 def _public_url(host: str, port: int, public_url: str | None = None) -> str:
     """The URL workers and clients reach the server at (``--public-url``, or HOST:PORT)."""
     return public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -253,6 +282,7 @@ def _config(
         else meta["dask_kotta.max_pending"],
         max_upload_bytes=meta.get("dask_kotta.max_upload", d.MAX_UPLOAD_BYTES),
         max_storage_bytes=meta.get("dask_kotta.max_storage", d.MAX_STORAGE_BYTES),
+        dashboard_url=meta.get("dask_kotta.dashboard_url"),
         link_ttl_s=meta.get("dask_kotta.link_ttl") or d.LINK_TTL_S,
     )  # fmt: skip
 
@@ -341,7 +371,8 @@ def up(
     `dask-kotta token` make, list and revoke other users' tokens. The local cluster
     runs in processes of its own and speaks TLS with certificates made at each start
     in DATA_DIR/tls. While it runs, DATA_DIR/served.json names its URL: a second
-    `up` or `server` on the same data dir is refused.
+    `up` or `server` on the same data dir is refused. Ctrl-C stops it within about a
+    second; jobs that were running run again at the next start.
     """
     from ..server.cluster import TLS_DIR, client_security, make_certificates, start_local_cluster
     from ..server.launch import (
@@ -357,6 +388,7 @@ def up(
 
     _setup_logging()
     stop_on_sigterm()
+    _exit_when_closed()
     umask = private_umask()
     # Before the port: a second `up` on this data dir says which server already serves it.
     _private_data_dir(data_dir)
@@ -368,6 +400,10 @@ def up(
             "--tls-* options go with --scheduler; the local cluster's certificates are made at each start"
         )
     security = client_security(scheduler, tls_ca_file, tls_cert, tls_key) if scheduler else None
+    if scheduler:
+        from ..server.reach import check_scheduler
+
+        check_scheduler(scheduler, security)  # one line naming it, not a traceback 30 s later
     queues = load_queues(queues_file)
     cluster = tls = None
     if not scheduler:
@@ -397,21 +433,28 @@ def up(
             cluster.stop_with_it()
             security = tls.security("client")
         config.security = security
-        click.echo(f"Kotta API     {config.public_url}   (OpenAPI docs: {config.public_url}/docs)")
-        click.echo(f"data dir      {Path(data_dir).resolve()}")
-        click.echo(
-            f"credentials   {Path(auth_file).resolve()}  ({'new token for' if made else 'kept, user'} {user!r}, an admin)"
-        )
-        where = f"  (TLS certificates, new each start: {Path(tls.ca_file).parent.resolve()})"
-        click.echo(f"dask          {config.scheduler}{where if tls else ''}")
-        click.echo(f"containment   {_containment(config, user, local=not scheduler)}")
-        click.echo("Ctrl-C stops everything; jobs and outputs are kept for the next start.")
-        serve(create_app(config), host, port)
+        contained = _containment(config, user, local=not scheduler)
+
+        def banner() -> None:  # once serving: a failed start prints no URL
+            url = config.public_url
+            click.echo(f"Kotta API     {url}   (OpenAPI docs: {url}/docs)")
+            click.echo(f"data dir      {Path(data_dir).resolve()}")
+            click.echo(
+                f"credentials   {Path(auth_file).resolve()}  ({'new token for' if made else 'kept, user'} {user!r}, an admin)"
+            )
+            where = f"  (TLS certificates, new each start: {Path(tls.ca_file).parent.resolve()})"
+            click.echo(f"dask          {config.scheduler}{where if tls else ''}")
+            click.echo(f"containment   {contained}")
+            click.echo("Ctrl-C stops everything; jobs and outputs are kept for the next start.")
+
+        serve(create_app(config), host, port, on_serving=banner)
     finally:
         if cluster is not None:
             cluster.close()
         click.echo("stopped.")
-    if cluster is not None and cluster.died is not None:
+    failed = cluster is not None and cluster.died is not None
+    click.get_current_context().meta["dask_kotta.exit"] = 1 if failed else 0
+    if failed:
         sys.exit(1)
 
 
@@ -434,15 +477,19 @@ def server(
     a plain tcp:// scheduler lets anything that reaches its port drive the cluster.
     Its first admin comes from `dask-kotta token NAME --admin --new --data-dir D`
     (or --database URL) before its first start. While it runs, DATA_DIR/served.json
-    names its URL: a second `up` or `server` on the same data dir is refused.
+    names its URL: a second `up` or `server` on the same data dir is refused. A
+    scheduler that does not answer within 5 s is an error naming its address; the
+    banner is printed once the server serves.
     """
     from ..server.app import create_app
     from ..server.cluster import client_security
     from ..server.launch import check_port, check_store, private_umask, serve, stop_on_sigterm
+    from ..server.reach import check_scheduler
     from ..server.served import claim, release
 
     _setup_logging()
     stop_on_sigterm()
+    _exit_when_closed()
     private_umask()
     _private_data_dir(data_dir)
     served = claim(data_dir, _public_url(host, port, public_url))
@@ -453,13 +500,13 @@ def server(
         data_dir, port, host, database, store, queues_file, scheduler, public_url, max_payload,
         allow_uncontained,
     )  # fmt: skip
+    check_scheduler(scheduler, security)  # one line naming it, not a traceback 30 s later
     config.security = security
     check_store(config)
     open_database(config.database_url, upgrade=upgrade_asked())
-    click.echo(
-        f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"
-    )
-    serve(create_app(config), host, port)
+    banner = f"Kotta API {config.public_url}  data dir {Path(data_dir).resolve()}  dask {scheduler}"
+    serve(create_app(config), host, port, on_serving=lambda: click.echo(banner))
+    click.get_current_context().meta["dask_kotta.exit"] = 0
 
 
 @main.command()
@@ -478,9 +525,11 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
     """Start a dask worker that serves Kotta queues (wraps `dask worker --resources`).
 
     For a tls:// scheduler give --tls-ca-file, --tls-cert and --tls-key (as to
-    `dask worker`), or set them in dask's config.
+    `dask worker`), or set them in dask's config. A scheduler that does not answer
+    within 5 s is an error naming its address (start the scheduler first).
     """
     from ..server.cluster import quiet_env, worker_tls_check
+    from ..server.reach import check_scheduler
 
     worker_tls_check(scheduler, tls_ca_file, tls_cert, tls_key)
     slots = []
@@ -489,6 +538,14 @@ def worker(scheduler, queue_slots, name, tls_ca_file, tls_cert, tls_key):
         if not q or not n.isdigit():
             raise click.BadParameter(f"{item!r} is not QUEUE=SLOTS", param_hint="--queue")
         slots.append((q, int(n)))
+    security = None
+    if tls_ca_file or tls_cert or tls_key:
+        from distributed.security import Security
+
+        security = Security(require_encryption=True, tls_ca_file=tls_ca_file,
+                            tls_worker_cert=tls_cert, tls_worker_key=tls_key)  # fmt: skip
+    # One line naming the scheduler when it cannot be reached, not dask's 105 after 30 s.
+    check_scheduler(scheduler, security, role="worker")
     args = [sys.executable, "-m", "distributed.cli.dask_worker", scheduler,
             "--resources", ",".join(f"{q}={n}" for q, n in slots),
             "--nthreads", str(sum(n for _, n in slots) + 1)]  # fmt: skip

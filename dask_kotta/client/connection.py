@@ -207,7 +207,7 @@ class Kotta:
         jobs: Iterable[KottaJob | tuple],
         *,
         queue: str = d.QUEUE,
-        walltime: float = d.WALLTIME_MIN,
+        walltime: float | str = d.WALLTIME_MIN,
         requirements: str | None = None,
         retries: int = 0,
         keep_days: float | None = None,
@@ -346,12 +346,31 @@ class Kotta:
         )  # fmt: skip
         return r.json()["jobs"]
 
-    def jobs(self, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
-        """Your jobs, newest first."""
+    def jobs(
+        self, limit: int = 50, status: str | None = None, queue: str | None = None,
+        name: str | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Your newest ``limit`` jobs, newest first; ``status`` (a comma list, ``running``
+        for the active ones), ``queue`` and ``name`` (a substring) filter them."""
+        return self.jobs_page(limit, status, queue, name)[0]
+
+    def jobs_page(
+        self, limit: int = 50, status: str | None = None, queue: str | None = None,
+        name: str | None = None, before: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:  # fmt: skip
+        """One page of your jobs, newest first, and the cursor of the next page (None: the
+        last); pass it as ``before`` for the following one."""
         params: dict[str, Any] = {"limit": limit}
-        if status:
-            params["status"] = status
-        return self.request("GET", "/api/v1/jobs", params=params).json()["jobs"]
+        for key, value in (("status", status), ("queue", queue), ("name", name),
+                           ("before", before)):  # fmt: skip
+            if value:
+                params[key] = value
+        body = self.request("GET", "/api/v1/jobs", params=params).json()
+        return body["jobs"], body.get("next")
+
+    def job_counts(self) -> dict[str, int]:
+        """How many of your jobs are in each status."""
+        return self.request("GET", "/api/v1/jobs/counts").json()["counts"]
 
     def read_log(self, job_id: str, stream: str = "stdout", offset: int = 0) -> LogChunk:
         """A job's ``stream`` (``"stdout"``/``"stderr"``) from ``offset``, even while it runs:

@@ -13,7 +13,7 @@ from .job import KottaJob
 def kottajob(
     konn: Kotta,
     queue: str,
-    walltime: float,
+    walltime: float | str,
     block: bool = True,
     requirements: str | None = None,
     retries: int = 0,
@@ -22,7 +22,7 @@ def kottajob(
     """Make a function run on Kotta.
 
     ``@kottajob(konn, 'Test', 5)`` runs each call on queue ``Test`` with a
-    walltime of 5 minutes (fractions allowed: ``0.1`` is 6 s). With
+    walltime of 5 minutes (fractions allowed: ``0.1`` is 6 s; or ``'HH:MM:SS'``). With
     ``block=True`` (default) a call waits and returns the function's value, or
     raises its exception with the remote traceback; with ``block=False`` it
     returns a ``KottaJob`` future. ``requirements`` is requirements.txt text;

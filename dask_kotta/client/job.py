@@ -37,7 +37,8 @@ _DOCUMENTED = {
     "script_name": None,
     "executable": None,
 }
-_EXTRA = {"requirements": None, "retries": 0, "keep_days": None, "annotations": None}
+_EXTRA = {"requirements": None, "retries": 0, "keep_days": None, "annotations": None,
+          "args": None}  # fmt: skip
 
 
 class KottaJob:
@@ -45,11 +46,12 @@ class KottaJob:
 
     Keyword arguments (all optional): ``inputs`` (comma-separated URLs),
     ``outputs`` (comma-separated relative paths), ``walltime`` (minutes,
-    default 300; fractions allowed), ``queue`` (``'Test'`` or ``'Prod'``),
+    default 300; fractions allowed; or ``'HH:MM:SS'``/``'MM:SS'``), ``queue`` (``'Test'`` or ``'Prod'``),
     ``output_file_stdout`` / ``output_file_stderr`` (default ``STDOUT.txt`` /
     ``STDERR.txt``), ``jobtype``, ``jobname``, ``script`` (the script's text),
     ``script_name`` (its file name on the worker), ``executable`` (the command
-    line to run, e.g. ``'/bin/bash myscript.sh'``), ``requirements``
+    line to run, e.g. ``'/bin/bash myscript.sh'``), ``args`` (a list of strings
+    passed to a script job's script or executable), ``requirements``
     (requirements.txt text), ``retries`` and ``keep_days``: days the job (its
     record, logs, outputs and result) is kept after it ends, then deleted;
     fractions allowed, ``0`` keeps it for ever, ``None`` (default) follows the
@@ -141,6 +143,7 @@ class KottaJob:
                 "script": desc["script"],
                 "script_name": desc["script_name"],
                 "executable": desc["executable"],
+                "args": desc["args"],
                 "requirements": desc["requirements"],
                 "retries": desc["retries"],
                 "keep_days": desc["keep_days"],

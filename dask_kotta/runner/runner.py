@@ -52,11 +52,12 @@ def _command(job: Claim, workdir: Path, private: Path) -> list[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(script)
         path.chmod(0o755)
+    args = list(job.get("args") or [])
     if job.get("executable"):
-        return shlex.split(job["executable"])
-    return (
-        [f"./{job['script_name']}"] if script.startswith("#!") else ["/bin/sh", job["script_name"]]
-    )
+        return [*shlex.split(job["executable"]), *args]
+    if script.startswith("#!"):
+        return [f"./{job['script_name']}", *args]
+    return ["/bin/sh", job["script_name"], *args]
 
 
 def _contained(job: Claim) -> bool:

@@ -1,6 +1,6 @@
 """The ASGI application: routes, JSON errors, and the service's start and stop.
 
-Three routers, one per audience (``routes_jobs``: users' jobs, ``routes_runner``:
+Routers, one per audience (``routes_jobs``, ``routes_listing``: users' jobs; ``routes_runner``:
 runners and slots, ``routes_files``: users' uploads and objects), over one
 :class:`~.service.Service`. Routes and the modules under them raise the domain
 errors of ``dask_kotta.errors``; the handlers here are the one place that turns
@@ -12,18 +12,26 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import sqlalchemy.exc as sa_exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from .. import defaults as d
 from ..errors import APIError, UnsafePathError
-from . import routes_admin, routes_files, routes_jobs, routes_logs, routes_outputs, routes_runner
+from . import (
+    routes_admin,
+    routes_files,
+    routes_jobs,
+    routes_listing,
+    routes_logs,
+    routes_outputs,
+    routes_runner,
+    routes_web,
+)
 from .models import NOT_TEXT
 from .openapi import publish
 from .service import ServerConfig, Service
@@ -43,19 +51,14 @@ def create_app(config: ServerConfig) -> FastAPI:
             await svc.close()
 
     app = FastAPI(title="dask-kotta", version=__version__, lifespan=lifespan)
+    app.include_router(routes_listing.router)  # before routes_jobs: /jobs/counts
     app.include_router(routes_jobs.router)
     app.include_router(routes_runner.router)
     app.include_router(routes_files.router)
     app.include_router(routes_admin.router)  # admins: users' tokens
-    app.include_router(routes_outputs.router)  # download links, resubmit
     app.include_router(routes_logs.router)  # live logs: users read them, runners send them
-
-    page = (Path(__file__).with_name("static") / "index.html").read_text()
-
-    @app.get("/", include_in_schema=False)
-    def index() -> HTMLResponse:
-        # The page holds no data: it asks for a token and reads the API with it.
-        return HTMLResponse(page)
+    app.include_router(routes_outputs.router)  # download links, resubmit
+    app.include_router(routes_web.router)  # the web page and what it asks
 
     _add_error_handlers(app)
     publish(app)

@@ -84,6 +84,7 @@ def claim_info(s: Service, job: dict[str, Any]) -> Claim:
         "script": spec.get("script"),
         "script_name": spec.get("script_name"),
         "executable": spec.get("executable"),
+        "args": spec.get("args") or [],
         "requirements": spec.get("requirements"),
         "client": spec.get("client") or {},
         "has_payload": bool(spec.get("has_payload")),

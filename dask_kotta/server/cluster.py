@@ -308,6 +308,10 @@ class LocalClusterProcess:
         self._out.close()
 
 
+#: At a stop, how long the local cluster's workers may take to close before they are killed.
+STOP_GRACE_S = 0.5
+
+
 def start_local_cluster(
     workers: int, slots: int, queues: list[str], tls: TLSFiles, umask: int | None = None
 ) -> LocalClusterProcess:
@@ -412,11 +416,21 @@ def _run(opts: argparse.Namespace) -> None:
     finally:
         # Workers first, while the scheduler still answers: closed together, a worker's
         # heartbeat in flight met the closed scheduler and logged a traceback at each stop.
+        pids = [w.process.pid for w in cluster.workers.values()
+                if getattr(w, "process", None) is not None and w.process.pid]  # fmt: skip
         cluster.scale(0)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + STOP_GRACE_S
         while cluster.workers and time.monotonic() < deadline:
             time.sleep(0.05)
-        cluster.close(timeout=10)
+        # A worker running a job waits for it (its nanny kills it only after 4 s): kill it
+        # now. Its jobs die with it (PDEATHSIG) and stay running in the job store, so the
+        # next start takes them back and runs them again, as a slower stop did too.
+        for pid in pids if cluster.workers else ():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        cluster.close(timeout=5)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,6 +443,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tls-key", required=True)
     p.add_argument("--umask", type=lambda s: int(s, 0), default=0o022)
     _run(p.parse_args(argv))
+    # Everything is closed: skip the interpreter's teardown of dask's modules (~1 s).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

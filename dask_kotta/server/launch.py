@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -140,11 +141,19 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
-def serve(app: Any, host: str, port: int) -> None:
-    """Run the API until Ctrl-C or SIGTERM; a server that stopped that way returns normally."""
+def serve(app: Any, host: str, port: int, on_serving: Callable[[], None] | None = None) -> None:
+    """Run the API until Ctrl-C or SIGTERM; a server that stopped that way returns normally.
+
+    ``on_serving`` is called once the service has started and the port accepts requests
+    (the banner: printed only when it is true)."""
     import uvicorn  # only a server needs it, not `up` before its cluster runs
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit and on_serving is not None:
+                on_serving()
+
         async def shutdown(self, sockets: Any = None) -> None:
             # uvicorn waits for the requests in flight before the app's own shutdown: end
             # the long polls (runners' and clients') now, not at their timeouts.

@@ -21,6 +21,7 @@ from .deps import User, bounded_form, serve, svc
 from .inputs import own_hosts
 from .models import WaitBody
 from .openapi import BYTES, SUBMIT_BODY, for_user
+from .routes_listing import views_with_places
 from .views import job_view
 
 router = APIRouter(prefix="/api/v1")
@@ -38,7 +39,8 @@ def whoami(user: User) -> dict:
 @router.get("/queues", summary="Queues and their limits", responses=for_user())
 async def queues(request: Request, user: User) -> dict:
     """Each queue's limits; ``slots``: how many of its jobs the cluster runs at once now;
-    ``yours``: your jobs ``running`` and ``pending`` in it. A free slot goes to the user with
+    ``yours``: your jobs ``running`` and ``pending`` in it; ``busy`` and ``pending``: every
+    user's jobs running and pending in it (counts only). A free slot goes to the user with
     the fewest running jobs in the queue (ties: the older job), so another user's backlog
     does not hold yours back."""
     s = svc(request)
@@ -47,9 +49,11 @@ async def queues(request: Request, user: User) -> dict:
     except Exception:  # the scheduler is unreachable: limits still answer
         slots = {}
     mine = s.store.queue_counts(user["id"])
+    load = s.store.queue_load(s.queues)
     return {
         name: {**q.to_json(), "slots": slots.get(name, 0),
-               "yours": mine.get(name, {"running": 0, "pending": 0})}
+               "yours": mine.get(name, {"running": 0, "pending": 0}),
+               **load.get(name, {"busy": 0, "pending": 0})}
         for name, q in s.queues.items()
     }  # fmt: skip
 
@@ -110,14 +114,6 @@ async def submit(request: Request, user: User) -> dict:
     return {"jobs": [_view(request, j) for j, _ in rows], "created": [c for _, c in rows]}
 
 
-@router.get("/jobs", summary="Your jobs, newest first", responses=for_user())
-def list_jobs(
-    request: Request, user: User, limit: int = Query(50, ge=1, le=10_000), status: str | None = None
-) -> dict:
-    found = svc(request).store.list(user["id"], limit=limit, status=status)
-    return {"jobs": [_view(request, j) for j in found]}
-
-
 @router.get(
     "/jobs/{job_id}", summary="One job; ?wait=S long-polls until it ends", responses=for_user(404)
 )
@@ -134,7 +130,7 @@ async def get_job(
         if wait
         else jobs.own_job(s, user["id"], job_id)
     )
-    view = _view(request, job)
+    view = (await views_with_places(request, user["id"], [job]))[0]
     if result:
         inline = jobs.inline_results(s, [job])
         if job_id in inline:

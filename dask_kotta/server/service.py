@@ -71,6 +71,9 @@ class ServerConfig:
     single_user: str | None = None
     uncontained: str = ""
     policy_file: str | None = None
+    #: The dask dashboard's URL as the operator publishes it (``--dashboard-url``); the web
+    #: page links to it. None: the page shows no link (up's own cluster serves none).
+    dashboard_url: str | None = None
     #: ``distributed.Security`` to reach a tls:// scheduler with (None: plain tcp).
     security: Any = None
     extra: dict[str, Any] = field(default_factory=dict)

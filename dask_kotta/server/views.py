@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import quote
 
 from ..store.objects import ObjectStore, job_prefix
 
 
+def elapsed(job: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds since the job started running while it runs; its run time (start to end)
+    once it ended; None if it never started."""
+    if job["started_at"] is None:
+        return None
+    if job["ended_at"] is not None:
+        return max(0.0, job["ended_at"] - job["started_at"])
+    if job["status"] == "pending":  # taken back from a lost worker: not running now
+        return None
+    return max(0.0, (time.time() if now is None else now) - job["started_at"])
+
+
 def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[str, Any]:
+    """A job as the API shows it. ``position`` is filled where the route computes it (one
+    job or a page: :mod:`.listing`); elsewhere it is null."""
     spec = job["spec"]
     base = base_url.rstrip("/")
     outputs = []
@@ -42,6 +57,8 @@ def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[s
         "submitted_at": job["submitted_at"],
         "started_at": job["started_at"],
         "ended_at": job["ended_at"],
+        "elapsed": elapsed(job),
+        "position": None,
         "timings": {
             "stage_in": job["t_stage_in"],
             "run": job["t_run"],
@@ -56,6 +73,7 @@ def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[s
         "stderr": spec.get("stderr"),
         "script_name": spec.get("script_name"),
         "executable": spec.get("executable"),
+        "args": spec.get("args") or [],
         "requirements": spec.get("requirements"),
         "annotations": spec.get("annotations") or {},
         # The job this one runs again (`dask-kotta resubmit`); null for a job submitted as new.

@@ -20,6 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import defaults as d
+from . import listing
 from .attempts import Attempts, move
 from .migrate import prepare
 from .retention import Retention
@@ -318,14 +319,29 @@ class JobStore:
             return [job_row(r, keys) for r in res.all()]
 
     def list(self, owner: int, limit: int = 50, status: str | None = None) -> list[dict[str, Any]]:
-        q = sa.select(jobs).where(jobs.c.owner == owner)
-        if status:
-            q = q.where(jobs.c.status == status)
-        q = q.order_by(jobs.c.submitted_at.desc(), jobs.c.id).limit(limit)
-        with self.engine.connect() as c:
-            res = c.execute(q)
-            keys = list(res.keys())
-            return [job_row(r, keys) for r in res.all()]
+        """Up to ``limit`` of ``owner``'s jobs, newest first (``status``: a filter as
+        :func:`.listing.parse_statuses` reads it)."""
+        return self.page(owner, limit, listing.parse_statuses(status))[0]
+
+    def page(
+        self, owner: int, limit: int, statuses: tuple[str, ...] = (), queue: str | None = None,
+        name: str | None = None, before: str | None = None,
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:  # fmt: skip
+        """A page of ``owner``'s jobs newest first and the next page's cursor (see
+        :func:`.listing.page`)."""
+        return listing.page(self.engine, owner, limit, statuses, queue, name, before)
+
+    def status_counts(self, owner: int) -> dict[str, int]:
+        """``owner``'s jobs per status."""
+        return listing.status_counts(self.engine, owner)
+
+    def queue_load(self, queues: Iterable[str]) -> dict[str, dict[str, int]]:
+        """Every user's jobs in each of ``queues``: ``busy`` and ``pending``."""
+        return listing.queue_load(self.engine, queues)
+
+    def positions(self, owner: int, found: Iterable[dict[str, Any]]) -> dict[str, int]:
+        """The place in its queue of each of ``owner``'s pending jobs in ``found``."""
+        return listing.positions(self.engine, owner, found)
 
     # `list` is a method from here on: the annotations below name the builtin.
     def events(self, job_id: str) -> builtins.list[dict[str, Any]]:

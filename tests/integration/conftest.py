@@ -60,3 +60,11 @@ def pg_server(tmp_path_factory):
     server = PostgresServer(tmp_path_factory.mktemp("pg")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium and chromium-driver, installed if missing (the test fails if it cannot)."""
+    from browser import ensure_chromium
+
+    ensure_chromium()

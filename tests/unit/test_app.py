@@ -328,3 +328,38 @@ def test_the_runner_api_takes_the_attempts_dispatch_token_only(server, client):
 def test_the_index_page_holds_no_data(client):
     r = client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+
+
+def test_the_page_and_its_files_forbid_any_other_script(client):
+    for path, kind in (("/", "text/html"), ("/static/app.js", "text/javascript"),
+                       ("/static/style.css", "text/css")):  # fmt: skip
+        r = client.get(path)
+        assert r.status_code == 200 and r.headers["content-type"].startswith(kind), path
+        assert "script-src 'self'" in r.headers["content-security-policy"], path
+        assert "unsafe-inline" not in r.headers["content-security-policy"]
+    assert "<script>" not in client.get("/").text, "no inline script: the policy would block it"
+    for name in ("index.html", "nope.js", "..%2Fviews.py"):
+        detail(client.get(f"/static/{name}"), 404)  # only the page's own files are served
+
+
+def test_info_names_the_dashboard_the_operator_gave(server):
+    client, _, svc = server
+    assert client.get("/api/v1/info").status_code == 401
+    assert client.get("/api/v1/info", headers=auth(server)).json()["dashboard"] is None
+    svc.config.dashboard_url = "https://dask.example/status"
+    try:
+        info = client.get("/api/v1/info", headers=auth(server)).json()
+    finally:
+        svc.config.dashboard_url = None
+    assert info["dashboard"] == "https://dask.example/status" and info["version"]
+
+
+def test_a_dashboard_url_must_be_a_web_address():
+    from click.testing import CliRunner
+
+    from dask_kotta.cli import main
+
+    r = CliRunner().invoke(
+        main, ["server", "--scheduler", "tcp://x:1", "--dashboard-url", "javascript:alert(1)"]
+    )
+    assert r.exit_code == 2 and "--dashboard-url" in r.output and "http" in r.output
