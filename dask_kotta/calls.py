@@ -8,9 +8,10 @@ costs only its own result, never its neighbours'.
 
 from __future__ import annotations
 
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from .tracebacks import describe
 
 
 def _outcome(ok: bool, value: Any = None, exc: BaseException | None = None) -> bytes:
@@ -32,8 +33,7 @@ def _outcome(ok: bool, value: Any = None, exc: BaseException | None = None) -> b
             )
     assert exc is not None
     # Without this module's own frame: the user's code is what the traceback is about.
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next))
-    record = {"ok": False, "type": type(exc).__name__, "message": str(exc), "traceback": tb}
+    record = describe(exc, __file__)
     try:
         return cloudpickle.dumps({**record, "exc": exc})
     except Exception:  # an exception that cannot be pickled still travels as text

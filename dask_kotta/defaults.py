@@ -18,6 +18,11 @@ SERVER_STATUSES = (PENDING, *ACTIVE_STATUSES, *TERMINAL_STATUSES)
 
 JOBTYPES = ("script", "python")
 
+#: The reasons a runner reports for a job it killed at a limit; the server adds to each the
+#: limit and the queue that allows more (``server/queues.limit_advice``).
+KILLED_WALLTIME = "walltime exceeded"
+KILLED_MEMORY = "memory limit exceeded"
+
 #: Default TCP port of ``dask-kotta up`` / ``server``.
 PORT = 8765
 #: Default data directory (SQLite file, object store) of the embedded service.

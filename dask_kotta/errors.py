@@ -200,10 +200,15 @@ class RemoteError(JobError):
         self.remote_traceback = remote_traceback
         self.remote_exception = remote_exception
 
+    #: The part of ``remote_traceback`` that ``str()`` shows: its frames, without the last
+    #: exception's own line, which is this error's (set by the client; None: all of it).
+    remote_frames: str | None = None
+
     def __str__(self) -> str:
         text = self.args[0] if self.args else ""
-        if self.remote_traceback:
-            text += f"\n\nRemote traceback (job {self.job_id}):\n{self.remote_traceback}"
+        shown = self.remote_traceback if self.remote_frames is None else self.remote_frames
+        if shown:
+            text += f"\n\nRemote traceback (job {self.job_id}):\n{shown}"
         return text
 
     def __reduce__(self):
@@ -224,20 +229,26 @@ def remote_error(
     """Build the error to raise for a remote exception.
 
     Where the remote exception unpickled and its class can be subclassed, the
-    result is an instance of both ``RemoteError`` and that class.
+    result is an instance of both ``RemoteError`` and that class, whose name
+    Python prints before the message: the message is then the remote one alone
+    (``KeyError: 'missing'``, not ``KeyError: KeyError: 'missing'``). A plain
+    ``RemoteError``'s message starts with the remote type's name.
     """
-    text = f"{type_name}: {message}" if message else type_name
     if exc is not None and isinstance(exc, Exception):
         try:
             cls = type(
                 type(exc).__name__, (RemoteError, type(exc)), {"__module__": type(exc).__module__}
             )
             err = cls.__new__(cls)
-            RemoteError.__init__(err, text, job_id, type_name, tb, exc)
-            err.args = (text,)
+            RemoteError.__init__(err, message, job_id, type_name, tb, exc)
+            err.args = (message,)
+            notes = getattr(exc, "__notes__", None)
+            if notes:  # printed under the message, as they would be for the exception itself
+                err.__notes__ = list(notes)
             return err
         except TypeError:
             pass
+    text = f"{type_name}: {message}" if message else type_name
     return RemoteError(text, job_id, type_name, tb, exc)
 
 

@@ -7,24 +7,19 @@ from pathlib import Path
 
 import click
 
-from .. import defaults as d
-
 _auth = click.option(
-    "--auth-file", type=click.Path(dir_okay=False), default=d.AUTH_FILE, show_default=True,
-    envvar="KOTTA_AUTH_FILE", help="Credentials file (from `up` or `token`).",
+    "--auth-file", type=click.Path(dir_okay=False), default=None,
+    help="Credentials file (from `up` or `token`). [default: the first of "
+    "$KOTTA_AUTH_FILE, ./auth.file, ~/.config/dask-kotta/auth.json ($XDG_CONFIG_HOME respected)]",
 )  # fmt: skip
 
 
-def _konn(auth_file: str):
+def _konn(auth_file: str | None):
     from ..client.connection import Kotta
+    from ..client.creds import find_credentials_file
 
-    try:
-        text = Path(auth_file).read_text()
-    except OSError as e:
-        raise click.ClickException(
-            f"cannot read credentials {auth_file}: {e.strerror}; run `dask-kotta up` or `dask-kotta token NAME`"
-        ) from None
-    return Kotta(text)
+    # Kotta() raises ConfigError naming the file or the places looked in; the group prints it.
+    return Kotta(Path(auth_file) if auth_file else find_credentials_file())
 
 
 def _dur(x: float | None) -> str:

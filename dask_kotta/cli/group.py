@@ -37,4 +37,12 @@ def main() -> None:
     Start everything on this machine with `dask-kotta up`; then use the other
     commands (or Python: `from kotta import Kotta`) with the credentials file
     it writes.
+
+    \b
+    Client commands find credentials in the first of:
+      --auth-file FILE
+      $KOTTA_AUTH_FILE
+      ./auth.file (written by `up`)
+      $XDG_CONFIG_HOME/dask-kotta/auth.json (default ~/.config/dask-kotta/auth.json)
+    Python's Kotta() with no argument looks in the same places.
     """

@@ -6,7 +6,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -15,9 +15,7 @@ from requests.adapters import HTTPAdapter
 
 from .. import defaults as d
 from ..errors import (
-    ConfigError,
     InvalidRequestError,
-    JobTimeoutError,
     KottaError,
     ServerUnavailableError,
     error_for_status,
@@ -25,6 +23,8 @@ from ..errors import (
 from ..jobspec import JobSpec
 from ..transfer.common import StagingError, http_session
 from ..transfer.upload import send_file
+from . import creds as creds_mod
+from . import many
 from .download import download
 from .job import KottaJob
 from .logs import LogChunk, read_log
@@ -42,12 +42,19 @@ class Links(dict[str, str]):
 
 
 class Kotta:
-    """A connection to a Kotta server, made from a credentials JSON string.
+    """A connection to a Kotta server, made from credentials.
 
-    >>> konn = Kotta(open('../auth.file').read())
+    >>> konn = Kotta(open('../auth.file').read())   # the JSON text
+    >>> konn = Kotta('../auth.file')                # or its path
+    >>> konn = Kotta()                              # or found where they usually are
 
     The credentials are ``{"url": "http://host:port", "token": "..."}`` as
-    written by ``dask-kotta up`` or ``dask-kotta token NAME``. The server is
+    written by ``dask-kotta up`` or ``dask-kotta token NAME``: the JSON text, a
+    dict, or the path of a file holding them (a ``str`` not starting with ``{``,
+    or a ``pathlib.Path``). With none, they are read from the first file of
+    ``$KOTTA_AUTH_FILE``, ``./auth.file``, ``~/.config/dask-kotta/auth.json``
+    (``$XDG_CONFIG_HOME`` respected); ``ConfigError`` names the places looked
+    in when there is none, or the file that is not valid credentials. The server is
     asked who the token belongs to right away, so bad credentials (and a wrong
     URL) fail here, at once.
 
@@ -62,12 +69,12 @@ class Kotta:
 
     def __init__(
         self,
-        creds: str | dict,
+        creds: str | os.PathLike[str] | dict | None = None,
         *,
         timeout: float = d.READ_TIMEOUT_S,
         retry_window: float | None = None,
     ):
-        info = _parse_creds(creds)
+        info = creds_mod.load(creds)
         self.url: str = info["url"].rstrip("/")
         self._token: str = info["token"]
         self.timeout = timeout
@@ -272,49 +279,45 @@ class Kotta:
         )  # fmt: skip
 
     def gather(
-        self, jobs: Iterable[KottaJob], timeout: float | None = None, errors: str = "raise"
+        self,
+        jobs: Iterable[KottaJob],
+        timeout: float | None = None,
+        errors: str = "raise",
+        *,
+        progress: bool = False,
+        on_error: str = "leave",
     ) -> list[Any]:
         """Wait for all the jobs and return their results, in order.
 
         Small results come with the records, so a batch costs a few requests,
-        not two per job. ``errors='raise'`` raises the first job's error (in
-        order), ``'return'`` puts the exception in its place. Raises
-        ``JobTimeoutError`` if ``timeout`` seconds pass first.
+        not two per job. ``errors='raise'`` (default) raises the error of the
+        first job to fail (or be cancelled) as soon as it ends, not after the
+        others; ``on_error`` then says what happens to the jobs still running:
+        ``'leave'`` (default) lets them run, ``'cancel'`` cancels them (the
+        error's notes say how many). ``errors='return'`` waits for all and puts
+        each failed job's exception in its place. ``progress=True`` shows a bar
+        on a terminal (stderr), and elsewhere a plain line every 30 s and one at
+        the end. Raises ``JobTimeoutError`` if ``timeout`` seconds pass first.
+        Ctrl-C cancels the jobs not yet ended and says so in one line.
+
+        >>> results = konn.gather(jobs, progress=True, on_error='cancel')
         """
-        jobs = list(jobs)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        waiting = {j.require_id(): j for j in jobs if not j.done()}
-        while waiting:
-            left = d.LONGPOLL_MAX_S if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                first = next(iter(waiting))
-                raise JobTimeoutError(f"{len(waiting)} job(s) did not end within {timeout} s",
-                                      first)  # fmt: skip
-            ids = list(waiting)[:10_000]
-            r = self._long_poll(
-                min(left, d.LONGPOLL_MAX_S),
-                lambda h, ids=ids: self.request(
-                    "POST", "/api/v1/jobs/wait", timeout=self.timeout + h, retry=False,
-                    json={"ids": ids, "timeout": h, "all": True, "results": True},
-                ),
-            ).json()  # fmt: skip
-            results = r.get("results", {})
-            for info in r["jobs"]:
-                if info["id"] in results:
-                    info["result"] = results[info["id"]]
-                job = waiting[info["id"]]
-                job.apply_record(info, self)
-                if job.done():
-                    del waiting[info["id"]]
-        out: list[Any] = []
-        for j in jobs:
-            try:
-                out.append(j.get_results(self))
-            except Exception as e:
-                if errors != "return":
-                    raise
-                out.append(e)
-        return out
+        return many.gather(self, jobs, timeout, errors, progress, on_error)
+
+    def as_completed(
+        self, jobs: Iterable[KottaJob], timeout: float | None = None, *, progress: bool = False
+    ) -> Iterator[KottaJob]:
+        """Yield each job as it ends (jobs already ended first), with its record up to date.
+
+        ``job.get_results(konn)`` then answers at once (a small result came
+        along). ``progress`` is as for :meth:`gather`; ``JobTimeoutError`` if
+        ``timeout`` seconds pass before all ended. Ctrl-C while waiting cancels
+        the jobs not yet ended and says so in one line.
+
+        >>> for job in konn.as_completed(jobs):
+        ...     print(job.id, job.get_results(konn))
+        """
+        return many.as_completed(self, jobs, timeout, progress)
 
     def job(self, job_id: str, wait: float = 0, result: bool = False) -> dict[str, Any]:
         """A job's record; with ``wait`` the server holds the answer until it ends (at most ``wait`` s).
@@ -528,30 +531,3 @@ def _short(e: Exception) -> str:
     if "Connection refused" in text:
         return "connection refused (is the server running?)"
     return text[:300]
-
-
-def _parse_creds(creds: str | dict | Path) -> dict[str, str]:
-    example = '{"url": "http://127.0.0.1:8765", "token": "kt_..."}'
-    if isinstance(creds, Path):
-        creds = creds.read_text()
-    if isinstance(creds, str):
-        if not creds.strip():
-            raise ConfigError(f"the credentials string is empty; expected JSON like {example}")
-        try:
-            creds = json.loads(creds)
-        except json.JSONDecodeError as e:
-            raise ConfigError(
-                f"the credentials are not valid JSON ({e}); expected {example}"
-            ) from None
-    if not isinstance(creds, dict):
-        raise ConfigError(f"the credentials must be a JSON object like {example}")
-    missing = [k for k in ("url", "token") if not isinstance(creds.get(k), str) or not creds.get(k)]
-    if missing:
-        raise ConfigError(
-            f"the credentials lack {' and '.join(repr(m) for m in missing)}; expected {example}"
-        )
-    if not creds["url"].startswith(("http://", "https://")):
-        raise ConfigError(
-            f"the credentials' url {creds['url']!r} must start with http:// or https://"
-        )
-    return creds

@@ -17,6 +17,7 @@ from ..errors import (
 )
 from ..jobspec import JobSpec
 from ..paths import split_list
+from .interrupt import cancel_on_interrupt
 from .kout import KOut
 from .serialize import dumps_call, loads_result, versions
 
@@ -229,6 +230,11 @@ class KottaJob:
         self.apply_record(konn.job(self.job_id), konn)
         return self._status
 
+    @property
+    def last_status(self) -> str:
+        """The status last seen (no request is made; ``status(konn)`` asks the server)."""
+        return self._status
+
     def done(self) -> bool:
         """True once the last seen status is terminal (no request is made)."""
         return self._status in d.TERMINAL_STATUSES
@@ -245,22 +251,25 @@ class KottaJob:
 
         The server holds each request until the job ends (long-poll), so the end
         is seen at once; ``sleep`` is the longest a single request is held
-        before a status line is printed (with ``silent=False``).
+        before a status line is printed (with ``silent=False``). Ctrl-C while
+        waiting cancels the job and says so in one line, then raises
+        ``KeyboardInterrupt``.
         """
         job_id = self.require_id()
         deadline = time.monotonic() + maxwait
         last = None
-        while True:
-            left = deadline - time.monotonic()
-            hold = max(0.0, min(left, max(sleep, 0.5) if not silent else d.LONGPOLL_MAX_S))
-            self.apply_record(konn.job(job_id, wait=hold, result=_result), konn)
-            if not silent and self._status != last:
-                print(f"Job {job_id}: {self._status}")
-                last = self._status
-            if self._status in d.TERMINAL_STATUSES:
-                return True
-            if left <= 0:
-                return False
+        with cancel_on_interrupt(konn, [self]):
+            while True:
+                left = deadline - time.monotonic()
+                hold = max(0.0, min(left, max(sleep, 0.5) if not silent else d.LONGPOLL_MAX_S))
+                self.apply_record(konn.job(job_id, wait=hold, result=_result), konn)
+                if not silent and self._status != last:
+                    print(f"Job {job_id}: {self._status}")
+                    last = self._status
+                if self._status in d.TERMINAL_STATUSES:
+                    return True
+                if left <= 0:
+                    return False
 
     def cancel(self, konn: Kotta) -> bool:
         """Cancel the job: True if this call cancelled it, False if it had already ended."""

@@ -14,13 +14,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-import cloudpickle
-
 from .. import defaults as d
 from ..calls import run_pickled
 from ..errors import InvalidRequestError, JobError, JobTimeoutError
 from .job import KottaJob
-from .serialize import loads_result
+from .serialize import dumps_value, loads_result
 
 if TYPE_CHECKING:
     from .connection import Kotta
@@ -165,7 +163,7 @@ def map_calls(
         chunksize = default_chunksize(len(calls), int(info[queue].get("slots") or 0))
     name = getattr(fn, "__name__", "function")
     # The function is pickled once and its bytes put in each chunk's payload, not once per job.
-    pickled_fn = cloudpickle.dumps(fn)
+    pickled_fn = dumps_value(fn)  # keeps the file it was defined in, for tracebacks
     chunks: list[_Chunk] = []
     for start in range(0, len(calls), chunksize):
         part = calls[start : start + chunksize]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import linecache
 import platform
+import types
+from collections import ChainMap
 from typing import Any
 
 import cloudpickle
@@ -20,11 +24,39 @@ def versions() -> dict[str, str]:
     }
 
 
+_code_reduce = getattr(cloudpickle.Pickler, "_dispatch_table", {}).get(types.CodeType)
+
+
+def _code_reduce_keeping_file(code: types.CodeType) -> Any:
+    # cloudpickle writes "<dynamic-code>" for a code object's file, so a remote traceback could
+    # not say where the user's function is: keep the real one (line numbers travel as they are).
+    make, args = _code_reduce(code)
+    return make, tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+
+
+class _Pickler(cloudpickle.Pickler):
+    if _code_reduce is not None:
+        dispatch_table = ChainMap(
+            {types.CodeType: _code_reduce_keeping_file}, cloudpickle.Pickler.dispatch_table
+        )
+
+
+def dumps_value(obj: Any) -> bytes:
+    """cloudpickle ``obj``, keeping the file of each function pickled by value."""
+    with io.BytesIO() as f:
+        _Pickler(f).dump(obj)
+        return f.getvalue()
+
+
 def dumps_call(fn: Any, args: tuple, kwargs: dict) -> bytes:
-    """cloudpickle ``fn(*args, **kwargs)``, or raise before anything is sent."""
+    """cloudpickle ``fn(*args, **kwargs)``, or raise before anything is sent.
+
+    Functions pickled by value keep the file they were defined in, so a remote
+    traceback names it (and ``loads_result`` shows its lines from this machine's copy).
+    """
     name = getattr(fn, "__qualname__", None) or repr(fn)
     try:
-        return cloudpickle.dumps({"fn": fn, "args": tuple(args), "kwargs": dict(kwargs)})
+        return dumps_value({"fn": fn, "args": tuple(args), "kwargs": dict(kwargs)})
     except Exception as e:
         raise SerializationError(
             f"cannot pickle {name} or its arguments for Kotta: {type(e).__name__}: {e}. "
@@ -47,10 +79,37 @@ def loads_result(data: bytes, job_id: str) -> Any:
         ) from e
     if out.get("ok"):
         return out["value"]
-    raise remote_error(
+    shown, full = _remote_traceback(out)
+    err = remote_error(
         out.get("exc"),
         out.get("type", "Exception"),
         out.get("message", ""),
-        out.get("traceback", ""),
+        full,
         job_id,
     )
+    err.remote_frames = shown
+    raise err
+
+
+def _remote_traceback(out: dict[str, Any]) -> tuple[str, str]:
+    """The remote traceback to show under the error's own line, and the whole of it.
+
+    A worker that sent ``frames`` (this version's) gets each frame's source line
+    filled in from this machine's copy of its file where the worker had none;
+    the shown part ends at the last frame, as the error's type and message are
+    the line above it. An older worker's text is shown as it came.
+    """
+    full = out.get("traceback", "") or ""
+    frames = out.get("frames")
+    if not frames:
+        return full, full
+    lines = ["Traceback (most recent call last):\n"]
+    for file, lineno, name, text in frames:
+        lines.append(f'  File "{file}", line {lineno}, in {name}\n')
+        text = text or linecache.getline(file, lineno).strip()
+        if text:
+            lines.append(f"    {text}\n")
+    stack = "".join(lines)
+    tail = out.get("exc_only") or ""
+    chain = out.get("chain") or ""
+    return chain + stack, chain + stack + tail

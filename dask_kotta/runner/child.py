@@ -92,6 +92,30 @@ def _write(private: str | os.PathLike, outcome: dict, pickled: dict | None) -> N
     _save(os.path.join(private, "outcome.json"), text)
 
 
+def failure(e: BaseException) -> dict:
+    """The outcome of a call that raised ``e``, from the user's function on (this module's
+    frame dropped), as ``dask_kotta.tracebacks.describe`` makes it (see there). A copy, as
+    this module stands alone: it is copied into per-job environments, which have no
+    dask_kotta (``tests/unit/test_client_ux.py`` holds the two to the same answer)."""
+    te = traceback.TracebackException.from_exception(e)
+    here = main.__code__.co_filename
+    stack = list(te.stack)
+    while stack and stack[0].filename == here:  # the call in main(), not the user's code
+        stack.pop(0)
+    te.stack = traceback.StackSummary.from_list(stack)
+    full = "".join(te.format())
+    chain = full[: len(full) - len("".join(te.format(chain=False)))]
+    return {
+        "ok": False,
+        "type": type(e).__name__,
+        "message": str(e),
+        "traceback": full,
+        "frames": [[f.filename, f.lineno, f.name, f.line or ""] for f in stack],
+        "chain": chain,
+        "exc_only": "".join(te.format_exception_only()),
+    }
+
+
 def main(argv: list[str], client: dict[str, str] | None = None) -> int:
     """Run the job in ``argv[0]``; the client's versions are ``client`` (the fork server
     reads them before the fork) or ``$KOTTA_CLIENT_VERSIONS``."""
@@ -130,10 +154,11 @@ def main(argv: list[str], client: dict[str, str] | None = None) -> int:
     try:
         value = fn(*args, **kwargs)
     except BaseException as e:
-        tb = traceback.format_exc()
-        print(tb, file=sys.stderr, end="")
-        outcome = {"ok": False, "type": type(e).__name__, "message": str(e), "traceback": tb}
-        _write(private, outcome, {**outcome, "exc": e})
+        outcome = failure(e)
+        print(outcome["traceback"], file=sys.stderr, end="")
+        # The outcome the runner reads stays small; the client reads the frames from the pickle.
+        extra = {k: outcome.pop(k) for k in ("frames", "chain", "exc_only")}
+        _write(private, outcome, {**outcome, **extra, "exc": e})
         return 1
     _write(private, _OK, {"ok": True, "value": value})
     return 0

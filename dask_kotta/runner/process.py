@@ -24,8 +24,8 @@ import psutil
 from .. import defaults as d
 from .template import open_logs
 
-WALLTIME = "walltime exceeded"
-MEMORY = "memory limit exceeded"
+WALLTIME = d.KILLED_WALLTIME
+MEMORY = d.KILLED_MEMORY
 #: A job's age at its first memory check (then one every 0.1 s). Checks were always 0.1 s
 #: apart, so a shorter burst could already go unseen; the walltime and cancel checks keep
 #: their short first intervals.

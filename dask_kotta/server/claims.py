@@ -34,6 +34,7 @@ from ..store.objects import LocalObjectStore, job_key
 from .auth import hash_token
 from .inputs import input_plan
 from .models import Finish, NextBody
+from .queues import limit_advice
 from .service import Service
 
 
@@ -170,7 +171,7 @@ def record_ends(s: Service, ends: list[tuple[str, int, str, Finish]]) -> list[st
             attempt=attempt,
             dispatch_hash=h,
             ok=b.ok,
-            reason=b.reason,
+            reason=_advised(s, job_id, b),
             traceback=b.traceback,
             timings=b.timings,
             outputs=b.outputs,
@@ -191,6 +192,17 @@ def record_ends(s: Service, ends: list[tuple[str, int, str, Finish]]) -> list[st
         else:
             s.finished(job)
     return [job["status"] if job else None for job in ended]
+
+
+def _advised(s: Service, job_id: str, body: Finish) -> str:
+    """The reason to record: a kill at a limit also names the limit and what allows more."""
+    if body.ok or body.reason not in (d.KILLED_WALLTIME, d.KILLED_MEMORY):
+        return body.reason
+    job = s.store.get(job_id)  # only for these failures: a read per killed job
+    if job is None:
+        return body.reason
+    advice = limit_advice(body.reason, job["queue"], job["walltime_min"], s.queues)
+    return advice or body.reason
 
 
 def finish(s: Service, a: Attempt, body: Finish) -> str:

@@ -56,6 +56,11 @@ class WaitBody(Body):
     timeout: float = Field(10.0, ge=0)
     all: bool = Field(False, description="Wait until all of them ended, not any")
     results: bool = Field(False, description="Include small results (base64) of ended jobs")
+    ended_only: bool = Field(
+        False,
+        description="Answer only the jobs that have ended, not all of them: a client waiting "
+        "for thousands of jobs then reads each record once",
+    )
 
 
 class LinksBody(Body):

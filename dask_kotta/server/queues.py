@@ -31,6 +31,7 @@ from pathlib import Path
 import psutil
 from dask.utils import format_bytes, parse_bytes
 
+from .. import defaults as d
 from ..claim import Sandbox
 from ..errors import ConfigError
 
@@ -119,3 +120,46 @@ def load_queues(path: str | os.PathLike | None) -> dict[str, Queue]:
     if not queues:
         raise ConfigError(f"queue config {path} defines no queue")
     return queues
+
+
+def _minutes(m: float) -> str:
+    text = f"{m:g} min"
+    return f"{text} ({m * 60:g} s)" if m < 1 else text
+
+
+def limit_advice(
+    reason: str, queue: str, walltime_min: float, queues: dict[str, Queue]
+) -> str | None:
+    """What a job killed at a limit should be told: the limit, and what would allow more.
+
+    ``reason`` is what the runner reported; only ``walltime exceeded`` and
+    ``memory limit exceeded`` get advice (None for any other). The queue
+    suggested is the one that allows the most, when it allows more than the job had.
+    """
+    own = queues.get(queue)
+    if reason == d.KILLED_WALLTIME:
+        text = f"{reason}: killed after its walltime of {_minutes(walltime_min)}"
+        if own is not None and own.max_walltime_min > walltime_min:
+            return (
+                f"{text}; queue {queue} allows up to {_minutes(own.max_walltime_min)}: "
+                "resubmit with a longer walltime"
+            )
+        best = max(queues.values(), key=lambda q: q.max_walltime_min, default=None)
+        if best is not None and best.max_walltime_min > walltime_min:
+            return (
+                f"{text}; queue {best.name} allows up to {_minutes(best.max_walltime_min)}: "
+                f"resubmit with queue={best.name!r} and a longer walltime"
+            )
+        return f"{text}, the most any queue allows"
+    if reason == d.KILLED_MEMORY:
+        if own is None:
+            return None
+        text = f"{reason}: killed above queue {queue}'s memory limit of {format_bytes(own.memory_bytes)}"
+        best = max(queues.values(), key=lambda q: q.memory_bytes)
+        if best.memory_bytes > own.memory_bytes:
+            return (
+                f"{text}; queue {best.name} allows {format_bytes(best.memory_bytes)}: "
+                f"resubmit with queue={best.name!r}"
+            )
+        return f"{text}, the most any queue allows"
+    return None

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
+from .. import defaults as d
 from ..errors import InvalidRequestError, PayloadTooLargeError
 from . import jobs
 from .deps import User, bounded_form, serve, svc
@@ -145,6 +146,8 @@ async def get_job(
 async def wait_any(request: Request, user: User, body: WaitBody) -> dict:
     s = svc(request)
     ended = await jobs.wait(s, user["id"], body.ids, body.timeout, any_=not body.all)
+    if body.ended_only:
+        ended = [j for j in ended if j["status"] in d.TERMINAL_STATUSES]
     out: dict[str, Any] = {"jobs": [_view(request, j) for j in ended]}
     if body.results:
         out["results"] = jobs.inline_results(s, ended)

@@ -212,7 +212,7 @@ def test_walltime_fraction_and_walltime_exceeded(konn):
     job = sleeper()
     assert job.wait(konn, maxwait=60)
     assert job.status(konn) == "failed"
-    assert job.reason == "walltime exceeded"
+    assert job.reason.startswith("walltime exceeded: killed after its walltime of")
     with pytest.raises(JobFailedError, match="walltime exceeded"):
         job.get_results(konn)
 
@@ -229,7 +229,7 @@ def test_memory_limit_exceeded(konn):
     job = hog()
     job.wait(konn, maxwait=60)
     assert job.status(konn) == "failed"
-    assert job.reason == "memory limit exceeded"
+    assert job.reason.startswith("memory limit exceeded: killed above queue Tiny")
 
 
 def test_cancel_running_job_kills_it(konn, tmp_path):
