@@ -44,24 +44,29 @@ def pytest_report_header(config):
 # a run on the 2-core machine): xdist hands whole modules to its processes in this order,
 # and one started last would leave the other process idle at the end. File order otherwise.
 LONG_FIRST = [
-    "tests/integration/test_ride_through.py",  # ~140 s
-    "tests/integration/test_tls.py",  # ~115 s
-    "tests/integration/test_restart.py",
+    "tests/integration/test_ride_through.py",  # ~160 s
+    "tests/integration/test_restart.py",  # ~150 s
+    "tests/integration/test_tls.py",
     "tests/integration/test_s3_service.py",
-    "tests/integration/test_cli.py",
+    "tests/integration/test_live_logs.py",
     "tests/integration/test_kept_ends.py",
-    "tests/integration/test_containment.py",
-    "tests/integration/test_upload_limits.py",
-    "tests/integration/test_dask_bag_s3.py",
-    "tests/integration/test_client_api.py",
+    "tests/integration/test_cli.py",
+    "tests/integration/test_outputs.py",
+    "tests/integration/test_start_stop.py",
     "tests/integration/test_fuzz.py",
-    "tests/integration/test_tokens.py",
-    "tests/integration/test_fastpath.py",
+    "tests/integration/test_upload_limits.py",
+    "tests/integration/test_containment.py",
+    "tests/integration/test_client_ux.py",
+    "tests/integration/test_dask_bag_s3.py",
     "tests/integration/test_s3_outage.py",
-    "tests/integration/test_db_upgrade.py",
-    "tests/integration/test_envs.py",
+    "tests/integration/test_client_api.py",
+    "tests/integration/test_dask_collections.py",
+    "tests/integration/test_fastpath.py",
     "tests/integration/test_chaos.py",
-    "tests/integration/test_dask_collections.py",  # ~40 s
+    "tests/integration/test_browser.py",
+    "tests/integration/test_db_upgrade.py",
+    "tests/integration/test_dask_scheduler.py",
+    "tests/integration/test_postgres_service.py",  # ~25 s
 ]
 
 
