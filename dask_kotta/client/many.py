@@ -42,10 +42,14 @@ ERRORS = ("raise", "return")
 ON_ERROR = ("leave", "cancel")
 
 
+def _job_of(item: Waitable) -> KottaJob:
+    """The job itself, or the job holding a ``Kotta.map`` call (a ``CallFuture``)."""
+    return getattr(item, "job", item)
+
+
 def _status(item: Waitable) -> str:
     """The status last seen of a job, or of the job holding a ``Kotta.map`` call."""
-    job = getattr(item, "job", item)  # a CallFuture's job is the chunk's KottaJob
-    return job.last_status
+    return _job_of(item).last_status
 
 
 def _ends(
@@ -87,7 +91,9 @@ def _ends(
         for info in r["jobs"]:
             if info["id"] in results:
                 info["result"] = results[info["id"]]
-            for job in waiting[info["id"]]:
+            # Once per job object: the calls of a Kotta.map job share one, and its record
+            # carries all their results (decoding it once per call was quadratic).
+            for job in {id(_job_of(w)): w for w in waiting[info["id"]]}.values():
                 job.apply_record(info, konn)
             if info["status"] in d.TERMINAL_STATUSES:
                 ended.append((info.get("ended_at") or 0, info["id"], info["status"]))
