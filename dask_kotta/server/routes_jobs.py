@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 from .. import defaults as d
 from ..errors import InvalidRequestError, PayloadTooLargeError
@@ -21,7 +22,7 @@ from .deps import User, bounded_form, serve, svc
 from .inputs import own_hosts
 from .models import WaitBody
 from .openapi import BYTES, SUBMIT_BODY, for_user
-from .routes_listing import views_with_places
+from .routes_listing import slots_now, views_with_places
 from .views import job_view
 
 router = APIRouter(prefix="/api/v1")
@@ -44,12 +45,10 @@ async def queues(request: Request, user: User) -> dict:
     the fewest running jobs in the queue (ties: the older job), so another user's backlog
     does not hold yours back."""
     s = svc(request)
-    try:
-        slots = await s.engine.capacity()
-    except Exception:  # the scheduler is unreachable: limits still answer
-        slots = {}
-    mine = s.store.queue_counts(user["id"])
-    load = s.store.queue_load(s.queues)
+    slots = await slots_now(request) or {}  # the scheduler unreachable: limits still answer
+    # Off the event loop, as the listing's reads: every user's load is a count per queue.
+    mine = await run_in_threadpool(s.store.queue_counts, user["id"])
+    load = await run_in_threadpool(s.store.queue_load, s.queues)
     return {
         name: {**q.to_json(), "slots": slots.get(name, 0),
                "yours": mine.get(name, {"running": 0, "pending": 0}),
