@@ -16,10 +16,10 @@ _auth = click.option(
 
 def _konn(auth_file: str | None):
     from ..client.connection import Kotta
-    from ..client.creds import find_credentials_file
 
-    # Kotta() raises ConfigError naming the file or the places looked in; the group prints it.
-    return Kotta(Path(auth_file) if auth_file else find_credentials_file())
+    # Kotta() (no file named) looks where the help says, and raises ConfigError naming the
+    # file or the places looked in; the group prints it.
+    return Kotta(Path(auth_file) if auth_file else None)
 
 
 def _dur(x: float | None) -> str:
