@@ -1,14 +1,13 @@
 """A job database that cannot be reached answers 503 with Retry-After, not a bare 500.
 
 The app in-process (Starlette's TestClient) over a SQLite file in a directory of its own;
-the test closes the store's connections and removes that directory, so the next
+the test closes the store's connections and moves that directory away, so the next
 connection fails as a lost database server's would (``OperationalError``).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import sqlalchemy.exc as sa_exc
@@ -51,7 +50,7 @@ def test_an_unreachable_database_answers_503_with_retry_after(scheduler, tmp_pat
     with TestClient(app) as client:
         assert client.get("/api/v1/jobs", headers=headers).status_code == 200
         app.state.svc.store.engine.dispose()  # no open connection keeps the old file alive
-        shutil.rmtree(db_dir)
+        away = db_dir.rename(tmp_path / "db-away")  # as a database server gone away
         # (not /whoami: the service keeps known tokens in memory)
         for path in ("/api/v1/jobs", "/api/v1/jobs/abc"):
             r = client.get(path, headers=headers)
@@ -62,8 +61,7 @@ def test_an_unreachable_database_answers_503_with_retry_after(scheduler, tmp_pat
             assert text.startswith("the job database is unavailable: unable to open database file")
             assert "SELECT" not in text  # the driver's words, not the statement
         # Back once the database is: the store reconnects by itself.
-        db_dir.mkdir()
-        JobStore(database).close()
+        away.rename(db_dir)
         assert client.get("/api/v1/jobs", headers=headers).json()["jobs"] == []
 
 
