@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import os
+import pickle
 import tempfile
 import weakref
 from typing import TYPE_CHECKING, Any
@@ -32,7 +33,7 @@ import cloudpickle
 from dask.sizeof import sizeof
 from dask.utils import parse_bytes
 
-from ..errors import KottaError
+from ..errors import KottaError, ServerUnavailableError
 from ..urls import staged_name
 from .remote import LITERAL_PREFIX, _Literal
 
@@ -118,25 +119,36 @@ class Literals:
                 return value
         except Exception:  # noqa: BLE001 - a sizeof that fails decides nothing: pickle and see
             pass
-        data = cloudpickle.dumps(value, protocol=5)
-        if len(data) <= self.threshold:  # type: ignore[operator]
+        # Its pickle, with large buffers (numpy's, pandas') kept out of band: hashing those
+        # in place spares copying them when the literal turns out to be stored already.
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            head = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+            raws = [b.raw() for b in buffers]
+        except Exception:  # noqa: BLE001 - left in place, the payload's pickling says why
             return value
-        digest = hashlib.sha256(data).hexdigest()
+        size = len(head) + sum(r.nbytes for r in raws)
+        if size <= self.threshold:  # type: ignore[operator]
+            return value
+        h = hashlib.sha256(head)
+        for r in raws:
+            h.update(r)
+        digest = h.hexdigest()
         known = _UPLOADED.setdefault(self.konn, {})
         url = known.get(digest)
         if url is None:
-            url = self._upload(data, digest)
+            url = self._upload(value, digest)
             known[digest] = url
             self.uploaded += 1
-            self.uploaded_bytes += len(data)
+            self.uploaded_bytes += size
         return _Literal(url, staged_name(url))
 
-    def _upload(self, data: bytes, digest: str) -> str:
+    def _upload(self, value: Any, digest: str) -> str:
         name = f"{LITERAL_PREFIX}{digest}.pkl"
         with tempfile.TemporaryDirectory(prefix="kotta-literal-") as tmp:
             path = os.path.join(tmp, name)
             with open(path, "wb") as f:
-                f.write(data)
+                cloudpickle.dump(value, f, protocol=5)  # in band: plain pickle.load reads it
             return self.konn.upload_file(path, name=name)
 
 
@@ -147,14 +159,19 @@ def delete_literals(konn: Kotta) -> int:
     done = 0
     for url in known.values():
         try:
-            konn.request("DELETE", "/api/v1/uploads", params={"url": url}, retry=False)
+            konn.request("DELETE", "/api/v1/uploads", params={"url": url}, retry=False, timeout=5)
             done += 1
+        except ServerUnavailableError:
+            break  # the server is away: the rest stay ordinary uploads
         except KottaError:
-            pass  # gone already, or the server is away: it stays an ordinary upload
+            pass  # gone already
     return done
 
 
 @atexit.register
 def _delete_all() -> None:
     for konn in list(_UPLOADED.keys()):
-        delete_literals(konn)
+        try:
+            delete_literals(konn)
+        except Exception:  # noqa: BLE001 - at exit, a leftover upload is no reason to fail
+            pass
