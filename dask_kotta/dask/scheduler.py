@@ -69,7 +69,19 @@ runner downloads their results into its private ``.kotta/deps/`` before the
 task code runs (the server only serves a dep that belongs to the same user
 and is listed in ``deps``). The client downloads only the fragments holding
 *requested* keys, and from them only the requested values (``remote.py``):
-intermediates stay in the object store, however large.
+intermediates stay in the object store, however large. Data written into the
+graph goes the other way: a literal over ``literal_threshold`` is uploaded once
+(``literals.py``) and staged, as an input, into each job that uses it, instead
+of riding in each job's payload.
+
+Dataframes
+==========
+
+Dask's query planning drops ``dask.annotate`` on dataframes before any
+scheduler sees the graph. ``frames.py`` notices it was used (around the
+operations or the compute), and ``get`` refuses with
+``DataFrameAnnotationError`` naming the per-compute setting that works
+(``dask.config.set({'kotta.queue': ...})`` or the scheduler's own defaults).
 
 State
 =====
@@ -193,7 +205,10 @@ class KottaScheduler:
     caps a fragment's size. ``literal_threshold`` (bytes, or a size like ``'1MiB'``;
     default 1 MiB; ``None``: never) is the size over which a literal of the graph is
     uploaded once and staged into the jobs that use it instead of copied into each
-    payload (``literals.py``). See the module docstring for the algorithm.
+    payload (``literals.py``). For one compute, ``dask.config.set({'kotta.queue': ...,
+    'kotta.walltime': ..., 'kotta.requirements': ..., 'kotta.retries': ...,
+    'kotta.keep_days': ..., 'kotta.literal-threshold': ...})`` overrides these. See the
+    module docstring for the algorithm.
     """
 
     def __init__(
