@@ -27,6 +27,7 @@ import os
 import pickle
 import tempfile
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
 #: Default size over which a literal is stored once instead of copied into payloads.
 DEFAULT_THRESHOLD = 1024 * 1024
 
+#: Uploads of literals at once (each streams through the server or to S3 on its own).
+UPLOAD_WORKERS = 4
 #: Literals too small to be worth asking ``sizeof`` about.
 _SMALL_TYPES = (int, float, complex, bool, type(None), slice, range)
 
@@ -74,8 +77,9 @@ def configured_threshold(default: int | None) -> int | None:
 class Literals:
     """Replaces one ``get``'s large literals with references to uploads, uploading each once.
 
-    ``urls`` collects the upload URLs the literals replaced since the last
-    :meth:`take_urls`, so the caller can add them to the job being built.
+    Call it on each literal of the jobs being built, :meth:`take_refs` after each
+    job (the literals that job uses), then :meth:`upload` once before
+    submitting them, and :meth:`url` for each ref: a job's extra ``inputs``.
     """
 
     def __init__(self, konn: Kotta, threshold: int | None):
@@ -83,7 +87,9 @@ class Literals:
         self.threshold = threshold
         #: ``id(value)`` -> (value, replacement): one pickle per object per ``get``.
         self._seen: dict[int, tuple[Any, Any]] = {}
-        self._urls: dict[str, None] = {}
+        self._refs: dict[str, None] = {}
+        #: Literals not stored yet, by digest (held until :meth:`upload`).
+        self._pending: dict[str, Any] = {}
         #: Literals stored and bytes uploaded by this ``get`` (a cached one counts in neither).
         self.uploaded = 0
         self.uploaded_bytes = 0
@@ -103,15 +109,41 @@ class Literals:
             out = self._replace(value)
             self._seen[id(value)] = (value, out)  # (holds value, so its id stays its own)
         if isinstance(out, _Literal):
-            self._urls[out.url] = None
+            self._refs[out.digest] = None
         return out
 
-    def take_urls(self) -> list[str]:
-        """Upload URLs referenced since the last call (a job's extra ``inputs``)."""
-        urls = list(self._urls)
-        self._urls.clear()
-        self.referenced += len(urls)
-        return urls
+    def take_refs(self) -> list[str]:
+        """Digests of the literals referenced since the last call (one job's)."""
+        refs = list(self._refs)
+        self._refs.clear()
+        self.referenced += len(refs)
+        return refs
+
+    def url(self, digest: str) -> str:
+        """The upload URL of a stored literal."""
+        return _UPLOADED[self.konn][digest]
+
+    def upload(self) -> None:
+        """Store the literals referenced so far that are not stored yet, a few at a time."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        known = _UPLOADED.setdefault(self.konn, {})
+        workers = min(UPLOAD_WORKERS, len(pending))
+        with ThreadPoolExecutor(workers, thread_name_prefix="kotta-literal") as pool:
+            futures = {pool.submit(self._upload, v, d): d for d, (v, _) in pending.items()}
+        error: BaseException | None = None
+        for future, digest in futures.items():
+            # Every upload that worked is remembered (and deleted later), even when one failed.
+            failed = future.exception()
+            if failed is not None:
+                error = error or failed
+                continue
+            known[digest] = future.result()
+            self.uploaded += 1
+            self.uploaded_bytes += pending[digest][1]
+        if error is not None:
+            raise error
 
     def _replace(self, value: Any) -> Any:
         try:
@@ -134,14 +166,9 @@ class Literals:
         for r in raws:
             h.update(r)
         digest = h.hexdigest()
-        known = _UPLOADED.setdefault(self.konn, {})
-        url = known.get(digest)
-        if url is None:
-            url = self._upload(value, digest)
-            known[digest] = url
-            self.uploaded += 1
-            self.uploaded_bytes += size
-        return _Literal(url, staged_name(url))
+        if digest not in _UPLOADED.get(self.konn, {}):
+            self._pending[digest] = (value, size)
+        return _Literal(f"{LITERAL_PREFIX}{digest}.pkl", digest)
 
     def _upload(self, value: Any, digest: str) -> str:
         name = f"{LITERAL_PREFIX}{digest}.pkl"
@@ -149,7 +176,10 @@ class Literals:
             path = os.path.join(tmp, name)
             with open(path, "wb") as f:
                 cloudpickle.dump(value, f, protocol=5)  # in band: plain pickle.load reads it
-            return self.konn.upload_file(path, name=name)
+            url = self.konn.upload_file(path, name=name)
+        if staged_name(url) != name:  # (every store keeps the name it was given)
+            raise KottaError(f"literal upload {url} would be staged under another name")
+        return url
 
 
 def delete_literals(konn: Kotta) -> int:

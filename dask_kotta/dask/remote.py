@@ -119,10 +119,10 @@ class _Literal(_Expr):
     Loaded at its first use in the job and kept for the job's other tasks.
     """
 
-    __slots__ = ("url", "name")
+    __slots__ = ("name", "digest")
 
-    def __init__(self, url: str, name: str):
-        self.url, self.name = url, name
+    def __init__(self, name: str, digest: str):
+        self.name, self.digest = name, digest
 
     def ev(self, values: dict) -> Any:
         try:

@@ -391,9 +391,10 @@ class _Run:
         client = versions()
         specs: list[JobSpec] = []
         payloads: list[bytes] = []
+        refs: list[list[str]] = []
+        lits = self.literals
         for f in batch:
             run = local_keys(graph, f.keys) + f.keys
-            lits = self.literals
             spec = fragment_spec(
                 nodes=[(k, encode(graph.nodes[k], lits), tuple(graph.deps(k))) for k in run],
                 reads={job_of[e]: keys for e, keys in f.needs.items()},
@@ -401,7 +402,10 @@ class _Run:
                 returns=f.returns,
             )
             payloads.append(dumps_call(run_fragment, (spec,), {}))
-            inputs = list(dict.fromkeys([*f.inputs, *lits.take_urls()]))
+            refs.append(lits.take_refs())
+        lits.upload()  # what these jobs read that is not stored yet, before they can start
+        for f, literal_refs in zip(batch, refs, strict=True):
+            inputs = list(dict.fromkeys([*f.inputs, *map(lits.url, literal_refs)]))
             s = f.settings
             specs.append(
                 JobSpec.parse(
