@@ -8,9 +8,12 @@ import cloudpickle
 import dask
 import dask.array as da
 import numpy as np
+import pytest
 from dask import delayed
 
 from dask_kotta import KottaScheduler
+from dask_kotta.dask.literals import delete_literals
+from dask_kotta.errors import NotFoundError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -63,3 +66,8 @@ def test_a_large_literal_is_stored_once_and_staged_into_each_job(service, konn):
     assert inline.last_run.literals_referenced == 0
     assert konn.job(inline.last_run.job_ids[0])["inputs"] == []
     assert inline.last_run.payload_bytes > 3 * MIB
+
+    # What keeps them: the connection, until delete_literals (run at exit) deletes them.
+    assert delete_literals(konn) >= 3
+    with pytest.raises(NotFoundError):
+        konn.delete_upload(url)
