@@ -19,6 +19,7 @@ _LAZY = {
     "list_urls": "dask_kotta.dask.bag",
     "AnnotationError": "dask_kotta.dask.annotations",
     "NoQueueFitsError": "dask_kotta.dask.annotations",
+    "DataFrameAnnotationError": "dask_kotta.dask.annotations",
 }
 
 __all__ = list(_LAZY)

@@ -43,6 +43,109 @@ class NoQueueFitsError(AnnotationError):
     """No queue of the server is large enough for a task's ``resources`` annotation."""
 
 
+class DataFrameAnnotationError(AnnotationError):
+    """``dask.annotate`` was used around dataframe operations, whose annotations Dask drops.
+
+    ``lost`` holds the annotations that would not have reached any job.
+    """
+
+    def __init__(self, message: str, lost: Mapping[str, Any]):
+        super().__init__(message)
+        self.lost = dict(lost)
+
+
+#: ``dask.config`` keys of per-compute settings, under ``kotta.``, and the annotation each sets.
+CONFIG_KEYS = ("queue", "walltime", "requirements", "retries", "keep_days")
+
+
+def config_overrides() -> dict[str, Any]:
+    """The per-compute settings of ``dask.config.set({'kotta.queue': ..., ...})``."""
+    import dask.config
+
+    conf = dask.config.get("kotta", default=None) or {}
+    if not isinstance(conf, Mapping):
+        raise AnnotationError(f"dask.config 'kotta' must be a mapping of settings, got {conf!r}")
+    unknown = sorted(
+        str(k) for k in conf if str(k).replace("-", "_") not in (*CONFIG_KEYS, "literal_threshold")
+    )
+    if unknown:
+        raise AnnotationError(
+            f"dask.config 'kotta' has unknown setting(s) {', '.join(unknown)}; "
+            f"known: {', '.join(CONFIG_KEYS)}, literal_threshold"
+        )
+    return {
+        k.replace("-", "_"): v
+        for k, v in conf.items()
+        if k.replace("-", "_") in CONFIG_KEYS and v is not None
+    }
+
+
+def settings_from_config(resolver: SettingsResolver) -> JobSettings:
+    """The scheduler's defaults with ``dask.config``'s ``kotta.*`` settings applied, checked
+    as annotations are."""
+    overrides = config_overrides()
+    if not overrides:
+        return resolver.default
+    label = "kotta-config"
+    try:
+        settings, _ = resolver.resolve(label, overrides)
+    except AnnotationError as e:
+        raise AnnotationError(
+            str(e)
+            .replace(f"task {label!r} is annotated with", "dask.config kotta.* names")
+            .replace(f"task {label!r}", "dask.config kotta.*")
+        ) from None
+    return settings
+
+
+def refuse_lost(lost: Mapping[str, Any], default: JobSettings) -> None:
+    """Raise ``DataFrameAnnotationError`` unless each lost annotation is what the compute
+    runs with anyway (then nothing is ignored)."""
+    runs_with = {
+        "queue": default.queue,
+        "walltime": default.walltime_min,
+        "requirements": default.requirements,
+        "retries": default.retries,
+        "keep_days": default.keep_days,
+    }
+    ignored = {}
+    for name, value in lost.items():
+        have = runs_with.get(name, _MISSING)
+        try:
+            same = have is not _MISSING and (
+                float(value) == float(have) if name == "walltime" else value == have
+            )
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            ignored[name] = value
+    if not ignored:
+        return
+    shown = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+    settable = {k: v for k, v in ignored.items() if k in CONFIG_KEYS}
+    as_config = ", ".join(f"'kotta.{k}': {v!r}" for k, v in settable.items())
+    as_args = ", ".join(f"{k}={v!r}" for k, v in settable.items())
+    advice = (
+        f"set them for the whole compute instead: "
+        f"`with dask.config.set({{{as_config}}}): ....compute(scheduler=sched)`, or "
+        f"`KottaScheduler(konn, {as_args})`"
+        if settable
+        else "give them to the tasks of a delayed, bag or array graph instead"
+    )
+    others = sorted(set(ignored) - set(settable))
+    if settable and others:
+        advice += f" ({', '.join(others)} cannot be set per compute)"
+    raise DataFrameAnnotationError(
+        f"dask.annotate({shown}) was used around dataframe operations, but Dask's query "
+        "planning drops annotations on dataframes, so they would reach no Kotta job; "
+        f"{advice}. (A setting that equals what the compute runs with anyway is accepted.)",
+        ignored,
+    )
+
+
+_MISSING = object()
+
+
 @dataclass(frozen=True)
 class JobSettings:
     """The settings one Kotta job runs with; tasks share a job only if these are equal."""

@@ -28,6 +28,8 @@ from typing import Any
 REQUESTED_FILE = "dask-requested.pkl"
 #: Prefix of the note added to an exception raised by a task, naming its key.
 KEY_NOTE = "[kotta-dask] raised by task "
+#: Name of a large literal's upload, followed by the SHA-256 of its pickle (``literals.py``).
+LITERAL_PREFIX = "kotta-literal-"
 
 
 # -- expressions: what a task is, without dask ----------------------------------------------
@@ -111,6 +113,31 @@ class _Sub(_Expr):
         return local[self.outkey]
 
 
+class _Literal(_Expr):
+    """A large literal stored once as an upload, staged into the job's directory as ``name``.
+
+    Loaded at its first use in the job and kept for the job's other tasks.
+    """
+
+    __slots__ = ("name", "digest")
+
+    def __init__(self, name: str, digest: str):
+        self.name, self.digest = name, digest
+
+    def ev(self, values: dict) -> Any:
+        try:
+            return _LOADED[self.name]
+        except KeyError:
+            pass
+        with open(_workdir() / self.name, "rb") as f:
+            value = _LOADED[self.name] = pickle.load(f)
+        return value
+
+
+#: Literals this job has loaded, by staged name.
+_LOADED: dict[str, Any] = {}
+
+
 class _Node(_Expr):
     """A graph node of a kind this module does not know: called as dask would call it."""
 
@@ -123,8 +150,12 @@ class _Node(_Expr):
         return self.node({d: values[d] for d in self.node.dependencies})
 
 
-def encode(node: Any) -> Any:
-    """A ``dask._task_spec`` node (or argument) as an expression, or a literal as itself."""
+def encode(node: Any, literal: Any = None) -> Any:
+    """A ``dask._task_spec`` node (or argument) as an expression, or a literal as itself.
+
+    ``literal``, if given, is called with each literal value and returns what
+    to put in its place (the value, or a ``_Literal`` naming its upload).
+    """
     from dask._task_spec import (
         Alias,
         DataNode,
@@ -142,27 +173,30 @@ def encode(node: Any) -> Any:
     if isinstance(node, TaskRef):
         return _Ref(node.key)
     if not isinstance(node, GraphNode):
-        return node
+        return node if literal is None else literal(node)
     t = type(node)
     if t is DataNode:
-        return node.value
+        return node.value if literal is None else literal(node.value)
     if t is Alias:
         return _Ref(node.target)
     if t in (List, Tuple, Set):
-        return _Seq(node.klass, tuple(encode(a) for a in node.args))
+        return _Seq(node.klass, tuple(encode(a, literal) for a in node.args))
     if t is Dict:
-        return _Map(tuple(encode(a) for a in node.args))
+        return _Map(tuple(encode(a, literal) for a in node.args))
     if t is Task:
         if node.func is _execute_subgraph:
             inner, outkey, inkeys = node.args[0], node.args[1], node.args[2]
-            deps = tuple(encode(a) for a in node.args[3:])
+            deps = tuple(encode(a, literal) for a in node.args[3:])
             return _Sub(
-                [(k, encode(inner[k])) for k in _toposort(inner)], outkey, tuple(inkeys), deps
+                [(k, encode(inner[k], literal)) for k in _toposort(inner)],
+                outkey,
+                tuple(inkeys),
+                deps,
             )
         if node.func is _identity_cast and set(node.kwargs) == {"typ"}:
-            return _Seq(node.kwargs["typ"], tuple(encode(a) for a in node.args))
-        args = tuple(encode(a) for a in node.args)
-        kwargs = {k: encode(v) for k, v in node.kwargs.items()}
+            return _Seq(node.kwargs["typ"], tuple(encode(a, literal) for a in node.args))
+        args = tuple(encode(a, literal) for a in node.args)
+        kwargs = {k: encode(v, literal) for k, v in node.kwargs.items()}
         return _Call(node.func, args, kwargs)
     return _Node(node)
 

@@ -69,7 +69,19 @@ runner downloads their results into its private ``.kotta/deps/`` before the
 task code runs (the server only serves a dep that belongs to the same user
 and is listed in ``deps``). The client downloads only the fragments holding
 *requested* keys, and from them only the requested values (``remote.py``):
-intermediates stay in the object store, however large.
+intermediates stay in the object store, however large. Data written into the
+graph goes the other way: a literal over ``literal_threshold`` is uploaded once
+(``literals.py``) and staged, as an input, into each job that uses it, instead
+of riding in each job's payload.
+
+Dataframes
+==========
+
+Dask's query planning drops ``dask.annotate`` on dataframes before any
+scheduler sees the graph. ``frames.py`` notices it was used (around the
+operations or the compute), and ``get`` refuses with
+``DataFrameAnnotationError`` naming the per-compute setting that works
+(``dask.config.set({'kotta.queue': ...})`` or the scheduler's own defaults).
 
 State
 =====
@@ -122,9 +134,15 @@ from ..errors import (
     remote_error,
 )
 from ..jobspec import JobSpec, keep_days_value
-from . import remote
-from .annotations import JobSettings, SettingsResolver
+from . import frames, remote
+from .annotations import (
+    JobSettings,
+    SettingsResolver,
+    refuse_lost,
+    settings_from_config,
+)
 from .graph import Graph, build
+from .literals import DEFAULT_THRESHOLD, Literals, configured_threshold, threshold_bytes
 from .plan import Fragment, plan
 from .remote import KEY_NOTE, REQUESTED_FILE, encode, fragment_spec, run_fragment
 from .state import evaluate_local, finish_task, local_keys, start_state, start_tasks
@@ -132,6 +150,8 @@ from .state import evaluate_local, finish_task, local_keys, start_state, start_t
 # Fragments run wherever cloudpickle does, even in a `requirements` environment without
 # dask or dask-kotta: the worker side travels by value (see remote.py).
 cloudpickle.register_pickle_by_value(remote)
+# So that `dask.annotate` around dataframe operations, which Dask drops, is refused, not ignored.
+frames.install()
 
 if TYPE_CHECKING:
     from ..client.connection import Kotta
@@ -158,6 +178,13 @@ class RunStats:
     #: Keys whose values the client downloaded, and how many bytes that took.
     downloaded_keys: list[Key] = field(default_factory=list)
     downloaded_bytes: int = 0
+    #: Bytes of the jobs' payloads, all jobs together.
+    payload_bytes: int = 0
+    #: Large literals stored once instead of copied into payloads (``literals.py``): how many
+    #: jobs' references replaced a copy, and what this run uploaded (a stored one is reused).
+    literals_referenced: int = 0
+    literals_uploaded: int = 0
+    literal_bytes_uploaded: int = 0
     seconds: float = 0.0
 
 
@@ -175,7 +202,13 @@ class KottaScheduler:
     read by the jobs after it, so keep them longer than the graph takes. ``parallelism`` is how many jobs the independent roots of a graph
     are spread over; by default, the job slots the cluster has for ``queue``
     right now (as the server reports them), or 8 when it reports none. ``fuse=False`` runs every task as its own job. ``max_tasks_per_job``
-    caps a fragment's size. See the module docstring for the algorithm.
+    caps a fragment's size. ``literal_threshold`` (bytes, or a size like ``'1MiB'``;
+    default 1 MiB; ``None``: never) is the size over which a literal of the graph is
+    uploaded once and staged into the jobs that use it instead of copied into each
+    payload (``literals.py``). For one compute, ``dask.config.set({'kotta.queue': ...,
+    'kotta.walltime': ..., 'kotta.requirements': ..., 'kotta.retries': ...,
+    'kotta.keep_days': ..., 'kotta.literal-threshold': ...})`` overrides these. See the
+    module docstring for the algorithm.
     """
 
     def __init__(
@@ -191,6 +224,7 @@ class KottaScheduler:
         fuse: bool = True,
         max_tasks_per_job: int | None = None,
         poll_s: float = POLL_S,
+        literal_threshold: int | str | None = DEFAULT_THRESHOLD,
     ):
         if parallelism is not None and parallelism < 1:
             raise ValueError("parallelism must be at least 1")
@@ -206,6 +240,7 @@ class KottaScheduler:
         self.fuse = fuse
         self.max_tasks_per_job = max_tasks_per_job
         self.poll_s = poll_s
+        self.literal_threshold = threshold_bytes(literal_threshold)
         self._queues: Mapping[str, Any] | None = None
         #: Statistics of the last ``get`` call.
         self.last_run = RunStats()
@@ -253,9 +288,19 @@ class _Run:
         self.callbacks = callbacks
         self.stats = RunStats()
         self.running: dict[str, Fragment] = {}
+        self.literals = Literals(self.konn, configured_threshold(sched.literal_threshold))
+        #: The settings of tasks without annotations: the scheduler's, or dask.config's kotta.*.
+        self.default = sched.default
 
     def get(self, dsk: Any, keys: Any) -> Any:
         t0 = time.perf_counter()
+        # (dask.compute hands over an expression; a dict comes from elsewhere, not after a
+        # collections_to_expr of this thread, so whatever it noted is not about this graph)
+        lost = frames.take_lost() if not isinstance(dsk, Mapping) else None
+        resolver = SettingsResolver(self.sched.default, self.sched.queues)
+        self.default = settings_from_config(resolver)
+        if lost:
+            refuse_lost(lost, self.default)
         graph, flat = build(dsk, keys)
         requested = set(flat)
         cache = evaluate_local(graph)
@@ -289,7 +334,7 @@ class _Run:
 
     def _plan(self, graph: Graph, remote: list[Key], requested: set[Key]) -> list[Fragment]:
         s = self.sched
-        resolver = SettingsResolver(s.default, s.queues)
+        resolver = SettingsResolver(self.default, s.queues)
         if not remote:
             return []
         priority = order(graph.nodes)
@@ -346,15 +391,21 @@ class _Run:
         client = versions()
         specs: list[JobSpec] = []
         payloads: list[bytes] = []
+        refs: list[list[str]] = []
+        lits = self.literals
         for f in batch:
             run = local_keys(graph, f.keys) + f.keys
             spec = fragment_spec(
-                nodes=[(k, encode(graph.nodes[k]), tuple(graph.deps(k))) for k in run],
+                nodes=[(k, encode(graph.nodes[k], lits), tuple(graph.deps(k))) for k in run],
                 reads={job_of[e]: keys for e, keys in f.needs.items()},
                 shared=f.shared,
                 returns=f.returns,
             )
             payloads.append(dumps_call(run_fragment, (spec,), {}))
+            refs.append(lits.take_refs())
+        lits.upload()  # what these jobs read that is not stored yet, before they can start
+        for f, literal_refs in zip(batch, refs, strict=True):
+            inputs = list(dict.fromkeys([*f.inputs, *map(lits.url, literal_refs)]))
             s = f.settings
             specs.append(
                 JobSpec.parse(
@@ -366,7 +417,7 @@ class _Run:
                         "retries": s.retries,
                         "keep_days": s.keep_days,
                         "requirements": s.requirements or None,
-                        "inputs": f.inputs,
+                        "inputs": inputs,
                         "outputs": [REQUESTED_FILE] if f.returns and f.shared else [],
                         "deps": [job_of[e] for e in f.needs],
                         "annotations": {
@@ -379,6 +430,10 @@ class _Run:
                 )
             )
         self.stats.submit_requests += 1
+        self.stats.payload_bytes += sum(map(len, payloads))
+        self.stats.literals_referenced = self.literals.referenced
+        self.stats.literals_uploaded = self.literals.uploaded
+        self.stats.literal_bytes_uploaded = self.literals.uploaded_bytes
         jobs = self.konn.submit_specs(specs, payloads)
         for f, job in zip(batch, jobs, strict=True):
             job_of[f.index] = job["id"]

@@ -156,3 +156,45 @@ def test_requirements_run_a_task_in_its_own_environment(konn):
     assert jobs["table"]["requirements"] == "tabulate==0.9.0\n"
     assert jobs["table"]["annotations"]["requirements"] == "tabulate==0.9.0\n"
     assert len(jobs) == 3  # a job per environment: nothing else rode in the requirements job
+
+
+def test_dataframe_annotations_are_refused_with_what_to_use_instead(konn):
+    """Dask's query planning drops dask.annotate on dataframes: Kotta says so and submits
+    nothing, and the per-compute setting it names puts the jobs on the queue asked for."""
+    import warnings
+
+    import dask.dataframe as dd
+    import pandas as pd
+
+    df = dd.from_pandas(pd.DataFrame({"a": range(100), "b": range(100)}), npartitions=1)
+    with warnings.catch_warnings():  # Dask's own "Annotations will be ignored" (once a process)
+        warnings.filterwarnings("ignore", "Dask annotations", UserWarning)
+        with dask.annotate(queue="Prod", walltime=30):
+            shifted = df.a + 1
+    total = shifted.sum()  # made outside the annotation, from a collection made inside it
+    sched = KottaScheduler(konn, queue="Test", walltime=4)
+    with pytest.raises(AnnotationError) as info:  # (before: it ran every job on Test)
+        total.compute(scheduler=sched)
+    assert type(info.value).__name__ == "DataFrameAnnotationError"
+    text = str(info.value)
+    assert "queue='Prod'" in text and "walltime=30" in text and "query planning" in text
+    assert "dask.config.set({'kotta.queue': 'Prod', 'kotta.walltime': 30})" in text
+    assert info.value.lost == {"queue": "Prod", "walltime": 30}
+    assert sched.last_run.jobs == 0
+
+    # An annotation around the compute itself is refused the same way...
+    with dask.annotate(retries=2), pytest.raises(AnnotationError, match="retries=2"):
+        df.b.sum().compute(scheduler=sched)
+    # ...while delayed, bag and array graphs computed there are not affected.
+    with dask.annotate(retries=2):
+        assert delayed(inc)(1).compute(scheduler=sched) == 2
+
+    # The advice works: the per-compute setting reaches every job of the dataframe, and the
+    # annotation, now equal to what the compute runs with, is no longer refused.
+    with dask.config.set({"kotta.queue": "Prod", "kotta.walltime": 30}):
+        assert total.compute(scheduler=sched) == sum(range(1, 101))
+    records = _records(konn, sched)
+    assert records and {(r["queue"], r["walltime_min"]) for r in records} == {("Prod", 30)}
+    assert all(r["annotations"]["queue"] == "Prod" for r in records)
+    with dask.config.set({"kotta.queue": "Nope"}), pytest.raises(AnnotationError, match="Nope"):
+        df.b.sum().compute(scheduler=sched)

@@ -412,3 +412,19 @@ def test_workers_need_no_store_credentials(bare_cluster, data, tmp_path):
     job = run(konn, inputs=f"s3://{DATA}/in/small.csv", script="#!/bin/bash\ncat small.csv")
     assert job.status(konn) == "completed", job.reason
     assert outputs(job)["STDOUT.txt"].read() == "x,y\n1,2\n"
+
+
+def test_a_large_dask_literal_is_stored_once_in_s3(s3_service):
+    """The literal goes to S3 as an upload under the user's prefix and each job stages it."""
+    from dask import compute, delayed
+
+    from dask_kotta import KottaScheduler
+
+    k = s3_service.konn()
+    blob = os.urandom(2 * MiB)
+    parts = [delayed(lambda b, i: hashlib.md5(b[i::2]).hexdigest())(blob, i) for i in (0, 1)]
+    sched = KottaScheduler(k, parallelism=2)
+    assert list(compute(*parts, scheduler=sched)) == [md5(blob[i::2]) for i in (0, 1)]
+    assert (sched.last_run.jobs, sched.last_run.literals_uploaded) == (2, 1)
+    (url,) = {u for j in sched.last_run.job_ids for u in k.job(j)["inputs"]}
+    assert url.startswith(f"s3://{BUCKET}/jobs/u{k.user['id']}/uploads/")
