@@ -223,6 +223,11 @@ class KottaScheduler:
         s = self.default
         return f"<KottaScheduler {self.konn.url} queue={s.queue} walltime={s.walltime_min:g}>"
 
+    def __deepcopy__(self, memo: dict) -> KottaScheduler:
+        # Code that deep-copies dask.config (distributed's gen_cluster does) copies a scheduler
+        # set there; its connection is never copied (it holds the token), so neither is it.
+        return self
+
     def effective_parallelism(self) -> int:
         """``parallelism`` if given, else the default queue's slots on the cluster (or 8)."""
         if self.parallelism is not None:
