@@ -3,8 +3,9 @@
 Load it with ``-p plugin``, this directory and ``tests/integration`` on ``sys.path``
 (``tests/integration/test_dask_suite.py`` does, over a bounded selection)::
 
-    PYTHONPATH=tests/dask_suite:tests/integration python -m pytest -p plugin -o addopts= \\
-        -c /dev/null --rootdir $DASK --confcutdir $DASK $DASK/bag/tests/test_bag.py
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 PYTHONPATH=tests/dask_suite:tests/integration \\
+        python -m pytest -p plugin -c /dev/null --rootdir $DASK --confcutdir $DASK \\
+        $DASK/bag/tests/test_bag.py
 
 (``DASK``: the installed ``dask`` package, whose wheel ships its tests). With
 ``KOTTA_DASK_SUITE_AUTH`` naming a credentials file the plugin uses that service;
@@ -70,7 +71,8 @@ def pytest_configure(config):
 
     from dask_kotta import Kotta, KottaScheduler
 
-    for marker in ("slow", "network", "gpu", "array_expr", "normal_and_array_expr"):
+    for marker in ("slow", "network", "gpu", "array_expr", "normal_and_array_expr",
+                   "skip_with_pyarrow_strings", "xfail_with_pyarrow_strings"):  # fmt: skip
         config.addinivalue_line("markers", f"{marker}: one of Dask's own markers")
     auth = os.environ.get("KOTTA_DASK_SUITE_AUTH")
     if auth:
