@@ -44,14 +44,17 @@ def run_calls(fn: Callable[..., Any], calls: Sequence[tuple[tuple, dict]]) -> li
     """``fn(*args, **kwargs)`` for each call, in order; one pickled outcome per call.
 
     An outcome is ``{"ok": True, "value": v}`` or ``{"ok": False, "exc", "type",
-    "message", "traceback"}``, as a python job's own result is. ``SystemExit`` in a
-    call ends that call only; ``KeyboardInterrupt`` ends the job.
+    "message", "traceback"}``, as a python job's own result is. Any exception, ``SystemExit``
+    and ``BaseException`` subclasses too, ends that call only; ``KeyboardInterrupt`` (a
+    SIGINT to the job) ends the job.
     """
     out = []
     for args, kwargs in calls:
         try:
             value = fn(*args, **kwargs)
-        except (Exception, SystemExit) as e:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:
             out.append(_outcome(False, exc=e))
         else:
             out.append(_outcome(True, value))

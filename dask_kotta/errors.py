@@ -37,7 +37,8 @@ back into the class for that status (``error_for_status``).
 
 A ``RemoteError`` raised to the caller is also an instance of the remote
 exception's own class where that class can be subclassed, so
-``except ZeroDivisionError`` works across the wire.
+``except ZeroDivisionError`` works across the wire; except for ``SystemExit``,
+``KeyboardInterrupt`` and ``GeneratorExit`` (``NOT_RERAISED_AS_ITSELF``: why there).
 """
 
 from __future__ import annotations
@@ -223,6 +224,20 @@ class RemoteError(JobError):
         )
 
 
+#: Remote exceptions re-raised as a plain ``RemoteError``, not as their own class (with
+#: their subclasses): on the client an instance of one would act on the client's own process.
+#: ``SystemExit`` ends the interpreter without a traceback (a task's ``sys.exit(0)`` would end
+#: the caller's script as a success), ``KeyboardInterrupt`` is what Ctrl-C raises here (a
+#: wait would take it for the user's and cancel its jobs; a script would stop with status
+#: 130 and no traceback), and ``GeneratorExit`` is what ``close()`` throws into a generator
+#: (one catching it would take a remote failure for being closed).
+NOT_RERAISED_AS_ITSELF: tuple[type[BaseException], ...] = (
+    SystemExit,
+    KeyboardInterrupt,
+    GeneratorExit,
+)
+
+
 def remote_error(
     exc: BaseException | None, type_name: str, message: str, tb: str, job_id: str
 ) -> RemoteError:
@@ -232,9 +247,22 @@ def remote_error(
     result is an instance of both ``RemoteError`` and that class, whose name
     Python prints before the message: the message is then the remote one alone
     (``KeyError: 'missing'``, not ``KeyError: KeyError: 'missing'``). A plain
-    ``RemoteError``'s message starts with the remote type's name.
+    ``RemoteError``'s message starts with the remote type's name. That holds for a
+    ``BaseException`` of the user's own too (then it is an ``Exception`` as well, as
+    every ``RemoteError`` is), but not for ``NOT_RERAISED_AS_ITSELF``: those come as a
+    plain ``RemoteError`` with a note saying why, the original in ``remote_exception``.
     """
-    if exc is not None and isinstance(exc, Exception):
+    if isinstance(exc, NOT_RERAISED_AS_ITSELF):
+        text = f"{type_name}: {message}" if message else type_name
+        err = RemoteError(text, job_id, type_name, tb, exc)
+        err.add_note(
+            f"The job raised {type_name}; it is raised here as RemoteError, not as "
+            f"{type_name}, which would act on this process (dask_kotta.errors.NOT_RERAISED_AS_ITSELF says why)."
+        )
+        for note in getattr(exc, "__notes__", None) or ():
+            err.add_note(note)
+        return err
+    if exc is not None:
         try:
             cls = type(
                 type(exc).__name__, (RemoteError, type(exc)), {"__module__": type(exc).__module__}

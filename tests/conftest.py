@@ -53,6 +53,7 @@ LONG_FIRST = [
     "tests/integration/test_cli.py",
     "tests/integration/test_outputs.py",
     "tests/integration/test_start_stop.py",
+    "tests/integration/test_dask_suite.py",  # ~60-90 s: one pytest of Dask's own tests
     "tests/integration/test_fuzz.py",
     "tests/integration/test_upload_limits.py",
     "tests/integration/test_containment.py",

@@ -9,6 +9,14 @@ values other jobs need. Requested values go in the same result when no other
 job reads from this one, else into the output file ``REQUESTED_FILE``, so the
 client downloads only what it asked for.
 
+Warnings raised by the tasks are caught (each once per task and place, at most
+``MAX_WARNINGS`` per job) and travel under ``WARNINGS_KEY`` in the values this
+job hands on: a job that reads from this one passes them on with its own, so
+they reach the client with the requested values, which the client downloads
+anyway; a failing task's exception carries them as ``__kotta_warnings__``. The
+client re-emits them (``dask_kotta/remote_warnings.py``). Each has an id, so one
+seen on two paths of the graph is emitted once.
+
 Tasks travel as small expression objects made from ``dask._task_spec`` nodes
 by :func:`encode` on the client. This module imports nothing beyond the
 standard library and is pickled *by value*, so a fragment runs in any
@@ -21,6 +29,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,12 @@ REQUESTED_FILE = "dask-requested.pkl"
 KEY_NOTE = "[kotta-dask] raised by task "
 #: Name of a large literal's upload, followed by the SHA-256 of its pickle (``literals.py``).
 LITERAL_PREFIX = "kotta-literal-"
+#: Key of the warnings in a fragment's values: ``{"records": {id: record}, "dropped": {job: n}}``.
+WARNINGS_KEY = "__kotta_warnings__"
+#: Most warnings one job sends on (its own and those it passes on); the rest are counted.
+MAX_WARNINGS = 100
+#: Attribute of a failing task's exception that carries the warnings.
+WARNINGS_ATTR = "__kotta_warnings__"
 
 
 # -- expressions: what a task is, without dask ----------------------------------------------
@@ -222,6 +238,77 @@ def _toposort(inner: dict) -> list:
     return out
 
 
+# -- warnings -------------------------------------------------------------------------------
+
+
+class _Warnings:
+    """The warnings of one fragment's run, as ``warnings.showwarning`` receives them."""
+
+    def __init__(self) -> None:
+        # Ids stay unique across jobs without knowing the job's id.
+        self.token = os.urandom(8).hex()
+        self.key: Any = None
+        self.records: dict[str, dict[str, Any]] = {}
+        self.dropped: dict[str, int] = {}
+        self.seen: set = set()
+        self.modules: dict[str, str] = {}
+
+    def show(self, message: Any, category: type, filename: str, lineno: int, *_: Any) -> None:
+        text = str(message)
+        sig = (self.key, category, text, filename, lineno)
+        if sig in self.seen:  # a loop warning a million times sends one record
+            return
+        self.seen.add(sig)
+        if len(self.records) >= MAX_WARNINGS:
+            self.dropped[self.token] = self.dropped.get(self.token, 0) + 1
+            return
+        try:
+            import cloudpickle
+
+            pickled = None if category.__module__ == "builtins" else cloudpickle.dumps(category)
+        except Exception:
+            pickled = None  # the client falls back on the nearest builtin class
+        self.records[f"{self.token}:{len(self.seen)}"] = {
+            "key": self.key,
+            "text": text,
+            "category": pickled,
+            "names": [
+                f"{c.__module__}.{c.__qualname__}" for c in category.__mro__ if c is not object
+            ],
+            "filename": filename,
+            "lineno": lineno,
+            "module": self._module(filename),
+        }
+
+    def _module(self, filename: str) -> str | None:
+        # What `warnings.warn` would name as the module, so `module=` filters match.
+        if filename not in self.modules:
+            for name, mod in list(sys.modules.items()):
+                f = getattr(mod, "__file__", None)
+                if f:
+                    self.modules.setdefault(f, name)
+        return self.modules.get(filename)
+
+    def forward(self, payload: Any) -> None:
+        """Take on the warnings a job this one read from passed on."""
+        if not isinstance(payload, dict):
+            return
+        for i, rec in payload.get("records", {}).items():
+            if i in self.records:
+                continue
+            if len(self.records) >= MAX_WARNINGS:
+                self.dropped[self.token] = self.dropped.get(self.token, 0) + 1
+            else:
+                self.records[i] = rec
+        for token, n in payload.get("dropped", {}).items():
+            self.dropped[token] = max(n, self.dropped.get(token, 0))
+
+    def payload(self) -> dict[str, Any] | None:
+        if not self.records and not self.dropped:
+            return None
+        return {"records": self.records, "dropped": self.dropped}
+
+
 # -- the fragment ---------------------------------------------------------------------------
 
 
@@ -246,11 +333,21 @@ def _workdir() -> Path:
 
 def run_fragment(spec: dict[str, Any]) -> dict[Any, Any]:
     """Run the fragment's tasks; see the module docstring."""
+    caught = _Warnings()
+    with warnings.catch_warnings():
+        # Every warning is recorded here; the client's filters decide what is shown.
+        warnings.simplefilter("always")
+        warnings.showwarning = caught.show
+        return _run(spec, caught)
+
+
+def _run(spec: dict[str, Any], caught: _Warnings) -> dict[Any, Any]:
     values: dict[Any, Any] = {}
     deps_dir = _workdir() / ".kotta" / "deps"
     for job_id, keys in spec["reads"].items():
         with open(deps_dir / f"{job_id}.pkl", "rb") as f:
             shared = pickle.load(f)["value"]
+        caught.forward(shared.get(WARNINGS_KEY))
         for k in keys:
             values[k] = shared[k]
         del shared
@@ -260,19 +357,31 @@ def run_fragment(spec: dict[str, Any]) -> dict[Any, Any]:
         for d in deps:
             uses[d] = uses.get(d, 0) + 1
     for key, expr, deps in spec["nodes"]:
+        caught.key = key
         try:
             values[key] = _ev(expr, values)
         except BaseException as e:
             # The key travels in the exception's notes, and so in its traceback text.
             e.add_note(f"{KEY_NOTE}{key!r}")
+            found = caught.payload()
+            if found:
+                try:
+                    setattr(e, WARNINGS_ATTR, found)
+                except Exception:
+                    pass  # an exception that takes no attributes goes without them
             raise
         for d in deps:
             uses[d] -= 1
             if not uses[d] and d not in keep:
                 del values[d]
+    found = caught.payload()
     out = {k: values[k] for k in spec["shared"]}
+    if found and spec["shared"]:
+        out[WARNINGS_KEY] = found
     if spec["returns"]:
         requested = {k: values[k] for k in spec["returns"]}
+        if found:
+            requested[WARNINGS_KEY] = found
         if not spec["shared"]:
             return requested
         import cloudpickle

@@ -134,6 +134,7 @@ from ..errors import (
     remote_error,
 )
 from ..jobspec import JobSpec, keep_days_value
+from ..remote_warnings import emit
 from . import frames, remote
 from .annotations import (
     JobSettings,
@@ -144,7 +145,15 @@ from .annotations import (
 from .graph import Graph, build
 from .literals import DEFAULT_THRESHOLD, Literals, configured_threshold, threshold_bytes
 from .plan import Fragment, plan
-from .remote import KEY_NOTE, REQUESTED_FILE, encode, fragment_spec, run_fragment
+from .remote import (
+    KEY_NOTE,
+    REQUESTED_FILE,
+    WARNINGS_ATTR,
+    WARNINGS_KEY,
+    encode,
+    fragment_spec,
+    run_fragment,
+)
 from .state import evaluate_local, finish_task, local_keys, start_state, start_tasks
 
 # Fragments run wherever cloudpickle does, even in a `requirements` environment without
@@ -249,6 +258,11 @@ class KottaScheduler:
         s = self.default
         return f"<KottaScheduler {self.konn.url} queue={s.queue} walltime={s.walltime_min:g}>"
 
+    def __deepcopy__(self, memo: dict) -> KottaScheduler:
+        # Code that deep-copies dask.config (distributed's gen_cluster does) copies a scheduler
+        # set there; its connection is never copied (it holds the token), so neither is it.
+        return self
+
     def effective_parallelism(self) -> int:
         """``parallelism`` if given, else the default queue's slots on the cluster (or 8)."""
         if self.parallelism is not None:
@@ -291,6 +305,8 @@ class _Run:
         self.literals = Literals(self.konn, configured_threshold(sched.literal_threshold))
         #: The settings of tasks without annotations: the scheduler's, or dask.config's kotta.*.
         self.default = sched.default
+        #: Ids of the remote warnings already re-emitted (one can come by several paths).
+        self.warned: set[str] = set()
 
     def get(self, dsk: Any, keys: Any) -> Any:
         t0 = time.perf_counter()
@@ -452,8 +468,10 @@ class _Run:
         else:
             data = self.konn.result_bytes(job_id)
             values = loads_result(data, job_id)
+        found = values.pop(WARNINGS_KEY, None)
         self.stats.downloaded_bytes += len(data)
         self.stats.downloaded_keys.extend(values)
+        emit(found, self.warned, _where)
         return values
 
     def _error(self, rec: dict[str, Any], f: Fragment) -> KottaError:
@@ -478,6 +496,11 @@ class _Run:
                     f"{message} [dask task {key!r}, Kotta job {job_id}]", e.remote_traceback, job_id,
                 )  # fmt: skip
                 err.key = key  # type: ignore[attr-defined]
+                # The task's warnings first, as they would have come before its exception.
+                try:
+                    emit(getattr(e.remote_exception, WARNINGS_ATTR, None), self.warned, _where)
+                except Warning as w:  # a filter made one an error: it is raised, from the task's
+                    raise w from err
                 return err
             except KottaError as e:
                 return e
@@ -514,6 +537,10 @@ def _failed_key(e: RemoteError, f: Fragment) -> Key:
                     return k
             return wanted
     return f.keys[0] if len(f.keys) == 1 else f.keys
+
+
+def _where(rec: dict[str, Any]) -> str:
+    return f"dask task {rec['key']!r}"
 
 
 def _summary(keys: list[Key]) -> str:
