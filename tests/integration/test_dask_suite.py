@@ -9,9 +9,10 @@ imports what its tasks need (dask.bag, numpy, pandas): Dask's whole files cost
 tens of minutes here (``test_bag.py`` without its multiprocessing cases: 1,980 s
 of calls at load 20 on the 2-core machine), and one pytest run costs ~10-30 s
 before its first test (importing dask, collecting a file). So CI runs one pytest,
-over ``SELECTION``: explicit tests of each collection that compute on the
-scheduler, chosen among the cheapest measured (the test name's comment gives its
-reason); ``KOTTA_DASK_SUITE=full`` runs ``FULL``, the issue's files whole, instead.
+over ``SELECTION``: ``test_delayed.py`` whole, and explicit tests of each other
+collection that compute on the scheduler, chosen among the cheapest measured (the
+test name's comment gives its reason); ``KOTTA_DASK_SUITE=full`` runs ``FULL``, the
+issue's files whole, instead.
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ HERE = Path(__file__).parent
 
 #: What CI runs: node ids under the dask package (its wheel ships its tests).
 SELECTION: list[str] = [
-    # delayed: operators, methods and attributes of Delayed objects, computed remotely
-    "tests/test_delayed.py::test_operators",
-    "tests/test_delayed.py::test_methods",
-    "tests/test_delayed.py::test_attributes",
-    "tests/test_delayed.py::test_traverse_false",  # CANNOT_PASS: shows the list is applied
+    # delayed: the whole file (63 tests; ~35 s at load 12 on the 2-core machine), with
+    # test_traverse_false, which is in CANNOT_PASS: it shows the list is applied
+    "tests/test_delayed.py",
     # bag: partitions made, mapped, zipped and concatenated remotely
     "bag/tests/test_bag.py::test_from_sequence",
     "bag/tests/test_bag.py::test_map_partitions_args_kwargs",
