@@ -2,6 +2,7 @@
 
     python bench/bench_dask.py                      # starts its own `dask-kotta up` (2 workers)
     python bench/bench_dask.py --auth-file auth.file --workers 2 --repeat 7
+    python bench/bench_dask.py --frames --repeat 3   # a dataframe over S3: bench/frames_s3.py
 
 Two graphs, each computed on all three schedulers in the same run:
 
@@ -80,16 +81,19 @@ def timed(make, compute, expected, repeat: int) -> list[float]:
     return times
 
 
-def start_service(workers: int, slots: int) -> tuple[subprocess.Popen, Path]:
-    """`dask-kotta up` in a temp dir; returns the process and its credentials file."""
+def start_service(
+    workers: int, slots: int, env: dict | None = None, extra: list[str] | None = None
+) -> tuple[subprocess.Popen, Path]:
+    """`dask-kotta up` in a temp dir (first user ``bench``); returns the process and its credentials file."""
     base = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     auth = base / "auth.file"
     port = free_port()
     log = open(base / "service.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dask_kotta.cli", "up", "--port", str(port), "--data-dir", str(base / "data"),
-         "--auth-file", str(auth), "--workers", str(workers), "--slots", str(slots)],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+         "--auth-file", str(auth), "--workers", str(workers), "--slots", str(slots),
+         "--user", "bench", *(extra or [])],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
     )  # fmt: skip
     import requests
 
@@ -126,7 +130,24 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=4, help="job slots per Kotta worker (default 4)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument(
+        "--frames",
+        action="store_true",
+        help="instead: a dataframe over S3 (SeaweedFS), kd.read_parquet on Kotta "
+        "vs dd.read_parquet on a LocalCluster (see bench/frames_s3.py)",
+    )
+    ap.add_argument("--files", type=int, default=50, help="--frames: Parquet files (default 50)")
+    ap.add_argument(
+        "--rows", type=int, default=40_000, help="--frames: rows a file (default 40,000)"
+    )
     args = ap.parse_args()
+    if args.frames:
+        import frames_s3
+
+        figures = frames_s3.run(args, start_service)
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=1))
+        return
 
     from distributed import Client, LocalCluster
 

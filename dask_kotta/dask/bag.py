@@ -91,20 +91,39 @@ def list_urls(
     An ``s3://bucket/prefix/`` ending in a slash names every object under it.
     ``http(s)://`` URLs are taken as they are. Nothing is downloaded.
     """
+    return [url for url, _ in list_objects(urlpath, storage_options, sizes=False)]
+
+
+def list_objects(
+    urlpath: str | Sequence[str],
+    storage_options: dict[str, Any] | None = None,
+    sizes: bool = True,
+    client: Any = None,
+) -> list[tuple[str, int | None]]:
+    """``(url, size)`` of each object :func:`list_urls` names.
+
+    A glob's sizes come with the listing; a key named exactly costs a HEAD
+    when ``sizes`` (a missing one is then a :class:`NoFilesError`), else its
+    size is None, as is an ``http(s)://`` URL's. ``client``: a boto3 S3 client
+    to use (made from ``storage_options`` on first need otherwise).
+    """
     paths = [urlpath] if isinstance(urlpath, str) else list(urlpath)
-    out: list[str] = []
-    client = None
+    out: list[tuple[str, int | None]] = []
     for path in paths:
         p = urlparse(path)
         if p.scheme in ("http", "https"):
-            out.append(path)
+            out.append((path, None))
             continue
         if p.scheme != "s3" or not p.netloc:
             raise ValueError(f"{path!r}: expected s3://bucket/key (or an http(s):// URL)")
         bucket, key = p.netloc, p.path.lstrip("/")
         wild = re.search(r"[*?\[]", key)
         if not wild and key and not key.endswith("/"):
-            out.append(f"s3://{bucket}/{key}")
+            size = None
+            if sizes:
+                client = client or s3_client(storage_options)
+                size = _head_size(client, bucket, key, path)
+            out.append((f"s3://{bucket}/{key}", size))
             continue
         client = client or s3_client(storage_options)
         prefix = key[: wild.start()] if wild else key
@@ -116,11 +135,23 @@ def list_urls(
                 if k.endswith("/"):
                     continue
                 if regex is None or regex.match(k):
-                    found.append(f"s3://{bucket}/{k}")
+                    found.append((f"s3://{bucket}/{k}", obj.get("Size")))
         if not found:
             raise NoFilesError(f"{path} resolved to no files")
         out.extend(sorted(found))
     return out
+
+
+def _head_size(client: Any, bucket: str, key: str, path: str) -> int:
+    from botocore.exceptions import ClientError
+
+    try:
+        return int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except ClientError as e:
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound"):
+            raise NoFilesError(f"{path} resolved to no files (no such key)") from None
+        raise
 
 
 def _partitions(urls: list[str], per_partition: int) -> list[list[str]]:

@@ -151,7 +151,7 @@ def cull(nodes: Mapping[Key, GraphNode], keys: Iterable[Key]) -> dict[Key, Graph
 
 
 def task_inputs(node: GraphNode) -> tuple[str, ...]:
-    """Input URLs a task carries in its function (``__kotta_inputs__``), subgraphs included."""
+    """Input URLs a task carries (``__kotta_inputs__``) in its function or arguments, subgraphs included."""
     if not isinstance(node, Task):
         return ()
     if node.func is _execute_subgraph:
@@ -159,7 +159,20 @@ def task_inputs(node: GraphNode) -> tuple[str, ...]:
         for inner in node.args[0].values():
             urls.extend(task_inputs(inner))
         return tuple(urls)
-    return tuple(getattr(node.func, "__kotta_inputs__", ()) or ())
+    urls = list(getattr(node.func, "__kotta_inputs__", ()) or ())
+    # dd.from_map gives every partition one function and its own argument: the URLs ride there.
+    for arg in node.args:
+        urls.extend(task_inputs(arg) if isinstance(arg, Task) else _carried(arg))
+    return tuple(urls)
+
+
+def _carried(arg: Any) -> tuple[str, ...]:
+    # Only a tuple counts: an argument may be any object, even one answering every attribute.
+    try:
+        urls = getattr(arg, "__kotta_inputs__", None)
+    except Exception:
+        return ()
+    return urls if isinstance(urls, tuple) else ()
 
 
 def build(dsk: Any, keys: Any) -> tuple[Graph, list[Key]]:

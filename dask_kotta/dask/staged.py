@@ -72,13 +72,25 @@ class Fetcher:
                 for chunk in r.iter_content(1024 * 1024):
                     f.write(chunk)
 
+    def version(self, url: str) -> str:
+        """What tells one version of an ``s3://`` object from another (ETag, size); ``""`` else."""
+        p = urlparse(url)
+        if p.scheme != "s3":
+            return ""
+        if self._s3 is None:
+            self._s3 = s3_client()
+        head = self._s3.head_object(Bucket=p.netloc, Key=p.path.lstrip("/"))
+        return f"{head.get('ETag', '')} {head.get('ContentLength', '')}"
+
     def local_path(self, url: str) -> str:
         """A local file holding ``url``: the staged one, or a download into a temp cache."""
         staged = _staged(url)
         if staged is not None:
             return str(staged)
         cache = Path(tempfile.gettempdir()) / "dask-kotta-bag"
-        cache = cache / hashlib.sha1(url.encode()).hexdigest()
+        # Keyed by the object's version too: an object rewritten under the same key must
+        # not be answered from an earlier download.
+        cache = cache / hashlib.sha1(f"{url} {self.version(url)}".encode()).hexdigest()
         cache.mkdir(parents=True, exist_ok=True)
         dest = cache / staged_name(url)
         if not dest.is_file():

@@ -86,12 +86,15 @@ def test_kotta_reexports_the_same_objects():
     assert dask_kotta.Kotta is Kotta and dask_kotta.KottaJob is KottaJob
 
 
-def test_the_bag_module_is_dask_kotta_dask_bag():
+def test_the_bag_and_dataframe_modules_are_their_dask_kotta_dask_modules():
     import dask_kotta.bag as kb
-    from dask_kotta.dask import bag
+    import dask_kotta.dataframe as kd
+    from dask_kotta.dask import bag, byteranges, dataframe
 
     for name in kb.__all__:
-        assert getattr(kb, name) is getattr(bag, name)
+        assert getattr(kb, name) is getattr(byteranges if name == "read_bytes" else bag, name)
+    for name in kd.__all__:
+        assert getattr(kd, name) is getattr(bag if name == "NoFilesError" else dataframe, name)
     assert dask_kotta.dask.read_text is kb.read_text
 
 
