@@ -85,8 +85,11 @@ def delete_jobs(
 ) -> list[str]:
     """Delete ended jobs and their objects; returns the ids deleted (see ``delete_ended``)."""
     deleted = retention.delete_ended(job_ids, owner)
+    # The rows of small objects went with the jobs' own transaction: only the object store's
+    # files are left to delete (no statement per job for rows that are gone).
+    files = getattr(objects, "inner", objects)
     for job_id, job_owner in deleted:
-        objects.delete_prefix(job_prefix(job_owner, job_id))
+        files.delete_prefix(job_prefix(job_owner, job_id))
     return [job_id for job_id, _ in deleted]
 
 
