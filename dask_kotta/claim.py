@@ -62,6 +62,9 @@ class Claim(Sandbox):
     #: end, base64, up to ``inline_max`` bytes each
     local_store: NotRequired[bool]
     inline_max: NotRequired[int]
+    #: a result up to this many bytes rides with the end on any store (the server keeps it
+    #: in its database)
+    result_inline_max: NotRequired[int]
     # Added to a slot's claims (``/runner/next``): the attempt's own dispatch token and a
     # small payload (base64).
     token: NotRequired[str]

@@ -19,7 +19,9 @@ the point           :class:`Direct`              ``SlotReporting`` (``slot_repor
 ``send_output``     ``PUT /files/<name>``;       the same
                     a small one on a local
                     store rides with the end
-``send_result``     ``PUT /result``; the same    the same
+``send_result``     ``PUT /result``; a small     the same
+                    one rides with the end
+                    (any store)
 ``follow_logs``     ``PUT /logs/<stream>`` from  the same, from the host's timer thread
                     a timer thread, 1 s after    and pool
                     the start, then every 1 s
@@ -170,6 +172,10 @@ class Inline:
     def __init__(self, claim: Mapping[str, Any]):
         self.limit = int(claim.get("inline_max", 0))
         self.max = self.limit if claim.get("local_store") else 0
+        # A result up to this size rides with the end on any store: the server keeps it in
+        # its database (``store/blobs.py``), so it needs no request of its own. 0 from an
+        # older server.
+        self.result_max = max(self.max, int(claim.get("result_inline_max", 0)))
         self._lock = threading.Lock()
         self._total = 0
         self.files: dict[str, bytes] = {}
@@ -188,14 +194,19 @@ class Inline:
         f.seek(0)
         return None
 
-    def send(self, f: BinaryIO, upload: Callable[[BinaryIO, float | None], int]) -> bytes | int:
+    def send(
+        self,
+        f: BinaryIO,
+        upload: Callable[[BinaryIO, float | None], int],
+        keep_max: int | None = None,
+    ) -> bytes | int:
         """The bytes of ``f`` to keep for the end, or the size ``upload(f, patience_s)`` sent.
 
-        A small file on a local store is kept; on another store it is uploaded, and kept
-        only if the server does not answer at once. Anything else waits on the server with
-        the runner's patience, as before.
+        A small file on a local store is kept (up to ``keep_max`` bytes on any store, when
+        given); on another store it is uploaded, and kept only if the server does not answer
+        at once. Anything else waits on the server with the runner's patience, as before.
         """
-        data = self.take(f)
+        data = self.take(f, keep_max)
         if data is not None:
             return data
         if self.max or not self.limit:
@@ -240,7 +251,9 @@ def send_output(inline: Inline, api: RunnerAPI, name: str, f: BinaryIO) -> int:
 
 def send_result(inline: Inline, api: RunnerAPI, f: BinaryIO) -> int:
     """Send (or keep for the end) the pickled result; returns its size."""
-    sent = inline.send(f, lambda g, patience: api.upload_result(g, patience_s=patience))
+    sent = inline.send(
+        f, lambda g, patience: api.upload_result(g, patience_s=patience), inline.result_max
+    )
     if isinstance(sent, bytes):
         inline.result = sent
         return len(sent)

@@ -30,6 +30,7 @@ from ..errors import (
 from ..jobspec import bad_text
 from ..paths import safe_relpath
 from ..store.attempts import EndReport
+from ..store.blobs import SMALL_MAX
 from ..store.objects import LocalObjectStore, job_key
 from .auth import hash_token
 from .inputs import input_plan
@@ -92,8 +93,10 @@ def claim_info(s: Service, job: dict[str, Any]) -> Claim:
         "retries_left": job["retries"] - job["failures"],
         "contain": "optional" if s.config.allow_uncontained else "required",
         # Small files and results may ride with the end (base64) into a local store.
-        "local_store": isinstance(s.objects, LocalObjectStore),
+        "local_store": isinstance(s.objects.inner, LocalObjectStore),
         "inline_max": d.INLINE_MAX_BYTES,
+        # A result this small rides with the end on any store: it is kept in the database.
+        "result_inline_max": SMALL_MAX,
         **queue.sandbox(),
     }
 
@@ -158,12 +161,20 @@ def record_ends(s: Service, ends: list[tuple[str, int, str, Finish]]) -> list[st
     """
     decoded = [_decoded(body) for *_, body in ends]
 
-    def write_files(job: dict[str, Any], i: int) -> None:
+    def write_files(job: dict[str, Any], i: int) -> list[dict[str, Any]]:
         files, result = decoded[i]
-        for name, data in files.items():
-            s.objects.put_bytes(job_key(job["owner"], job["id"], name), data)
         if result is not None:
-            s.objects.put_bytes(job_key(job["owner"], job["id"], d.RESULT_OBJECT), result)
+            files = {**files, d.RESULT_OBJECT: result}
+        kept: list[tuple[str, bytes | None]] = []
+        for name, data in files.items():
+            key = job_key(job["owner"], job["id"], name)
+            if s.objects.keeps(key, data):
+                kept.append((key, data))  # a row of the end's transaction
+            else:
+                s.objects.inner.put_bytes(key, data)
+                if s.objects.eligible(key):
+                    kept.append((key, None))  # an earlier attempt's row must not shadow it
+        return s.objects.blobs.rows(kept)
 
     reports = [
         EndReport(
@@ -268,6 +279,10 @@ async def next_jobs(
         if s.notifier.closed or await gone():
             break  # stopping, or nobody to hand a job to: leave it pending
     out, unsendable = [], []
+    # The payloads kept in the database, in one read for the batch.
+    payloads = s.objects.small_bytes(
+        [payload_key(job) for job, _ in claimed if job["spec"].get("has_payload")]
+    )
     for job, dispatch in claimed:
         s.changed(job["id"])
         info = claim_info(s, job)
@@ -279,9 +294,13 @@ async def next_jobs(
             continue
         info["token"] = dispatch
         if info["has_payload"]:
-            path = s.objects.local_path(payload_key(job))
-            if path is not None and path.stat().st_size <= d.INLINE_MAX_BYTES:
-                info["payload"] = base64.b64encode(path.read_bytes()).decode()
+            data = payloads.get(payload_key(job))
+            if data is None:  # a large one, in a local store, up to INLINE_MAX_BYTES rides too
+                path = s.objects.inner.local_path(payload_key(job))
+                if path is not None and path.stat().st_size <= d.INLINE_MAX_BYTES:
+                    data = path.read_bytes()
+            if data is not None:
+                info["payload"] = base64.b64encode(data).decode()
         out.append(info)
     if unsendable:
         record_ends(s, unsendable)

@@ -111,10 +111,16 @@ async def submit(
         else:  # the user's first count lists their objects: not on the event loop
             await asyncio.to_thread(s.usage.check, *args)
 
-    def write_payloads(rows: list[tuple[dict[str, Any], bool]]) -> None:
+    def write_payloads(rows: list[tuple[dict[str, Any], bool]]) -> list[dict[str, Any]]:
+        small = []
         for (job, created), payload in zip(rows, payloads, strict=True):
             if created and payload is not None:
-                s.objects.put_bytes(job_key(user["id"], job["id"], d.PAYLOAD_OBJECT), payload)
+                key = job_key(user["id"], job["id"], d.PAYLOAD_OBJECT)
+                if s.objects.keeps(key, payload):
+                    small.append((key, payload))  # a row of this transaction
+                else:
+                    s.objects.inner.put_bytes(key, payload)
+        return s.objects.blobs.rows(small)
 
     rows = s.store.insert_jobs(user["id"], specs, before_commit=write_payloads)
     for job, created in rows:
@@ -150,13 +156,23 @@ async def wait(
 
 
 def inline_results(s: Service, jobs: list[dict[str, Any]]) -> dict[str, str]:
-    """Base64 of the small results of ended jobs, where the object store is local."""
+    """Base64 of the small results of ended jobs: those kept in the database (one read for
+    all, whatever the object store), and those up to ``INLINE_MAX_BYTES`` in a local store."""
+    keys = {
+        j["id"]: job_key(j["owner"], j["id"], d.RESULT_OBJECT)
+        for j in jobs
+        if j["status"] in d.TERMINAL_STATUSES and j["has_result"]
+    }
+    kept = s.objects.small_bytes(list(keys.values())) if keys else {}
     out = {}
-    for j in jobs:
-        if j["status"] in d.TERMINAL_STATUSES and j["has_result"]:
-            path = s.objects.local_path(job_key(j["owner"], j["id"], d.RESULT_OBJECT))
-            if path is not None and path.stat().st_size <= d.INLINE_MAX_BYTES:
-                out[j["id"]] = base64.b64encode(path.read_bytes()).decode()
+    for job_id, key in keys.items():
+        data = kept.get(key)
+        if data is None:
+            path = s.objects.inner.local_path(key)
+            if path is None or path.stat().st_size > d.INLINE_MAX_BYTES:
+                continue
+            data = path.read_bytes()
+        out[job_id] = base64.b64encode(data).decode()
     return out
 
 

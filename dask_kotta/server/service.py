@@ -19,8 +19,9 @@ from typing import Any
 from .. import defaults as d
 from ..s3client import s3_client
 from ..store import retention
+from ..store.blobs import Blobs, KeptSmall
 from ..store.jobs import JobStore
-from ..store.objects import ObjectStore, open_store
+from ..store.objects import LocalObjectStore, open_store
 from ..store.presign import Presigner, presigner
 from .engine import Engine
 from .notify import Notifier
@@ -92,7 +93,11 @@ class Service:
         self.policy: Policy = load_policy(config.policy_file)
         self._grant_client: Any = None
         self.store = JobStore(config.database_url)
-        self.objects: ObjectStore = open_store(config.store, config.data_dir)
+        #: The object store, with jobs' small objects kept as rows of the job database.
+        inner = open_store(config.store, config.data_dir)
+        self.objects = KeptSmall(
+            inner, Blobs(self.store.engine), everything=isinstance(inner, LocalObjectStore)
+        )
         recount_s = float(os.environ.get("DASK_KOTTA_USAGE_RECOUNT_S", d.USAGE_RECOUNT_S))
         #: Each user's bytes in ``objects``, for the storage quota (``--max-storage``).
         self.usage = StorageUsage(self.objects, recount_s)

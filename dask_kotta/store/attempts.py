@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .. import defaults as d
+from .blobs import Blobs
 from .schema import job_events, job_row, jobs
 
 
@@ -368,7 +369,7 @@ class Attempts:
     def finish_many(
         self,
         reports: Sequence[EndReport],
-        before: Callable[[dict[str, Any], int], None] | None = None,
+        before: Callable[[dict[str, Any], int], list[dict] | None] | None = None,
         max_requeues: int = d.MAX_REQUEUES,
     ) -> list[dict[str, Any] | None]:
         """Record the ends of attempts, one or a slot's batch, in one transaction.
@@ -382,7 +383,8 @@ class Attempts:
 
         ``before(job, i)`` is called for each attempt that still holds its job,
         before the end of ``reports[i]`` is written (the server stores the
-        attempt's inline files there, so a completed job's files exist).
+        attempt's inline files there, so a completed job's files exist); it may return
+        rows of small objects (``blobs.Blobs.rows``), written in the same transaction.
         Requeues spend ``max_requeues``, as for a lost worker.
 
         Returns, per report, the job's ``id``, ``owner``, ``queue``, ``name``,
@@ -413,8 +415,8 @@ class Attempts:
                         or (row.status == d.PENDING and (not row.worker or r.requeue))
                     ):
                         break
-                    if before is not None:
-                        before(dict(row._mapping), i)
+                    if before is not None and (rows := before(dict(row._mapping), i)):
+                        Blobs.write(c, rows)
                     ended = self._end(c, row, r, now, events, max_requeues)
                     if ended is not None:
                         held.pop(row.id)  # the same attempt reported twice in one batch: once

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from .. import defaults as d
 from . import listing
 from .attempts import Attempts, move
+from .blobs import Blobs
 from .migrate import prepare
 from .retention import Retention
 from .schema import job_events, job_row, jobs, server_keys, tokens, users
@@ -222,7 +223,8 @@ class JobStore:
         self,
         owner: int,
         specs: list[dict[str, Any]],
-        before_commit: Callable[[list[tuple[dict[str, Any], bool]]], None] | None = None,
+        before_commit: Callable[[list[tuple[dict[str, Any], bool]]], list[dict] | None]
+        | None = None,
     ) -> list[tuple[dict[str, Any], bool]]:
         """Insert jobs in one transaction; returns ``(job, created)`` per spec.
 
@@ -230,7 +232,8 @@ class JobStore:
         the job made the first time, with ``created=False``. ``before_commit``
         gets that list before the jobs become visible (the server writes their
         payloads there, so no runner can claim a job whose payload is missing);
-        if it raises, no job is made.
+        if it raises, no job is made. It may return rows of small objects
+        (``blobs.Blobs.rows``), written in the same transaction.
         """
         out: list[tuple[dict[str, Any], bool]] = []
         now = time.time()
@@ -297,7 +300,7 @@ class JobStore:
                 c.execute(jobs.insert(), new_rows)
                 c.execute(job_events.insert(), new_events)
             if before_commit is not None:
-                before_commit(out)
+                Blobs.write(c, before_commit(out) or [])
         return out
 
     # -- reads --------------------------------------------------------------------------

@@ -50,7 +50,7 @@ BASELINE = "0001"
 #: The newest revision in :data:`MIGRATIONS`, so that a database at head is seen as such
 #: without importing Alembic (a tenth of a second in every process that opens the store).
 #: ``tests/unit/test_migrations.py`` holds it equal to the scripts' head.
-HEAD = "0005"
+HEAD = "0006"
 #: PostgreSQL advisory lock held while a database is made or upgraded ("kotta" in ASCII).
 _PG_LOCK = 0x6B6F747461
 

@@ -1,7 +1,8 @@
 """Deleting ended jobs: the user's own, on request, and everyone's once they expire.
 
 A job's record, its history and its objects (payload, logs, outputs, result) go
-together. The rows go first, in one transaction: a crash before the objects are
+together. The rows go first, in one transaction (the small objects kept in the
+database, ``blobs.py``, among them): a crash before the objects are
 removed leaves objects no job names (space, not a wrong answer), never a job
 whose files are missing.
 
@@ -20,7 +21,7 @@ import sqlalchemy as sa
 
 from .. import defaults as d
 from .objects import ObjectStore, job_prefix
-from .schema import job_events, jobs
+from .schema import job_events, job_objects, jobs
 
 
 class Retention:
@@ -47,8 +48,10 @@ class Retention:
             rows = c.execute(q).all()
             ids = [r.id for r in rows]
             if ids:
-                # History first: it refers to the job (a foreign key SQLite enforces here).
+                # History and small objects first: they refer to the job (a foreign key
+                # SQLite enforces here). The objects go with the rows, in this transaction.
                 c.execute(job_events.delete().where(job_events.c.job_id.in_(ids)))
+                c.execute(job_objects.delete().where(job_objects.c.job_id.in_(ids)))
                 c.execute(jobs.delete().where(jobs.c.id.in_(ids), ended))
             return [(r.id, r.owner) for r in rows]
 
@@ -82,8 +85,11 @@ def delete_jobs(
 ) -> list[str]:
     """Delete ended jobs and their objects; returns the ids deleted (see ``delete_ended``)."""
     deleted = retention.delete_ended(job_ids, owner)
+    # The rows of small objects went with the jobs' own transaction: only the object store's
+    # files are left to delete (no statement per job for rows that are gone).
+    files = getattr(objects, "inner", objects)
     for job_id, job_owner in deleted:
-        objects.delete_prefix(job_prefix(job_owner, job_id))
+        files.delete_prefix(job_prefix(job_owner, job_id))
     return [job_id for job_id, _ in deleted]
 
 

@@ -94,6 +94,20 @@ server_keys = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+# A job's small objects (payload, result, STDOUT/STDERR, outputs up to ``blobs.SMALL_MAX``
+# bytes), kept in the database instead of one object each (revision 0006): writing, reading
+# and deleting a row costs a fraction of a file or an S3 request. ``key`` is the object's key
+# in the object store (``u<owner>/<job id>/<name>``), so that every reader finds it by the
+# same key; the job's rows go with the job (``retention.py``).
+job_objects = sa.Table(
+    "job_objects",
+    metadata,
+    sa.Column("key", sa.String(1100), primary_key=True),
+    sa.Column("job_id", sa.String(32), sa.ForeignKey("jobs.id"), nullable=False, index=True),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
 job_events = sa.Table(
     "job_events",
     metadata,

@@ -241,6 +241,24 @@ class Service:
     def creds(self, path: Path | None = None) -> str:
         return Path(path or self.auth_file).read_text()
 
+    def stored(self, job_id: str) -> set[str]:
+        """Names of a job's objects on a local store: files, and small ones kept as rows of
+        the job database (``store/blobs.py``)."""
+        import sqlite3
+
+        names = {
+            str(p.relative_to(d))
+            for d in (self.data_dir / "objects").glob(f"u*/{job_id}")
+            for p in d.rglob("*")
+            if p.is_file()
+        }
+        db = self.data_dir / "jobs.sqlite"
+        if db.exists():
+            with contextlib.closing(sqlite3.connect(db)) as c:
+                rows = c.execute("SELECT key FROM job_objects WHERE job_id = ?", (job_id,))
+                names |= {key.split("/", 2)[2] for (key,) in rows}
+        return names
+
     def konn(self, path: Path | None = None):
         from kotta import Kotta
 

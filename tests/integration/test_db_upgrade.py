@@ -26,7 +26,7 @@ from kotta import KottaJob
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
 #: The package's newest schema revision.
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture
@@ -105,7 +105,7 @@ def test_a_postgres_database_made_by_0_1_0_is_stamped_upgraded_and_keeps_every_r
     assert len(before["jobs"]) == 28
 
     assert migrate.status(sa.make_url(url)).state == "unversioned"
-    with pytest.raises(SchemaError, match="needs 0005: run `dask-kotta db upgrade"):
+    with pytest.raises(SchemaError, match="needs 0006: run `dask-kotta db upgrade"):
         JobStore(url)  # as `server` without --upgrade-db
     assert pg_rows(url) == before
     store = JobStore(url, upgrade=True)
@@ -162,6 +162,12 @@ def test_up_restart_on_a_data_dir_made_before_migrations_keeps_its_jobs(tmp_path
         db = svc.data_dir / "jobs.sqlite"
         engine = sa.create_engine(f"sqlite:///{db}")
         with engine.begin() as c:
+            # 0.1.0 kept every object as a file: the rows (0006) become files again.
+            for key, data in c.execute(sa.text("SELECT key, data FROM job_objects")).all():
+                path = svc.data_dir / "objects" / key
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            c.execute(sa.text("DELETE FROM job_objects"))
             cfg = migrate.alembic_config()
             cfg.attributes["connection"] = c
             command.downgrade(cfg, migrate.BASELINE)

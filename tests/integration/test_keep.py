@@ -83,6 +83,7 @@ def test_jobs_kept_a_few_seconds_are_gone_after_gc_and_no_others(service, konn, 
         with pytest.raises(NotFoundError):
             konn.job(jid)
         assert not list(objects.glob(f"u*/{jid}")), f"{how}: its files are gone too"
+        assert service.stored(jid) == set(), f"{how}: its objects are gone too"
     assert konn.job(forever.job_id)["status"] == "completed"
     assert konn.job(default.job_id)["status"] == "completed"
-    assert list(objects.glob(f"u*/{default.job_id}/STDOUT.txt"))
+    assert "STDOUT.txt" in service.stored(default.job_id)

@@ -161,8 +161,8 @@ def test_another_users_job_log_is_not_found(konn, service, other_user):
     ended(konn, job.job_id)
     assert konn.read_log(job.job_id).data == b"mine\n"
     # A job over within a second sent nothing while it ran: no live log was ever stored.
-    assert not [p for p in service.data_dir.rglob("live-*.log") if job.job_id in p.parts]
-    assert [p for p in service.data_dir.rglob("STDOUT.txt") if job.job_id in p.parts]
+    assert not [n for n in service.stored(job.job_id) if n.startswith(".kotta/live-")]
+    assert "STDOUT.txt" in service.stored(job.job_id)
     mallory = service.konn(other_user)
     with pytest.raises(NotFoundError):
         mallory.read_log(job.job_id)

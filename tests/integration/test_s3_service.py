@@ -428,3 +428,54 @@ def test_a_large_dask_literal_is_stored_once_in_s3(s3_service):
     assert (sched.last_run.jobs, sched.last_run.literals_uploaded) == (2, 1)
     (url,) = {u for j in sched.last_run.job_ids for u in k.job(j)["inputs"]}
     assert url.startswith(f"s3://{BUCKET}/jobs/u{k.user['id']}/uploads/")
+
+
+# -- small objects in the job database (issue 16) -------------------------------------------
+
+
+def test_a_small_result_is_a_row_a_large_one_an_s3_object_and_both_go_with_the_job(
+    s3_service, s3_server
+):
+    """On S3, a python job's small payload and result are rows of the job database (no
+    request to S3); a large result is an object of
+    the bucket; STDOUT stays an object with its s3:// URL. Both results read back
+    byte-identical, and deleting the jobs removes rows and objects."""
+    import sqlalchemy as sa
+
+    from dask_kotta.store.blobs import SMALL_MAX
+
+    k = s3_service.konn()
+    small, large = b"s" * 100, os.urandom(SMALL_MAX + 1)
+    jobs = k.submit_many([(bytes, (small,)), (bytes, (large,))], walltime=1)
+    assert k.gather(jobs) == [small, large]
+    bucket = s3_server.client()
+
+    def in_bucket(job_id: str) -> set[str]:
+        prefix = f"jobs/u{k.user['id']}/{job_id}/"
+        found = bucket.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+        return {o["Key"].removeprefix(prefix) for o in found}
+
+    engine = sa.create_engine(f"sqlite:///{s3_service.data_dir / 'jobs.sqlite'}")
+
+    def rows(job_id: str) -> set[str]:
+        with engine.connect() as c:
+            keys = c.execute(
+                sa.text("SELECT key FROM job_objects WHERE job_id = :j"), {"j": job_id}
+            ).scalars()
+            return {key.split("/", 2)[2] for key in keys}
+
+    try:
+        s_id, l_id = jobs[0].job_id, jobs[1].job_id
+        assert rows(s_id) == {".kotta/payload.pkl", ".kotta/result.pkl"}
+        assert in_bucket(s_id) == {"STDOUT.txt", "STDERR.txt"}
+        assert {".kotta/payload.pkl", ".kotta/result.pkl"} <= in_bucket(l_id)
+        assert rows(l_id) == set()
+        # The small one streams from the server; the large one redirects to S3.
+        r = k.session.get(f"{s3_service.url}/api/v1/jobs/{l_id}/result", allow_redirects=False)
+        assert r.status_code == 307 and "X-Amz-Signature" in r.headers["location"]
+        (out,) = [o for o in jobs[0].outputs if o.file == "STDOUT.txt"]
+        assert out.s3_url.startswith("s3://") and out.read() == ""
+        k.delete([s_id, l_id])
+        assert rows(s_id) == rows(l_id) == set() and in_bucket(s_id) == in_bucket(l_id) == set()
+    finally:
+        engine.dispose()

@@ -8,6 +8,7 @@ jobs stay pending unless a test plays the runner with a dispatch token it made.
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from distributed import LocalCluster
@@ -17,6 +18,7 @@ from dask_kotta import defaults as d
 from dask_kotta.server.app import create_app
 from dask_kotta.server.auth import hash_token, new_token
 from dask_kotta.server.service import ServerConfig
+from dask_kotta.store.blobs import SMALL_MAX
 from dask_kotta.store.jobs import JobStore
 
 QUEUES = {"Test": {"vcpus": 1, "memory": "1GB", "max_walltime_min": 1440}}
@@ -165,11 +167,16 @@ def test_an_ended_job_is_deleted_with_its_history_and_files(server, client):
     job = svc.store.get(jid)
     key = f"u{job['owner']}/{jid}/STDOUT.txt"
     svc.objects.put_bytes(key, b"hi\n")  # as a runner's log, uploaded at the job's end
-    payload = svc.objects.local_path(key)
-    assert payload is not None and payload.exists()
+    # Small: a row of the database; large: a file of the object store.
+    assert svc.objects.local_path(key) is None and svc.objects.get_bytes(key) == b"hi\n"
+    big = os.urandom(SMALL_MAX + 1)
+    svc.objects.put_bytes(f"u{job['owner']}/{jid}/big.bin", big)
+    payload = svc.objects.local_path(f"u{job['owner']}/{jid}/big.bin")
+    assert payload is not None and payload.read_bytes() == big
     running = client.delete(f"/api/v1/jobs/{jid}", headers=auth(server))
     assert "only an ended job can be deleted (cancel it first)" in detail(running, 409)
     assert svc.store.get(jid) is not None and payload.exists()  # nothing lost
+    assert svc.objects.get_bytes(key) == b"hi\n"
     client.post(f"/api/v1/jobs/{jid}/cancel", headers=auth(server))
     # Another user's job is not theirs to delete: a 404, as for a job that is not there.
     assert "no job" in detail(
@@ -179,6 +186,7 @@ def test_an_ended_job_is_deleted_with_its_history_and_files(server, client):
     assert r.status_code == 204, r.text
     assert svc.store.get(jid) is None and svc.store.events(jid) == []
     assert not payload.exists() and not payload.parent.exists()
+    assert svc.objects.size(key) is None and svc.objects.blobs.listing(f"u{job['owner']}") == []
     assert "no job" in detail(client.get(f"/api/v1/jobs/{jid}", headers=auth(server)), 404)
     assert "no job" in detail(client.delete(f"/api/v1/jobs/{jid}", headers=auth(server)), 404)
 

@@ -30,8 +30,9 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "release-0.1.0.sqlite"
 TABLES = ("users", "tokens", "jobs", "job_events")
 #: The package's newest revision: 0002 added ``jobs.keep_s`` and the index ``jobs_ended``,
 #: 0003 the index ``jobs_queue_status`` and ``tokens.label``, ``tokens.expires_at``, 0004
-#: ``users.admin``, 0005 ``jobs.resubmit_of`` and the table ``server_keys``.
-HEAD = "0005"
+#: ``users.admin``, 0005 ``jobs.resubmit_of`` and the table ``server_keys``, 0006 the table
+#: ``job_objects`` (jobs' small objects).
+HEAD = "0006"
 
 
 def rows(path: Path) -> dict[str, list[tuple]]:
@@ -61,19 +62,19 @@ def release_db(tmp_path) -> Path:
 
 @pytest.fixture
 def later_revision(tmp_path) -> Path:
-    """The package's migrations plus a revision 0006 that rebuilds ``jobs`` with a new column.
+    """The package's migrations plus a revision 0007 that rebuilds ``jobs`` with a new column.
 
     ``recreate="always"``: SQLite copies the table the other tables refer to, the riskiest
     kind of change for the rows.
     """
     location = tmp_path / "migrations"
     shutil.copytree(migrate.MIGRATIONS, location, ignore=shutil.ignore_patterns("__pycache__"))
-    (location / "versions" / "v0006_later.py").write_text(textwrap.dedent('''
+    (location / "versions" / "v0007_later.py").write_text(textwrap.dedent('''
         import sqlalchemy as sa
         from alembic import op
 
-        revision = "0006"
-        down_revision = "0005"
+        revision = "0007"
+        down_revision = "0006"
         branch_labels = None
         depends_on = None
 
@@ -158,11 +159,11 @@ def test_the_revisions_build_exactly_the_schema_of_schema_py(tmp_path):
 
 
 def test_a_release_database_is_refused_untouched_unless_upgrading_is_asked(release_db):
-    """A 0.1.0 database needs the columns, indexes and tables of 0002 to 0005: opened without ``upgrade``
+    """A 0.1.0 database needs the columns, indexes and tables of 0002 to 0006: opened without ``upgrade``
     (as `server` and `token` do) it is refused with the command to run, and nothing is
     written."""
     before = rows(release_db)
-    with pytest.raises(SchemaError, match=r"revision 0001 \(unversioned\), .* needs 0005: run "
+    with pytest.raises(SchemaError, match=r"revision 0001 \(unversioned\), .* needs 0006: run "
                        r"`dask-kotta db upgrade"):  # fmt: skip
         JobStore(str(release_db))
     assert revision(release_db) is None and rows(release_db) == before
@@ -211,11 +212,23 @@ def test_the_release_database_upgrades_to_head_keeping_every_row(release_db):
     JobStore(str(release_db)).close()  # at head now: opened without upgrade too
 
 
-def test_0005_0004_0003_and_0002_are_undone_back_to_the_release_schema(release_db):
-    """Their downgrades drop the indexes and the columns, and the rows are the release's again."""
+def test_0006_to_0002_are_undone_back_to_the_release_schema(release_db):
+    """Their downgrades drop the indexes, the columns and the tables, and the rows are the
+    release's again; 0006's refuses while it holds objects (they would be lost)."""
     before = rows(release_db)
     JobStore(str(release_db), upgrade=True).close()
     engine = sa.create_engine(url(release_db))
+    with engine.begin() as c:
+        job_id = c.execute(sa.text("SELECT id FROM jobs LIMIT 1")).scalar()
+        c.execute(sa.text("INSERT INTO job_objects VALUES ('k', :j, x'00', 0)"), {"j": job_id})
+    with engine.begin() as c:
+        cfg = migrate.alembic_config()
+        cfg.attributes["connection"] = c
+        with pytest.raises(RuntimeError, match="1 small objects of jobs are kept"):
+            command.downgrade(cfg, "0005")
+    with engine.begin() as c:
+        assert c.execute(sa.text("SELECT count(*) FROM job_objects")).scalar() == 1
+        c.execute(sa.text("DELETE FROM job_objects"))
     with engine.begin() as c:
         cfg = migrate.alembic_config()
         cfg.attributes["connection"] = c
@@ -231,7 +244,7 @@ def test_a_release_database_upgrades_through_a_later_revision_keeping_every_row(
     before = rows(release_db)
     found = migrate.prepare(url(release_db), upgrade=True, location=later_revision)
     assert found.state == "unversioned"
-    assert revision(release_db) == "0006"
+    assert revision(release_db) == "0007"
     after = rows(release_db)
     assert {t: v for t, v in after.items() if t not in ("jobs", "tokens", "users")} == {
         t: v for t, v in before.items() if t not in ("jobs", "tokens", "users")
@@ -239,28 +252,28 @@ def test_a_release_database_upgrades_through_a_later_revision_keeping_every_row(
     assert sorted((r[:-1] for r in after["users"]), key=repr) == before["users"]
     assert sorted((r[:-2] for r in after["tokens"]), key=repr) == before["tokens"]
     assert sorted((r[:-3] for r in after["jobs"]), key=repr) == before["jobs"]
-    # 0002's, 0005's and 0006's columns, empty
+    # 0002's, 0005's and 0007's columns, empty
     assert {r[-3:] for r in after["jobs"]} == {(None, None, None)}
     copy = release_db.with_name("jobs.sqlite.before-unversioned")
     assert rows(copy) == before and copy.stat().st_mode & 0o077 == 0
-    # The package's own code does not know 0006: that database is refused, not touched.
-    with pytest.raises(SchemaError, match="revision 0006, which dask-kotta .* does not know"):
+    # The package's own code does not know 0007: that database is refused, not touched.
+    with pytest.raises(SchemaError, match="revision 0007, which dask-kotta .* does not know"):
         JobStore(str(release_db))
     assert rows(release_db) == after
 
 
 def test_an_older_database_is_upgraded_only_when_asked(release_db, later_revision):
-    JobStore(str(release_db), upgrade=True).close()  # 0005, as this release leaves it
+    JobStore(str(release_db), upgrade=True).close()  # 0006, as this release leaves it
     before = rows(release_db)
-    with pytest.raises(SchemaError, match=r"at schema revision 0005, .* needs 0006: run "
+    with pytest.raises(SchemaError, match=r"at schema revision 0006, .* needs 0007: run "
                        r"`dask-kotta db upgrade --database sqlite:///.*jobs.sqlite`"):  # fmt: skip
         migrate.prepare(url(release_db), location=later_revision)
-    assert revision(release_db) == "0005" and rows(release_db) == before
+    assert revision(release_db) == "0006" and rows(release_db) == before
     assert migrate.status(url(release_db), later_revision).state == "outdated"
     found = migrate.prepare(url(release_db), upgrade=True, location=later_revision)
-    assert (found.revision, found.state) == ("0005", "outdated")
-    assert revision(release_db) == "0006"
-    assert rows(release_db.with_name("jobs.sqlite.before-0005")) == before
+    assert (found.revision, found.state) == ("0006", "outdated")
+    assert revision(release_db) == "0007"
+    assert rows(release_db.with_name("jobs.sqlite.before-0006")) == before
 
 
 def test_a_database_at_a_future_revision_is_refused(release_db):
