@@ -10,6 +10,7 @@ from __future__ import annotations
 import tempfile
 from contextlib import aclosing
 from typing import IO, Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, Header, Path, Request, Security
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
@@ -82,6 +83,15 @@ def runner_auth(
 Auth = Annotated[Attempt, Depends(runner_auth)]
 
 
+def attachment(filename: str) -> dict[str, str]:
+    """The ``Content-Disposition`` header a ``FileResponse`` would send for ``filename``, for a
+    streamed object (one kept as a row of the job database has no file to serve)."""
+    quoted = quote(filename)
+    if quoted != filename:
+        return {"Content-Disposition": f"attachment; filename*=utf-8''{quoted}"}
+    return {"Content-Disposition": f'attachment; filename="{filename}"'}
+
+
 def serve(request: Request, key: str, filename: str) -> Response:
     """An object of the store as the answer: a redirect to a presigned URL, the file, or a stream."""
     objects = svc(request).objects
@@ -91,7 +101,9 @@ def serve(request: Request, key: str, filename: str) -> Response:
     path = objects.local_path(key)
     if path is not None:
         return FileResponse(path, filename=filename, media_type="application/octet-stream")
-    return StreamingResponse(objects.open_read(key), media_type="application/octet-stream")
+    return StreamingResponse(
+        objects.open_read(key), media_type="application/octet-stream", headers=attachment(filename)
+    )
 
 
 class BodyTooLarge(Exception):

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
 from . import links, rerun
-from .deps import User, svc
+from .deps import User, attachment, svc
 from .inputs import own_hosts
 from .models import LinksBody, ResubmitBody
 from .openapi import BYTES, errors, for_user
@@ -56,7 +56,7 @@ def open_link(request: Request, signed: str) -> Response:
         return FileResponse(path, filename=filename, media_type="application/octet-stream",
                             headers=_PRIVATE)  # fmt: skip
     return StreamingResponse(s.objects.open_read(key), media_type="application/octet-stream",
-                             headers=_PRIVATE)  # fmt: skip
+                             headers={**_PRIVATE, **attachment(filename)})  # fmt: skip
 
 
 @router.post(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import sys
 
 import cloudpickle
@@ -25,11 +27,20 @@ def strided_sum(a, i):
 
 
 def _payload_sizes(service, job_ids):
-    """Each job's stored payload, read from the service's own object store on disk."""
+    """Each job's stored payload, read where the service keeps it: a row of the job database
+    when small (``store/blobs.py``), else a file of its object store on disk."""
     sizes = {}
-    for j in job_ids:
-        (path,) = service.data_dir.rglob(f"{j}/.kotta/payload.pkl")
-        sizes[j] = path.stat().st_size
+    with contextlib.closing(sqlite3.connect(service.data_dir / "jobs.sqlite")) as c:
+        for j in job_ids:
+            row = c.execute(
+                "SELECT length(data) FROM job_objects WHERE job_id = ? AND key LIKE ?",
+                (j, "%/.kotta/payload.pkl"),
+            ).fetchone()
+            if row is not None:
+                sizes[j] = row[0]
+            else:
+                (path,) = service.data_dir.rglob(f"{j}/.kotta/payload.pkl")
+                sizes[j] = path.stat().st_size
     return sizes
 
 
