@@ -113,6 +113,17 @@ def start_service(
     raise SystemExit("dask-kotta up did not start in 120 s")
 
 
+def stop_service(proc: subprocess.Popen | None) -> None:
+    """Stop what :func:`start_service` started: SIGTERM, then its whole group after 20 s."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+
+
 def free_port() -> int:
     import socket
 
@@ -144,7 +155,7 @@ def main() -> None:
     if args.frames:
         import frames_s3
 
-        figures = frames_s3.run(args, start_service)
+        figures = frames_s3.run(args, start_service, stop_service)
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=1))
         return
@@ -183,12 +194,7 @@ def main() -> None:
             client.close()
             cluster.close()
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+        stop_service(proc)
 
     print(f"# dask-kotta Dask benchmark ({time.strftime('%Y-%m-%d %H:%M')})")
     print(

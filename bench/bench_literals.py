@@ -25,7 +25,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import numpy as np
 from dask import delayed
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_dask import start_service  # noqa: E402
+from bench_dask import start_service, stop_service  # noqa: E402
 
 MB = 1_000_000
 
@@ -103,12 +102,7 @@ def main() -> None:
                     runs.append(run(sched, make, seed))
                 rows.append((name, label, runs))
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
+        stop_service(proc)
 
     print(f"# dask-kotta large-literal benchmark ({time.strftime('%Y-%m-%d %H:%M')})")
     print(

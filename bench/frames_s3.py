@@ -83,7 +83,7 @@ def _agg(df):
     return df.groupby("key").agg({"x": "sum", "y": "mean", "word": "count"})
 
 
-def run(args: Any, start_service: Any) -> dict:
+def run(args: Any, start_service: Any, stop_service: Any) -> dict:
     """Times both readers; returns the figures and prints a table."""
     import dask.dataframe as dd
     import pyarrow.fs as pafs
@@ -150,12 +150,7 @@ def run(args: Any, start_service: Any) -> dict:
             expected.sort_index(), theirs.sort_index(), check_exact=False, rtol=1e-9
         )
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except Exception:
-                os.killpg(proc.pid, 9)
+        stop_service(proc)
         s3.stop()
         for k, v in old_env.items():
             if v is None:
