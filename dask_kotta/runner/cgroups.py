@@ -135,7 +135,14 @@ def _under(mount: str, root: str, path: str) -> Path:
 def _make_parent(base: Path) -> Path:
     """``base/dask-kotta``, made if need be; raises OSError if we may not."""
     parent = base / _DIR
-    parent.mkdir(exist_ok=True)
+    try:
+        parent.mkdir()
+    except FileExistsError:
+        pass
+    else:
+        # Whatever the umask of the worker that came first (a server's is 077): a group the
+        # operator delegates in here to a worker that is not root must be reachable by it.
+        parent.chmod(0o755)
     _sweep(parent)
     return parent
 

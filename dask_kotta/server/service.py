@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -243,7 +244,9 @@ class Service:
         return n
 
     async def _reap_forever(self) -> None:
-        tick, swept, started = 0, 0.0, time.monotonic()
+        # The first sweep comes at the first tick: monotonic time counts from boot, so a
+        # "last swept" of 0.0 put it off for SWEEP_S on a machine up for less than that.
+        tick, swept, started = 0, -math.inf, time.monotonic()
         while True:
             await asyncio.sleep(d.REAPER_S)
             tick += 1

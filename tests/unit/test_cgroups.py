@@ -284,3 +284,14 @@ def test_a_group_no_hierarchy_of_which_the_job_joins_vouches_for_nothing(tree):
         assert not group.holds_all()
     finally:
         group.close()
+
+
+def test_the_parent_group_is_reachable_whatever_the_umask_of_who_made_it(tmp_path):
+    """A server's umask is 077; a group delegated under ``dask-kotta/`` to a worker that is
+    not root must still be reachable (it was not, on a machine where a server came first)."""
+    old = os.umask(0o077)
+    try:
+        parent = cgroups._make_parent(tmp_path)
+    finally:
+        os.umask(old)
+    assert parent.stat().st_mode & 0o777 == 0o755
