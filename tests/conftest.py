@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import os
 import random
+import sys
+from pathlib import Path
 
 import pytest
+
+# The integration layer's modules import each other by name (pytest puts their directory on
+# sys.path when it loads its conftest); this one loads first, and needs one of them.
+sys.path.insert(0, str(Path(__file__).with_name("integration")))
+import shared  # noqa: E402
 
 
 def pytest_addoption(parser):
@@ -22,12 +29,18 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    shared.configure()
     # The seed is drawn once, by the controller: xdist's workers must all collect one order.
     worker = getattr(config, "workerinput", None)
     if worker is not None:
         config.option.order = worker["kotta_order"]
     elif config.getoption("--order") == "random":
         config.option.order = f"random:{random.randrange(10**6)}"
+
+
+def pytest_unconfigure(config):
+    # After every xdist process has ended: the services they shared stop here.
+    shared.stop_all()
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -40,34 +53,40 @@ def pytest_report_header(config):
     return f"--order={order}" if order.startswith("random") else None
 
 
-# The modules that take longest, started first, longest first (wall time each, summed from
-# a run on the 2-core machine): xdist hands whole modules to its processes in this order,
-# and one started last would leave the other process idle at the end. File order otherwise.
+# The modules that take longest, started first, longest first (wall time each, from a run
+# on the 2-core machine): whole modules go to the processes in this order, and a long one
+# started last would leave the others idle at the end. File order otherwise. It holds only
+# with --no-loadscope-reorder (pyproject.toml): by default xdist sorts modules by how many
+# tests they hold, and the unit layer's big files went first, these last.
 LONG_FIRST = [
-    "tests/integration/test_ride_through.py",  # ~160 s
-    "tests/integration/test_restart.py",  # ~150 s
-    "tests/integration/test_tls.py",
+    "tests/integration/test_ride_through.py",  # ~100 s
     "tests/integration/test_s3_service.py",
+    "tests/integration/test_restart.py",
     "tests/integration/test_live_logs.py",
-    "tests/integration/test_kept_ends.py",
+    "tests/integration/test_tls.py",
     "tests/integration/test_cli.py",
+    "tests/integration/test_kept_ends.py",
+    "tests/integration/test_fastpath.py",
+    "tests/integration/test_fuzz.py",  # one test of ~35 s
     "tests/integration/test_outputs.py",
     "tests/integration/test_start_stop.py",
-    "tests/integration/test_dask_suite.py",  # ~60-90 s: one pytest of Dask's own tests
-    "tests/integration/test_fuzz.py",
-    "tests/integration/test_upload_limits.py",
+    "tests/integration/test_dask_suite.py",  # one pytest of Dask's own tests, ~35 s
+    "tests/integration/test_dask_frames_s3.py",
     "tests/integration/test_containment.py",
-    "tests/integration/test_client_ux.py",
-    "tests/integration/test_dask_bag_s3.py",
-    "tests/integration/test_s3_outage.py",
     "tests/integration/test_client_api.py",
-    "tests/integration/test_dask_collections.py",
-    "tests/integration/test_fastpath.py",
-    "tests/integration/test_chaos.py",
+    "tests/integration/test_upload_limits.py",
     "tests/integration/test_browser.py",
-    "tests/integration/test_db_upgrade.py",
+    "tests/integration/test_dask_bag_s3.py",
+    "tests/integration/test_postgres_service.py",  # one test of ~30 s
+    "tests/integration/test_chaos.py",  # one test of ~26 s
+    "tests/integration/test_s3_outage.py",
+    "tests/integration/test_client_ux.py",
+    "tests/integration/test_dask_collections.py",
+    "tests/integration/test_tokens.py",
     "tests/integration/test_dask_scheduler.py",
-    "tests/integration/test_postgres_service.py",  # ~25 s
+    "tests/integration/test_envs.py",
+    "tests/integration/test_listing.py",
+    "tests/integration/test_db_upgrade.py",  # ~13 s
 ]
 
 

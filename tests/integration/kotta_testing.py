@@ -54,6 +54,13 @@ def free_port() -> int:
     raise RuntimeError(f"no free port between 10000 and {low} on 127.0.0.1")
 
 
+def own_name(name: str) -> str:
+    """``name`` made this test process's own: the processes share the session's service, and
+    one process's jobs must not show in another's listings (``-n 0``: ``name`` itself)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return f"{name}-{worker}" if worker else name
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -89,6 +96,16 @@ class Proc:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.groups: list[int] = []  # every process group we started, killed at stop
+        self.owned = True  # False: another test process started it and stops it
+
+    @classmethod
+    def attached(cls, pid: int, log: Path) -> Proc:
+        """A process another test process started and will stop (``shared.py``)."""
+        from shared import Attached
+
+        p = cls([], log, log.parent)
+        p.proc, p.owned = Attached(pid), False
+        return p
 
     def start(self) -> Proc:
         if getattr(self, "_log", None) is not None:
@@ -101,9 +118,20 @@ class Proc:
             stderr=subprocess.STDOUT,
             env=self.env,
             start_new_session=True,
+            # Not the test process's stdin: under xdist that is its channel to pytest, which a
+            # service outliving the process (shared.py) would hold open.
+            stdin=subprocess.DEVNULL,
         )
         self.groups.append(self.proc.pid)
         return self
+
+    def release(self) -> None:
+        """Hand the process over to whoever stops it (``shared.py``): this object forgets it,
+        and no longer stops it or warns, when collected, that it still runs."""
+        self._log.close()
+        self.proc.returncode = 0  # what Popen.__del__ checks; the process is not ours to reap
+        self.groups.clear()
+        self.owned = False
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -112,7 +140,7 @@ class Proc:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 20) -> None:
-        if self.proc is None:
+        if self.proc is None or not self.owned:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -140,7 +168,7 @@ class Service:
 
     def __init__(self, base: Path, *, port: int | None = None, scheduler: str | None = None,
                  workers: int = 2, slots: int = 4, extra: list[str] | None = None, env: dict | None = None,
-                 data_dir: Path | None = None):  # fmt: skip
+                 data_dir: Path | None = None, mounted: bool = False):  # fmt: skip
         self.base = Path(base)
         self.base.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -149,11 +177,35 @@ class Service:
         self.auth_file = self.base / "auth.file"
         self.scheduler = scheduler
         self.workers, self.slots = workers, slots
-        self.extra = self._with_shared_mount(extra or [])
+        # mounted: ``extra`` is one _with_shared_mount made already (an attached service's).
+        self.shared = self.base / "shared"
+        self.extra = list(extra or []) if mounted else self._with_shared_mount(extra or [])
         # The ends its workers keep while it is away: the test's own, not the host's.
         self.env = {"KOTTA_OUTBOX_DIR": str(self.base / "outbox"), **(env or {})}
         self.proc: Proc | None = None
         self._old: list[Proc] = []  # earlier runs; a kill -9 leaves their children until stop()
+        self.user = "tester"  # whose credentials auth_file holds
+
+    def state(self) -> dict:
+        """What another test process needs to attach to this running service (``shared.py``)."""
+        return {"base": str(self.base), "port": self.port, "extra": self.extra, "env": self.env,
+                "workers": self.workers, "slots": self.slots, "pgid": self.proc.proc.pid,
+                "stop": "int"}  # fmt: skip
+
+    @classmethod
+    def attach(cls, state: dict) -> Service:
+        """The service another test process started (``state()``): this process may use it,
+        not stop it."""
+        svc = cls(Path(state["base"]), port=state["port"], extra=state["extra"], env=state["env"],
+                  workers=state["workers"], slots=state["slots"], mounted=True)  # fmt: skip
+        svc.proc = Proc.attached(state["pgid"], svc.base / "service.log")
+        return svc
+
+    def as_user(self, name: str, admin: bool = False) -> Service:
+        """This service, its ``auth_file`` now credentials of ``name`` (made if new)."""
+        path = self.token(name, self.base / f"{name}.auth", admin=admin)
+        self.auth_file, self.user = path, name
+        return self
 
     def _with_shared_mount(self, extra: list[str]) -> list[str]:
         """``extra`` with a queue config whose queues all mount ``self.shared`` read-write.
@@ -161,7 +213,6 @@ class Service:
         Jobs are contained: a directory of the test's is in their view only if a
         queue mounts it. Tests hand jobs paths under ``self.shared`` to leave marks in.
         """
-        self.shared = self.base / "shared"
         self.shared.mkdir(exist_ok=True)
         self.shared.chmod(0o1777)  # a contained job runs as a uid of its own
         extra = list(extra)

@@ -74,6 +74,20 @@ class PostgresServer:
             )  # fmt: skip
         return self
 
+    def state(self) -> dict:
+        """What another test process needs to attach to this running server (``shared.py``)."""
+        return {"base": str(self.base), "port": self.port, "pgid": self.proc.proc.pid,
+                "stop": "int", "order": 2}  # fmt: skip
+
+    @classmethod
+    def attach(cls, state: dict) -> PostgresServer:
+        """The server another test process started: this one may use it, not stop it."""
+        p = cls(Path(state["base"]))
+        p.port = state["port"]
+        p.url = f"postgresql+psycopg://kotta@127.0.0.1:{p.port}/kotta"
+        p.proc = Proc.attached(state["pgid"], p.base / "postgres.log")
+        return p
+
     def _ready(self) -> bool:
         if not self.proc.alive():
             raise RuntimeError(f"postgres exited:\n{self.proc.log()[-3000:]}")
@@ -84,6 +98,8 @@ class PostgresServer:
         return r.returncode == 0
 
     def stop(self) -> None:
+        if self.proc and not self.proc.owned:
+            return
         if self.proc and self.proc.proc:
             # SIGINT to the group: postgres itself, not only `runuser`, which does not pass it
             # on (the stop then waited its whole timeout). SIGINT is a fast shutdown.

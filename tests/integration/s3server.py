@@ -84,6 +84,20 @@ class S3Server:
             wait_for(ready, timeout, "SeaweedFS S3", interval=0.3)
         return self
 
+    def state(self) -> dict:
+        """What another test process needs to attach to this running server (``shared.py``)."""
+        return {"base": str(self.base), "ports": self.ports, "pgid": self.proc.proc.pid,
+                "stop": "kill", "order": 1}  # fmt: skip
+
+    @classmethod
+    def attach(cls, state: dict) -> S3Server:
+        """The server another test process started: this one may use it, not stop it."""
+        s = cls(Path(state["base"]))
+        s.ports = state["ports"]
+        s.endpoint = f"http://127.0.0.1:{s.ports['s3']}"
+        s.proc = Proc.attached(state["pgid"], s.base / "weed.log")
+        return s
+
     def client(self):
         import boto3
         from botocore.config import Config
@@ -104,7 +118,7 @@ class S3Server:
         return name
 
     def stop(self) -> None:
-        if self.proc and self.proc.proc:
+        if self.proc and self.proc.proc and self.proc.owned:
             # SIGKILL to the whole group at once: weed's graceful stop takes ~25 s, and the
             # 5 s we used to give it never sufficed. What it acknowledged is in its files
             # already (a restart on the same directory finds it), and its ports are free.

@@ -150,7 +150,7 @@ def test_a_revoked_token_is_refused_by_the_running_server_within_a_second(servic
 
     listed = tok("erin", "--list").stdout
     assert token_id in listed and "erin" in listed, listed
-    assert token_id not in tok("tester", "--list").stdout
+    assert token_id not in tok(service.user, "--list").stdout
     out = tok("--revoke", token_id[:8])
     assert f"revoked token {token_id[:8]} of user 'erin'" in out.stdout, out.stdout
     revoked = time.monotonic()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+from kotta_testing import own_name
 
 from dask_kotta import defaults as d
 from dask_kotta.errors import ConfigError, JobFailedError, NotFoundError, RemoteError
@@ -329,26 +330,26 @@ def test_credentials_are_found_in_the_documented_order(service, other_user, tmp_
     # The user's config directory, under HOME, or XDG_CONFIG_HOME when set.
     (home / ".config/dask-kotta").mkdir(parents=True)
     (home / ".config/dask-kotta/auth.json").write_text(mallory)
-    assert Kotta().user["name"] == "mallory"
+    assert Kotta().user["name"] == own_name("mallory")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
     with pytest.raises(ConfigError, match=str(xdg / "dask-kotta/auth.json")):
         Kotta()
     (xdg / "dask-kotta").mkdir()
     (xdg / "dask-kotta/auth.json").write_text(mallory)
-    assert Kotta().user["name"] == "mallory"
+    assert Kotta().user["name"] == own_name("mallory")
 
     # ./auth.file before the config directory; KOTTA_AUTH_FILE before both.
     (work / "auth.file").write_text(me)
-    assert Kotta().user["name"] == "tester"
+    assert Kotta().user["name"] == service.user
     monkeypatch.setenv("KOTTA_AUTH_FILE", str(other_user))
-    assert Kotta().user["name"] == "mallory"
+    assert Kotta().user["name"] == own_name("mallory")
     monkeypatch.setenv("KOTTA_AUTH_FILE", str(tmp_path / "nope.json"))
     with pytest.raises(ConfigError, match=f"KOTTA_AUTH_FILE names {tmp_path / 'nope.json'}, "):
         Kotta()
 
     # A path as well as the JSON text; a file that is not JSON is named.
-    assert Kotta(str(other_user)).user["name"] == "mallory"
-    assert Kotta(other_user).user["name"] == "mallory"
+    assert Kotta(str(other_user)).user["name"] == own_name("mallory")
+    assert Kotta(other_user).user["name"] == own_name("mallory")
     (work / "bad.json").write_text("url=http://x")
     with pytest.raises(ConfigError, match=f"credentials file {work / 'bad.json'} are not valid"):
         Kotta("bad.json")

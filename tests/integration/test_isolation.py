@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 import requests
-from kotta_testing import wait_for
+from kotta_testing import own_name, wait_for
 
 from dask_kotta.errors import NotFoundError
 from kotta import Kotta, KottaJob
@@ -30,7 +30,7 @@ def mallory(other_user):
 
 def test_other_users_job_is_404_everywhere(alice_job, mallory, konn):
     jid = alice_job.job_id
-    assert mallory.user["name"] == "mallory" and konn.user["name"] == "tester"
+    assert mallory.user["name"] == own_name("mallory") and konn.user["name"] == own_name("tester")
     with pytest.raises(NotFoundError, match=f"no job '{jid}'"):
         mallory.job(jid)
     with pytest.raises(NotFoundError):

@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 import requests
-from kotta_testing import free_port, wait_for
+from kotta_testing import free_port, own_name, wait_for
 
+MALLORY = own_name("mallory")  # the other_user fixture's
 ADMIN = "/api/v1/admin/tokens"
 
 
@@ -58,7 +59,7 @@ def test_a_normal_user_is_refused_every_admin_route(service, other_user, tmp_pat
     for method, path, kw in attempts:
         r = requests.request(method, service.url + path, headers=mallory, timeout=30, **kw)
         assert r.status_code == 403, (method, path, r.text)
-        assert "user 'mallory' is not an admin" in r.json()["detail"], r.text
+        assert f"user '{MALLORY}' is not an admin" in r.json()["detail"], r.text
         anonymous = requests.request(method, service.url + path, timeout=30, **kw)
         assert anonymous.status_code == 401, (method, path, anonymous.text)
     # Nothing was made: no user, no token.
@@ -71,7 +72,7 @@ def test_a_normal_user_is_refused_every_admin_route(service, other_user, tmp_pat
         out = token_cli(*args, auth=other_user)
         assert out.returncode == 1, out
         (line,) = out.stderr.strip().splitlines()
-        assert "user 'mallory' is not an admin" in line and "needs an admin token" in line
+        assert f"user '{MALLORY}' is not an admin" in line and "needs an admin token" in line
     assert not (tmp_path / "friend.auth").exists()
 
 
