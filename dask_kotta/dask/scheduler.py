@@ -142,7 +142,7 @@ from .annotations import (
     refuse_lost,
     settings_from_config,
 )
-from .graph import Graph, build
+from .graph import Graph, build, foreign_writers
 from .literals import DEFAULT_THRESHOLD, Literals, configured_threshold, threshold_bytes
 from .plan import Fragment, plan
 from .remote import (
@@ -219,6 +219,9 @@ class KottaScheduler:
     'kotta.keep_days': ..., 'kotta.literal-threshold': ...})`` overrides these. See the
     module docstring for the algorithm.
     """
+
+    #: Tells dask_kotta.dask.frames that a scheduler is this one, without importing it.
+    __kotta_scheduler__ = True
 
     def __init__(
         self,
@@ -318,6 +321,14 @@ class _Run:
         if lost:
             refuse_lost(lost, self.default)
         graph, flat = build(dsk, keys)
+        writers = foreign_writers(graph.nodes)
+        if writers:
+            frames.refuse_dask_writes(writers)
+        destinations = sorted({url for pairs in graph.task_outputs.values() for _, url in pairs})
+        if destinations:
+            # Every place this compute writes must be granted before any job runs: a refusal
+            # after some rounds would leave a half-written dataset and spent work behind.
+            self.konn.check_destinations(destinations)
         requested = set(flat)
         cache = evaluate_local(graph)
         remote = [k for k in graph.nodes if k not in graph.local]
@@ -435,6 +446,7 @@ class _Run:
                         "requirements": s.requirements or None,
                         "inputs": inputs,
                         "outputs": [REQUESTED_FILE] if f.returns and f.shared else [],
+                        "destinations": _destinations(graph, f.keys),
                         "deps": [job_of[e] for e in f.needs],
                         "annotations": {
                             **s.record(),
@@ -524,6 +536,15 @@ class _Run:
                 except KottaError:
                     pass  # best effort: the error being raised matters more
         self.running.clear()
+
+
+def _destinations(graph: Graph, keys: list[Key]) -> dict[str, str]:
+    """``{file: s3:// place}`` the tasks ``keys`` of one job write (``__kotta_outputs__``)."""
+    out: dict[str, str] = {}
+    for k in keys:
+        for name, url in graph.task_outputs.get(k, ()):
+            out[name] = url
+    return out
 
 
 def _failed_key(e: RemoteError, f: Fragment) -> Key:
