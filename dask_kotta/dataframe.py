@@ -9,8 +9,14 @@ See :mod:`dask_kotta.dask.dataframe`.
 """
 
 from .dask.bag import NoFilesError
-from .dask.dataframe import ColumnNotFoundError, read_csv, read_parquet, read_table, to_parquet
-from .dask.frames import UnsupportedWriteError
+from .dask.dataframe import (
+    ColumnNotFoundError,
+    UnsupportedWriteError,
+    read_csv,
+    read_parquet,
+    read_table,
+    to_parquet,
+)
 
 __all__ = [
     "read_parquet",

@@ -51,11 +51,17 @@ from ..jobspec import destination_parts
 from . import staged_frames
 from .bag import NoFilesError, list_objects
 from .byteranges import RangeReader, infer_compression, plan_blocks
+from .frames import UnsupportedWriteError
 from .staged_frames import OUTPUTS_DIR, CsvPart, ParquetPart, ReadCsv, ReadParquet, WriteParquet
 
 # Worker-side code travels by value (see staged.py); staged.py and the modules it uses
 # are registered by dask_kotta.dask.bag, imported above.
 cloudpickle.register_pickle_by_value(staged_frames)
+
+__all__ = [
+    "read_parquet", "read_csv", "read_table", "to_parquet", "ColumnNotFoundError",
+    "UnsupportedWriteError",
+]  # fmt: skip
 
 #: Bytes read from a Parquet object's end in one GET: most footers fit.
 FOOTER_GUESS = 16 * 1024

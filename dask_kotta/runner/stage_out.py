@@ -76,8 +76,14 @@ def stage_destinations(api: Any, job: dict[str, Any], workdir: Path) -> str | No
             return str(e.response.json()["detail"])
         except (ValueError, KeyError, TypeError, AttributeError):
             return f"the server refused the destinations' upload plans: {e}"
+    except requests.RequestException as e:  # the server stayed away past the runner's patience
+        return f"could not get the destinations' upload plans from the server: {e}"
     errors: dict[str, str] = {}
-    with http_session() as session, ThreadPoolExecutor(FILE_WORKERS) as pool:
+    with (
+        http_session() as session,
+        ThreadPoolExecutor(max(1, min(FILE_WORKERS, len(files)))) as pool,
+    ):
+        # (one thread per file at most: a job of one partition starts one)
 
         def one(item: tuple[str, Path, int], plan: dict) -> None:
             name, path, size = item
@@ -90,17 +96,14 @@ def stage_destinations(api: Any, job: dict[str, Any], workdir: Path) -> str | No
                 server_put=_no_server_put, complete=_no_complete, abort=_no_complete,
             )  # fmt: skip
 
-        futures = {
-            pool.submit(one, item, plan): item[0] for item, plan in zip(files, plans, strict=True)
-        }
+        pairs = zip(files, plans, strict=True)
+        futures = {pool.submit(one, item, plan): item[0] for item, plan in pairs}
         for fut, name in futures.items():
             e = fut.exception()
-            if e is not None:
-                errors[name] = (
-                    str(e)
-                    if isinstance(e, KottaError)
-                    else (f"destination {dests[name]!r}: {type(e).__name__}: {e}")
-                )
+            if isinstance(e, KottaError):
+                errors[name] = str(e)
+            elif e is not None:
+                errors[name] = f"destination {dests[name]!r}: {type(e).__name__}: {e}"
     return next((errors[n] for n in dests if n in errors), None)
 
 
