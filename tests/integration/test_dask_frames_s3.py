@@ -351,6 +351,11 @@ def test_writes_need_the_user_s_own_write_grant_and_reach_only_declared_keys(
             s3konn.submit_specs(
                 [{"jobtype": "script", "script": "true", "destinations": {"f": url}}], [None]
             )
+    # Whose grant a job has is the server's to record, not the user's to claim.
+    raw = {"jobtype": "script", "script": "true", "granted_destinations": "tester",
+           "destinations": {"f": f"s3://{BUCKET}/out/f"}}  # fmt: skip
+    with pytest.raises(InvalidRequestError, match="unknown job fields: granted_destinations"):
+        mallory.submit_specs([raw], [None])
     # mallory may write under her own grant.
     ok = _script(mallory, "echo mallory > m.txt", {"m.txt": f"s3://{BUCKET}/mallory/m.txt"})
     assert _ended(mallory, ok)["status"] == "completed"
