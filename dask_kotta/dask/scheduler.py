@@ -74,6 +74,14 @@ graph goes the other way: a literal over ``literal_threshold`` is uploaded once
 (``literals.py``) and staged, as an input, into each job that uses it, instead
 of riding in each job's payload.
 
+Files a task leaves for an ``s3://`` place (``__kotta_outputs__``: ``(file, url)``
+pairs, one per partition of ``dask_kotta.dataframe.to_parquet``) become its job's
+``destinations``: the runner writes them once the job succeeded, with a PUT the
+server presigned for that key if the user holds a write grant for it. Before the
+first job of a compute the scheduler asks the server about all of them
+(``Kotta.check_destinations``), so a missing grant fails the compute before any
+work is done. Dask's own ``to_parquet`` tasks are refused (``frames.py``).
+
 Dataframes
 ==========
 

@@ -13,6 +13,7 @@ import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 import dask_kotta.dataframe as kd
@@ -39,7 +40,9 @@ def _frame(npartitions: int = 3) -> dd.DataFrame:
 @pytest.mark.parametrize(
     "options",
     [{}, {"write_index": False, "compression": "gzip", "row_group_size": 7},
-     {"name_function": lambda i: f"data-{i:03d}.parquet", "custom_metadata": {b"k": b"v"}}],
+     {"name_function": lambda i: f"data-{i:03d}.parquet", "custom_metadata": {b"k": b"v"}},
+     {"schema": {"x": pa.float32()}, "compression": None},
+     {"schema": None}],
 )  # fmt: skip
 def test_each_partition_s_file_is_the_one_dask_writes(tmp_path, monkeypatch, options):
     df = _frame()
