@@ -43,6 +43,9 @@ class Claim(Sandbox):
     #: each input's staged name and where to fetch it (``server/inputs.input_plan``)
     input_plan: list[dict[str, Any]]
     outputs: list[str]
+    #: files of the job's directory the runner writes to granted ``s3://`` places once the
+    #: job succeeded (``server/destinations.py``); absent from an older server
+    destinations: NotRequired[dict[str, str]]
     stdout: str
     stderr: str
     script: str | None

@@ -15,6 +15,10 @@ Its JSON form (:meth:`JobSpec.to_json`) is what the API takes::
     walltime_min     minutes, > 0 (fractions allowed), or "HH:MM:SS" / "MM:SS"
     inputs           URLs staged into the job's directory, each under its own name
     outputs          relative paths uploaded after the job
+    destinations     {relative path: "s3://bucket/key"}: files the job leaves in its
+                     directory that the runner writes to those places (outside the
+                     service's store) once the job succeeded; each needs a write grant
+                     of the operator's policy (``s3_write_grants``)
     deps             ids of jobs whose results are staged under .kotta/deps/
     stdout, stderr   file names of the job's output streams
     script           a script job's text, saved as script_name ('script.sh')
@@ -61,6 +65,8 @@ SCRIPT_NAME = "script.sh"
 #: Bounds of a script job's ``args``: how many, and how long each (characters).
 MAX_ARGS = 1000
 MAX_ARG_CHARS = 4096
+#: Most ``destinations`` one job may declare (each is presigned at its end).
+MAX_DESTINATIONS = 10_000
 
 
 def walltime_minutes(v: Any) -> float:
@@ -115,6 +121,36 @@ def input_name(url: str) -> str:
         return staged_name(url)
     except NoFileNameError:
         raise ValueError(f"input {url!r} names no file (its path has no base name)") from None
+
+
+def destination_parts(url: Any) -> tuple[str, str]:
+    """``(bucket, key)`` of a destination ``s3://bucket/key``; ``ValueError`` names what is wrong.
+
+    A destination names one object: a bucket and a key that is not empty, does not end
+    with ``/`` and has no empty, ``.`` or ``..`` parts (S3 servers and HTTP clients differ on
+    whether they normalise those, so a grant's prefix could be escaped); no user-info,
+    query or fragment.
+    """
+    if not isinstance(url, str):
+        raise ValueError(f"destination {url!r} is not a string")
+    try:
+        parsed = urlparse(url)
+    except ValueError as e:
+        raise ValueError(f"destination {shown_url(url)!r} is malformed: {e}") from None
+    if parsed.scheme != "s3":
+        raise ValueError(
+            f"destination {shown_url(url)!r}: only s3://BUCKET/KEY destinations are supported"
+        )
+    if has_userinfo(url) or parsed.query or parsed.fragment or "?" in url or "#" in url:
+        raise ValueError(
+            f"destination {shown_url(url)!r}: no user-info, ?query or #fragment in s3://BUCKET/KEY"
+        )
+    bucket, key = parsed.netloc, parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+    if not bucket or not key or key.endswith("/"):
+        raise ValueError(f"destination {url!r} must name one object: s3://BUCKET/KEY")
+    if any(seg in ("", ".", "..") for seg in key.split("/")):
+        raise ValueError(f"destination {url!r}: a key may not have empty, '.' or '..' parts")
+    return bucket, key
 
 
 def keep_days_value(value: Any) -> float | None:
@@ -198,6 +234,7 @@ class JobSpec(BaseModel):
     walltime_min: float = float(d.WALLTIME_MIN)
     inputs: list[str] = []
     outputs: list[str] = []
+    destinations: dict[str, str] = {}
     deps: list[str] = []
     stdout: str = STDOUT
     stderr: str = STDERR
@@ -239,6 +276,8 @@ class JobSpec(BaseModel):
         out = self.model_dump(exclude_none=True)
         if not out["args"]:  # most jobs have none: not stored with each
             del out["args"]
+        if not out["destinations"]:
+            del out["destinations"]
         return out
 
     # -- field by field (a problem is reported for the first field declared above) -----------
@@ -279,6 +318,30 @@ class JobSpec(BaseModel):
     @classmethod
     def _outputs(cls, v: Any) -> list[str]:
         return [_path(o, "output") for o in _strings(v, "outputs")]
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _destinations(cls, v: Any) -> dict[str, str]:
+        v = v or {}
+        if not isinstance(v, Mapping):
+            raise ValueError('destinations must be an object: {"file": "s3://bucket/key"}')
+        if len(v) > MAX_DESTINATIONS:
+            raise ValueError(
+                f"destinations: {len(v)} files, over the limit of {MAX_DESTINATIONS} per job"
+            )
+        out: dict[str, str] = {}
+        by_url: dict[str, str] = {}
+        for name, url in v.items():
+            path = _path(name, "destination file")
+            destination_parts(url)
+            if path in out:
+                raise ValueError(f"destination file {name!r} is declared twice")
+            if url in by_url:
+                raise ValueError(
+                    f"destination {url!r} is declared for both {by_url[url]!r} and {path!r}"
+                )
+            out[path], by_url[url] = url, path
+        return out
 
     @field_validator("deps", mode="before")
     @classmethod
@@ -366,6 +429,13 @@ class JobSpec(BaseModel):
             if (name := staged_name(url)) in own:
                 raise ValueError(
                     f"input {url!r} would be staged as {name!r}, which is the job's {own[name]}"
+                )
+        # A file goes to the job's outputs or to a destination, never both: one place to look.
+        for name in self.destinations:
+            if name in own or name in self.outputs:
+                what = own.get(name, "outputs")
+                raise ValueError(
+                    f"destination file {name!r} is also the job's {what}; declare it once"
                 )
         return self
 

@@ -503,6 +503,18 @@ class Kotta:
         """
         self.request("DELETE", "/api/v1/uploads", params={"url": url})
 
+    def check_destinations(self, urls: Sequence[str]) -> None:
+        """Check that jobs of yours may write each ``s3://bucket/key`` of ``urls``, before any runs.
+
+        Raises what a submit declaring them as ``destinations`` would: ``ForbiddenError``
+        (403) naming the first place no write grant of yours covers (the operator's
+        ``s3_write_grants``; a read grant does not count) or one inside the service's
+        store, ``InvalidRequestError`` (400) for a malformed one. Makes no job.
+        """
+        for i in range(0, len(urls), 10_000):
+            body = {"urls": list(urls[i : i + 10_000])}
+            self.request("POST", "/api/v1/destinations/check", json=body, retry=True)
+
     def _put_file(self, url: str, f: BinaryIO) -> None:
         # A PUT of the whole file to its one URL is safe to repeat, from the file's start.
         def attempt() -> requests.Response:

@@ -18,10 +18,18 @@ The frames are built with ``dd.from_map``, so query planning works as for
 Dask's readers (a column selection after the read is pushed into it), and
 each partition is parsed by Dask's own code on the worker: the same frames as
 ``dd.read_parquet``/``dd.read_csv`` give under ``scheduler='sync'``.
+
+:func:`to_parquet` goes the other way: each partition's task writes its file
+with Dask's own ``write_partition`` into the job's working directory and
+declares it (``__kotta_outputs__``); the runner PUTs it to
+``s3://bucket/prefix/part.N.parquet`` once the job succeeded, with a URL the
+server presigned for that one key, if the operator granted the user writing
+there (``s3_write_grants``). Workers and jobs hold no S3 credentials.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 import tempfile
@@ -39,14 +47,21 @@ import pandas as pd
 from dask.utils import parse_bytes
 
 from ..errors import KottaError
+from ..jobspec import destination_parts
 from . import staged_frames
 from .bag import NoFilesError, list_objects
 from .byteranges import RangeReader, infer_compression, plan_blocks
-from .staged_frames import CsvPart, ParquetPart, ReadCsv, ReadParquet
+from .frames import UnsupportedWriteError
+from .staged_frames import OUTPUTS_DIR, CsvPart, ParquetPart, ReadCsv, ReadParquet, WriteParquet
 
 # Worker-side code travels by value (see staged.py); staged.py and the modules it uses
 # are registered by dask_kotta.dask.bag, imported above.
 cloudpickle.register_pickle_by_value(staged_frames)
+
+__all__ = [
+    "read_parquet", "read_csv", "read_table", "to_parquet", "ColumnNotFoundError",
+    "UnsupportedWriteError",
+]  # fmt: skip
 
 #: Bytes read from a Parquet object's end in one GET: most footers fit.
 FOOTER_GUESS = 16 * 1024
@@ -535,3 +550,183 @@ def read_table(
 ) -> dd.DataFrame:
     """As :func:`read_csv`, parsed with ``pandas.read_table`` (tab-separated by default)."""
     return _read_pandas("read_table", urlpath, blocksize, storage_options=storage_options, **kwargs)
+
+
+# -- Parquet: writing through the jobs' destinations ---------------------------------------------
+
+#: The column Dask names an unnamed index after when it writes it.
+NONE_LABEL = "__null_dask_index__"
+
+
+def destination_file(url: str, filename: str) -> str:
+    """The file in a job's directory that holds what goes to ``url`` (one per URL)."""
+    return f"{OUTPUTS_DIR}/{hashlib.sha256(url.encode()).hexdigest()[:16]}/{filename}"
+
+
+def parquet_destinations(
+    path: str, npartitions: int, name_function: Any = None
+) -> list[tuple[str, str]]:
+    """``(filename, url)`` of each partition's file under the ``s3://bucket/prefix`` ``path``.
+
+    Names are Dask's (``part.N.parquet``) or ``name_function(N)``'s, each a plain file
+    name, all distinct; ``ValueError`` otherwise, or for a path that is not ``s3://``.
+    """
+    path = os.fspath(path) if hasattr(path, "__fspath__") else path
+    if not isinstance(path, str) or not path.startswith("s3://"):
+        raise ValueError(
+            f"dask_kotta.dataframe.to_parquet writes to s3://bucket/prefix/ only, got {path!r}"
+            " (a job's own directory is all a job can write to; its files reach a bucket"
+            " through the runner)"
+        )
+    base = path.rstrip("/")
+    if base == "s3:/" or not urlparse(base).netloc:
+        raise ValueError(f"to_parquet: {path!r} names no bucket")
+    if name_function is not None and not callable(name_function):
+        raise ValueError("``name_function`` must be a callable with one argument.")
+    out = []
+    for i in range(npartitions):
+        filename = f"part.{i}.parquet" if name_function is None else name_function(i)
+        if not isinstance(filename, str) or not filename or "/" in filename or filename in (
+            ".", "..",
+        ):  # fmt: skip
+            raise ValueError(
+                f"name_function({i}) gave {filename!r}: each name must be a file name, without '/'"
+            )
+        url = f"{base}/{filename}"
+        destination_parts(url)  # ValueError naming the URL
+        out.append((filename, url))
+    if len({u for _, u in out}) < len(out):
+        raise ValueError("``name_function`` must produce unique filenames.")
+    return out
+
+
+def to_parquet(
+    df: dd.DataFrame,
+    path: str,
+    compression: str | dict | None = "snappy",
+    write_index: bool = True,
+    append: bool = False,
+    overwrite: bool = False,
+    ignore_divisions: bool = False,
+    partition_on: str | list[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
+    custom_metadata: dict | None = None,
+    write_metadata_file: bool | None = None,
+    compute: bool = True,
+    compute_kwargs: dict[str, Any] | None = None,
+    schema: Any = "infer",
+    name_function: Any = None,
+    filesystem: Any = None,
+    engine: str | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Write a Dask DataFrame to ``s3://bucket/prefix/`` as Parquet, like ``dd.to_parquet``.
+
+    One file per partition, ``s3://bucket/prefix/part.N.parquet`` (or
+    ``name_function(N)``), each written by Dask's own writer in the job that
+    computes the partition, into the job's working directory; on
+    ``KottaScheduler`` the runner then PUTs it to its place once the job
+    succeeded, with a URL the server presigned for that key alone. The
+    operator's policy must grant you writing there (``"s3_write_grants":
+    {"you": ["s3://bucket/prefix/"]}``; a read grant is not enough): the
+    scheduler asks the server before it submits any job and raises
+    ``ForbiddenError`` naming the place and the missing grant. Only the
+    partitions' files are written; nothing else in the bucket is read, listed
+    or deleted. Under another scheduler each task uploads its file itself
+    with boto3's standard chain (the running process's credentials).
+
+    ``compression``, ``write_index``, ``custom_metadata``, ``schema``,
+    ``name_function`` and the extra keywords (pyarrow's ``write_table``:
+    ``row_group_size``...) mean what they mean to ``dd.to_parquet``, and the
+    files are the ones it writes. ``compute=True`` (the default) computes with
+    ``compute_kwargs`` (e.g. ``{"scheduler": sched}``) and returns None;
+    ``compute=False`` returns a ``dask.delayed`` object whose compute writes
+    (and gives None).
+
+    Not supported (``NotImplementedError`` before anything runs): ``append``,
+    ``overwrite``, ``partition_on``, ``write_metadata_file=True`` (no
+    ``_metadata``/``_common_metadata`` file is written), ``filesystem``,
+    ``storage_options`` and engines other than pyarrow.
+    """
+    from dask.dataframe.io.parquet.arrow import ArrowDatasetEngine
+    from fsspec.implementations.local import LocalFileSystem
+
+    unsupported = {
+        "append": append,
+        "overwrite": overwrite,
+        "partition_on": partition_on,
+        "write_metadata_file": write_metadata_file,
+        "filesystem": filesystem,
+        "storage_options": storage_options,
+    }
+    asked = [k for k, v in unsupported.items() if v]
+    if engine not in (None, "pyarrow", "auto"):
+        asked.append(f"engine={engine!r}")
+    if asked:
+        raise NotImplementedError(
+            f"dask_kotta.dataframe.to_parquet does not support {', '.join(asked)}: it writes "
+            "one new file per partition through each job's destinations (the runner's "
+            "presigned PUT of that one key), and touches nothing else in the bucket"
+        )
+    del ignore_divisions  # only meaningful with append
+    if df.columns.inferred_type not in {"string", "empty"}:
+        raise ValueError("parquet doesn't support non-string column names")
+    places = parquet_destinations(path, df.npartitions, name_function)
+
+    # dask.dataframe.dask_expr.io.parquet.to_parquet, step for step (without append).
+    division_info = {"divisions": df.divisions, "name": df.index.name}
+    if division_info["name"] is None:
+        if NONE_LABEL not in df.columns:
+            division_info["name"] = NONE_LABEL
+        elif write_index:
+            raise ValueError("Index must have a name if __null_dask_index__ is a column.")
+        else:
+            warnings.warn(
+                "If read back by Dask, column named __null_dask_index__ "
+                "will be set to the index (and renamed to None).",
+                stacklevel=2,
+            )
+    reserved_names = [name for name in ["index", "level_0"] if name not in df.columns]
+    index_cols: list = []
+    if write_index:
+        real_cols = set(df.columns)
+        none_index = list(df._meta.index.names) == [None]
+        df = df.reset_index()
+        if none_index:
+            df = df.rename(columns={c: NONE_LABEL for c in df.columns if c in reserved_names})
+        index_cols = [c for c in set(df.columns) - real_cols]
+    else:
+        df = df.reset_index(drop=True)
+    if custom_metadata and b"pandas" in custom_metadata.keys():
+        raise ValueError(
+            "User-defined key/value metadata (custom_metadata) can not contain a b'pandas' key. "
+            "This key is reserved by Pandas, and overwriting the corresponding value can render "
+            "the entire dataset unreadable."
+        )
+    with tempfile.TemporaryDirectory(prefix="kotta-to-parquet-") as tmp:
+        # It only makes the (local, empty) directory and infers the schema here.
+        _, _, _, extra = ArrowDatasetEngine.initialize_write(
+            df, LocalFileSystem(), tmp, append=False, partition_on=[], ignore_divisions=True,
+            division_info=division_info, index_cols=index_cols, schema=schema,
+            custom_metadata=custom_metadata, **kwargs,
+        )  # fmt: skip
+    write_kwargs = {**kwargs, "compression": compression, "custom_metadata": custom_metadata,
+                    **extra}  # fmt: skip
+    parts = df.to_delayed()
+    writes = [
+        dask.delayed(
+            WriteParquet(url, destination_file(url, filename), filename,
+                         dict(write_kwargs, head=True) if i == 0 else write_kwargs),
+            pure=True,
+        )(part)
+        for i, (part, (filename, url)) in enumerate(zip(parts, places, strict=True))
+    ]  # fmt: skip
+    if compute:
+        dask.compute(writes, **(compute_kwargs or {}))
+        return None
+    return dask.delayed(_written, pure=True)(writes)
+
+
+def _written(parts: list) -> None:
+    """What a computed ``to_parquet`` gives: None, once every partition is written."""
+    return None

@@ -20,6 +20,15 @@ Two small wrappers around Dask, installed once when the scheduler is imported:
   computed and notes the annotations any of them was made under, and any
   Kotta annotation active around the compute itself; ``KottaScheduler.get``
   takes that note (:func:`take_lost`) and refuses.
+
+And one for writes: ``DataFrame.to_parquet`` computed with a ``KottaScheduler``
+(``compute_kwargs={'scheduler': ...}`` or ``dask.config``'s scheduler) raises
+:class:`UnsupportedWriteError`, naming ``dask_kotta.dataframe.to_parquet``,
+before Dask opens the destination's filesystem: Dask's writer tasks write from
+inside the job with whatever the worker can reach, which on Kotta is nothing
+but the job's own directory (or, uncontained, the worker's own credentials).
+``KottaScheduler.get`` refuses such tasks too, whatever built them
+(``graph.foreign_writers``).
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import dask.base
+
+from ..errors import KottaError
 
 #: The annotations Kotta reads (see ``annotations.py``); others (``priority``...) may be lost.
 KOTTA_ANNOTATIONS = (
@@ -51,6 +62,27 @@ _LOST: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "kotta_lost_annotations", default=None
 )
 _installed = False
+
+
+class UnsupportedWriteError(KottaError, NotImplementedError):
+    """Dask's own ``to_parquet`` was asked to run on Kotta: use ``dask_kotta.dataframe.to_parquet``."""
+
+
+def refuse_dask_writes(paths: list[str]) -> None:
+    """Raise :class:`UnsupportedWriteError` for Dask writer tasks bound for ``paths``."""
+    raise UnsupportedWriteError(
+        f"Dask's own to_parquet ({', '.join(map(repr, paths[:3]))}) cannot run on "
+        "KottaScheduler: its tasks would write from inside each job, where a contained "
+        "job reaches only its own working directory (and never with the worker's "
+        "credentials). Use dask_kotta.dataframe.to_parquet(df, 's3://bucket/prefix/', ...) "
+        "(import dask_kotta.dataframe as kd; kd.to_parquet(...)): each job's file reaches "
+        "the bucket through the job's declared destinations, granted by the operator's "
+        "s3_write_grants. Nothing was submitted."
+    )
+
+
+def _is_kotta(scheduler: Any) -> bool:
+    return bool(getattr(scheduler, "__kotta_scheduler__", False))
 
 
 def kotta_annotations(annotations: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -102,6 +134,26 @@ def _wrap_framebase(module: Any) -> None:
     __init__._kotta_wrapped = True  # type: ignore[attr-defined]
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
     cls.__init__ = __init__
+    _wrap_to_parquet(getattr(module, "DataFrame", None))
+
+
+def _wrap_to_parquet(cls: Any) -> None:
+    original = getattr(cls, "to_parquet", None)
+    if original is None or getattr(original, "_kotta_wrapped", False):
+        return
+
+    def to_parquet(self: Any, path: Any, **kwargs: Any) -> Any:
+        # Before Dask's own: it opens the destination's filesystem (s3fs...) at once.
+        if kwargs.get("compute", True):
+            sched = (kwargs.get("compute_kwargs") or {}).get("scheduler")
+            if _is_kotta(sched if sched is not None else dask.config.get("scheduler", None)):
+                refuse_dask_writes([str(path)])
+        return original(self, path, **kwargs)
+
+    to_parquet._kotta_wrapped = True  # type: ignore[attr-defined]
+    to_parquet.__wrapped__ = original  # type: ignore[attr-defined]
+    to_parquet.__doc__ = original.__doc__
+    cls.to_parquet = to_parquet
 
 
 def _wrap_collections_to_expr() -> None:

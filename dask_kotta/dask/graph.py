@@ -44,6 +44,9 @@ class Graph:
     annotations: dict[Key, dict[str, Any]] = field(default_factory=dict)
     #: Input URLs carried by the tasks themselves (``func.__kotta_inputs__``).
     task_inputs: dict[Key, tuple[str, ...]] = field(default_factory=dict)
+    #: Files tasks leave in the job's directory for the runner to write to ``s3://`` places
+    #: (``func.__kotta_outputs__``: ``(file, url)`` pairs; ``to_parquet``'s partitions).
+    task_outputs: dict[Key, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def deps(self, key: Key) -> frozenset:
         return self.nodes[key].dependencies
@@ -175,6 +178,57 @@ def _carried(arg: Any) -> tuple[str, ...]:
     return urls if isinstance(urls, tuple) else ()
 
 
+def task_outputs(node: GraphNode) -> tuple[tuple[str, str], ...]:
+    """``(file, url)`` pairs a task declares (``__kotta_outputs__``) in its function or arguments,
+    subgraphs included."""
+    if not isinstance(node, Task):
+        return ()
+    if node.func is _execute_subgraph:
+        out: list[tuple[str, str]] = []
+        for inner in node.args[0].values():
+            out.extend(task_outputs(inner))
+        return tuple(out)
+    found = list(_declared(node.func))
+    for arg in node.args:
+        found.extend(task_outputs(arg) if isinstance(arg, Task) else _declared(arg))
+    return tuple(found)
+
+
+def _declared(obj: Any) -> tuple[tuple[str, str], ...]:
+    try:
+        pairs = getattr(obj, "__kotta_outputs__", None)
+    except Exception:
+        return ()
+    return pairs if isinstance(pairs, tuple) else ()
+
+
+def foreign_writers(nodes: Mapping[Key, GraphNode]) -> list[str]:
+    """What Dask's own ``to_parquet`` would write to, for each of its tasks in ``nodes``.
+
+    Its tasks write from inside the job with whatever the worker's filesystem and
+    credentials allow: on Kotta a contained job reaches nothing but its own directory,
+    so the files would vanish with it (or, uncontained, be written with the worker's
+    credentials). ``KottaScheduler`` refuses such graphs.
+    """
+    found: list[str] = []
+
+    def visit(node: Any) -> None:
+        if not isinstance(node, Task):
+            return
+        if node.func is _execute_subgraph:
+            for inner in node.args[0].values():
+                visit(inner)
+            return
+        if type(node.func).__name__ == "ToParquetFunctionWrapper":
+            found.append(str(getattr(node.func, "path", "?")))
+        for arg in node.args:
+            visit(arg)
+
+    for node in nodes.values():
+        visit(node)
+    return list(dict.fromkeys(found))
+
+
 def build(dsk: Any, keys: Any) -> tuple[Graph, list[Key]]:
     """The culled graph for ``keys`` (nested lists allowed) and the flat list of requested keys.
 
@@ -204,11 +258,14 @@ def build(dsk: Any, keys: Any) -> tuple[Graph, list[Key]]:
         if k in local or isinstance(node, DataNode):
             local.update(chain)
             local.add(k)
-    inputs = {}
+    inputs, outputs = {}, {}
     for k, node in nodes.items():
         if k not in local:
             urls = task_inputs(node)
             if urls:
                 inputs[k] = urls
+            pairs = task_outputs(node)
+            if pairs:
+                outputs[k] = pairs
     kept = {k: v for k, v in annotations.items() if k in nodes}
-    return Graph(nodes, local, kept, inputs), flat
+    return Graph(nodes, local, kept, inputs, outputs), flat

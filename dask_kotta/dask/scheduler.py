@@ -74,6 +74,14 @@ graph goes the other way: a literal over ``literal_threshold`` is uploaded once
 (``literals.py``) and staged, as an input, into each job that uses it, instead
 of riding in each job's payload.
 
+Files a task leaves for an ``s3://`` place (``__kotta_outputs__``: ``(file, url)``
+pairs, one per partition of ``dask_kotta.dataframe.to_parquet``) become its job's
+``destinations``: the runner writes them once the job succeeded, with a PUT the
+server presigned for that key if the user holds a write grant for it. Before the
+first job of a compute the scheduler asks the server about all of them
+(``Kotta.check_destinations``), so a missing grant fails the compute before any
+work is done. Dask's own ``to_parquet`` tasks are refused (``frames.py``).
+
 Dataframes
 ==========
 
@@ -142,7 +150,7 @@ from .annotations import (
     refuse_lost,
     settings_from_config,
 )
-from .graph import Graph, build
+from .graph import Graph, build, foreign_writers
 from .literals import DEFAULT_THRESHOLD, Literals, configured_threshold, threshold_bytes
 from .plan import Fragment, plan
 from .remote import (
@@ -219,6 +227,9 @@ class KottaScheduler:
     'kotta.keep_days': ..., 'kotta.literal-threshold': ...})`` overrides these. See the
     module docstring for the algorithm.
     """
+
+    #: Tells dask_kotta.dask.frames that a scheduler is this one, without importing it.
+    __kotta_scheduler__ = True
 
     def __init__(
         self,
@@ -318,6 +329,14 @@ class _Run:
         if lost:
             refuse_lost(lost, self.default)
         graph, flat = build(dsk, keys)
+        writers = foreign_writers(graph.nodes)
+        if writers:
+            frames.refuse_dask_writes(writers)
+        destinations = sorted({url for pairs in graph.task_outputs.values() for _, url in pairs})
+        if destinations:
+            # Every place this compute writes must be granted before any job runs: a refusal
+            # after some rounds would leave a half-written dataset and spent work behind.
+            self.konn.check_destinations(destinations)
         requested = set(flat)
         cache = evaluate_local(graph)
         remote = [k for k in graph.nodes if k not in graph.local]
@@ -435,6 +454,7 @@ class _Run:
                         "requirements": s.requirements or None,
                         "inputs": inputs,
                         "outputs": [REQUESTED_FILE] if f.returns and f.shared else [],
+                        "destinations": _destinations(graph, f.keys),
                         "deps": [job_of[e] for e in f.needs],
                         "annotations": {
                             **s.record(),
@@ -524,6 +544,15 @@ class _Run:
                 except KottaError:
                     pass  # best effort: the error being raised matters more
         self.running.clear()
+
+
+def _destinations(graph: Graph, keys: list[Key]) -> dict[str, str]:
+    """``{file: s3:// place}`` the tasks ``keys`` of one job write (``__kotta_outputs__``)."""
+    out: dict[str, str] = {}
+    for k in keys:
+        for name, url in graph.task_outputs.get(k, ()):
+            out[name] = url
+    return out
 
 
 def _failed_key(e: RemoteError, f: Fragment) -> Key:

@@ -20,8 +20,11 @@ module level.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any
+from urllib.parse import urlparse
 
+from ..s3client import s3_client
 from .staged import COMPRESSION_BY_SUFFIX, OPENERS, Fetcher
 
 
@@ -148,3 +151,51 @@ class ReadParquet:
 
     def __repr__(self) -> str:
         return "ReadParquet()"
+
+
+#: Where a job leaves the files its destinations take (``kotta-outputs/<hash>/<file>``).
+OUTPUTS_DIR = "kotta-outputs"
+
+
+class WriteParquet:
+    """The task that writes one partition of ``to_parquet`` to ``url``, as Dask's writer would.
+
+    It declares ``(file, url)`` in ``__kotta_outputs__``: ``KottaScheduler`` lists it in the
+    job's ``destinations``, the task writes the file into the job's working directory with
+    Dask's own ``write_partition`` (local filesystem), and the runner PUTs it to ``url``
+    once the job succeeded, with a URL the server presigned for that key alone. The task
+    itself never writes to S3 on Kotta, so it needs no credentials and holds none.
+
+    Under any other scheduler (no ``KOTTA_WORKDIR``) it writes to a temporary directory
+    and uploads with boto3's standard chain, as the readers download: the credentials of
+    the process that runs it (your own, under ``scheduler='sync'``).
+    """
+
+    def __init__(self, url: str, name: str, filename: str, write_kwargs: dict[str, Any]):
+        self.url, self.name, self.filename = url, name, filename
+        self.write_kwargs = write_kwargs
+        self.__kotta_outputs__ = ((name, url),)
+        self.__name__ = "to-parquet-kotta"  # (dask names a delayed call's key after it)
+
+    def _write(self, df: Any, directory: str) -> list:
+        from dask.dataframe.io.parquet.arrow import ArrowDatasetEngine
+        from fsspec.implementations.local import LocalFileSystem
+
+        return ArrowDatasetEngine.write_partition(
+            df, directory, LocalFileSystem(), self.filename, [], False, **self.write_kwargs
+        )
+
+    def __call__(self, df: Any) -> list:
+        workdir = os.environ.get("KOTTA_WORKDIR")
+        if workdir:
+            target = os.path.join(workdir, self.name)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            return self._write(df, os.path.dirname(target))
+        with tempfile.TemporaryDirectory(prefix="kotta-to-parquet-") as tmp:
+            out = self._write(df, tmp)
+            p = urlparse(self.url)
+            s3_client().upload_file(os.path.join(tmp, self.filename), p.netloc, p.path[1:])
+        return out
+
+    def __repr__(self) -> str:
+        return f"WriteParquet({self.url!r})"

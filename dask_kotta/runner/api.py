@@ -166,6 +166,11 @@ class RunnerAPI:
         body = {"files": files}
         return self._call("POST", "/uploads", patience_s=patience_s, json=body).json()["plans"]
 
+    def destination_plans(self, files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A presigned PUT per ``{"name", "size"}`` of the job's declared destinations."""
+        body = {"files": files}
+        return self._call("POST", "/destinations", json=body).json()["plans"]
+
     def complete_upload(self, name: str, upload_id: str, etags: list[str]) -> None:
         body = {"name": name, "upload_id": upload_id, "etags": etags}
         self._call("POST", "/uploads/complete", json=body)

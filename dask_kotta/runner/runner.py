@@ -39,7 +39,7 @@ from .jobfiles import job_file, read_job_file
 from .process import run_process
 from .reporting import Direct, Lease, OutputChannel, Reporting
 from .stage_in import stage_inputs
-from .stage_out import stage_outputs
+from .stage_out import stage_destinations, stage_outputs
 from .workdirs import Workdir
 
 
@@ -300,6 +300,10 @@ def _run(
             has_result = True
     elif outcome.returncode != 0:
         reason = f"script exited with code {outcome.returncode}"
+    if not reason and job.get("destinations"):
+        # Only a job that succeeded writes to its destinations: a failed partition's file
+        # must not land in the user's bucket as if it were a result.
+        reason = stage_destinations(reporting.api, job, workdir) or ""
     outputs, problem = stage_outputs(OutputChannel(reporting), job, workdir)
     if problem and not reason:
         reason = problem

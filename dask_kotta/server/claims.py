@@ -80,6 +80,7 @@ def claim_info(s: Service, job: dict[str, Any]) -> Claim:
         "inputs": spec.get("inputs", []),
         "input_plan": input_plan(s, job),
         "outputs": spec.get("outputs", []),
+        "destinations": spec.get("destinations") or {},
         "stdout": spec["stdout"],
         "stderr": spec["stderr"],
         "script": spec.get("script"),

@@ -26,6 +26,7 @@ from ..errors import (
 from ..paths import safe_relpath
 from ..store import retention
 from ..store.objects import job_key
+from .destinations import place_destinations
 from .inputs import place_inputs
 from .service import Service
 from .validate import check_spec, input_host_refusals
@@ -77,6 +78,9 @@ async def submit(
             spec = check_spec(raw, s.queues, payload is not None, s.config.max_keep_days)
             # 403 for an input in another user's part of the store or in an ungranted bucket
             input_keys, granted = place_inputs(s, user, spec["inputs"], hosts)
+            # 403 for a destination no write grant of this user covers, or in the store
+            if spec.get("destinations"):
+                place_destinations(s, user, spec["destinations"])
         except (APIError, UnsafePathError) as e:
             if len(items) == 1:
                 raise
@@ -85,6 +89,9 @@ async def submit(
             spec["input_keys"] = input_keys
         if granted:
             spec["granted_inputs"] = granted
+        if spec.get("destinations"):
+            # Whose grants allowed them: checked again, for this user, when the job ends.
+            spec["granted_destinations"] = user["name"]
         spec["has_payload"] = payload is not None
         if resubmit_of is not None:
             spec["resubmit_of"] = resubmit_of  # a column of its own, not part of the spec

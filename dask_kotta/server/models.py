@@ -83,6 +83,13 @@ class UploadBody(Body):
     size: Count
 
 
+class DestinationsBody(Body):
+    urls: list[str] = Field(
+        ..., max_length=10_000,
+        description="s3://bucket/key places a job of yours would declare as destinations",
+    )  # fmt: skip
+
+
 class CompleteBody(Body):
     url: str
     upload_id: str

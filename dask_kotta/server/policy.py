@@ -1,10 +1,11 @@
-"""The operator's policy for inputs: networks inputs may reach, and users' S3 grants.
+"""The operator's policy: networks inputs may reach, and users' S3 read and write grants.
 
 ``dask-kotta up|server --policy FILE`` (or ``DASK_KOTTA_POLICY``), a JSON object::
 
     {"allow_input_networks": ["10.0.0.0/8", "192.168.1.7/32"],
      "s3_grants": {"alice": ["s3://bucket/prefix/", "s3://other-bucket/"],
-                   "*": ["s3://public-data/"]}}
+                   "*": ["s3://public-data/"]},
+     "s3_write_grants": {"alice": ["s3://bucket/results/"]}}
 
 - ``allow_input_networks``: CIDRs that ``http(s)`` inputs may reach although
   they are loopback, link-local or private (see :mod:`dask_kotta.netcheck`).
@@ -16,8 +17,14 @@
   under ``dir/``, ``s3://bucket/dir`` the object ``dir`` and everything under
   ``dir/`` (not ``dir-other``), and ``s3://bucket/pre*`` every key that starts
   with ``pre``.
+- ``s3_write_grants`` (same form): the places a user's jobs may *write* to,
+  as declared ``destinations`` (``dask_kotta.dataframe.to_parquet``). Reading
+  and writing are granted apart: a read grant never lets a job write, nor a
+  write grant read. The server presigns one PUT per declared destination, for
+  the runner, after the job's process has ended (``server/destinations.py``).
 
-Without a policy, nothing is allowed beyond global addresses and the store.
+Without a policy, nothing is allowed beyond global addresses and the store; a
+policy file of an earlier version (no ``s3_write_grants``) grants no writes.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..netcheck import IPNetwork, parse_networks
 
-_KEYS = {"allow_input_networks", "s3_grants"}
+_KEYS = {"allow_input_networks", "s3_grants", "s3_write_grants"}
 
 
 def key_is_plain(key: str) -> bool:
@@ -75,19 +82,50 @@ class Policy:
     allow_input_networks: tuple[IPNetwork, ...] = ()
     s3_grants: dict[str, tuple[Grant, ...]] = field(default_factory=dict)
     source: str = ""
+    #: Places users' jobs may write to (``s3_write_grants``); apart from the read grants.
+    s3_write_grants: dict[str, tuple[Grant, ...]] = field(default_factory=dict)
 
     def grant_for(self, user: str, bucket: str, key: str) -> Grant | None:
         """The grant that lets ``user`` read ``s3://bucket/key``, or None."""
-        if not key_is_plain(key):
-            return None
-        for who in (user, "*"):
-            for g in self.s3_grants.get(who, ()):
-                if g.covers(bucket, key):
-                    return g
-        return None
+        return _covering(self.s3_grants, user, bucket, key)
+
+    def write_grant_for(self, user: str, bucket: str, key: str) -> Grant | None:
+        """The grant that lets ``user``'s jobs write ``s3://bucket/key``, or None.
+
+        Only ``s3_write_grants`` count: a read grant of the same place does not.
+        """
+        return _covering(self.s3_write_grants, user, bucket, key)
 
     def networks(self) -> list[str]:
         return [str(n) for n in self.allow_input_networks]
+
+
+def _covering(
+    grants: dict[str, tuple[Grant, ...]], user: str, bucket: str, key: str
+) -> Grant | None:
+    """The first of ``user``'s (or everyone's, ``"*"``) grants that covers the key, or None."""
+    if not key_is_plain(key):
+        return None
+    for who in (user, "*"):
+        for g in grants.get(who, ()):
+            if g.covers(bucket, key):
+                return g
+    return None
+
+
+def _parse_grants(raw: Any, name: str, bad: Any) -> dict[str, tuple[Grant, ...]]:
+    grants_raw = raw.get(name) or {}
+    if not isinstance(grants_raw, dict):
+        raise bad(f'{name} must be an object: {{"user": ["s3://bucket/prefix/", ...]}}')
+    grants: dict[str, tuple[Grant, ...]] = {}
+    for user, places in grants_raw.items():
+        if not isinstance(places, list):
+            raise bad(f"{name}[{user!r}] must be a list of s3://BUCKET/PREFIX")
+        try:
+            grants[user] = tuple(Grant.parse(p) for p in places)
+        except ValueError as e:
+            raise bad(f"{name}[{user!r}]: {e}") from None
+    return grants
 
 
 def parse_policy(raw: Any, source: str = "policy") -> Policy:
@@ -97,7 +135,9 @@ def parse_policy(raw: Any, source: str = "policy") -> Policy:
         return ConfigError(f"policy file {source}: {why}")
 
     if not isinstance(raw, dict):
-        raise bad("must be a JSON object with allow_input_networks and/or s3_grants")
+        raise bad(
+            "must be a JSON object with allow_input_networks, s3_grants and/or s3_write_grants"
+        )
     unknown = set(raw) - _KEYS
     if unknown:
         raise bad(f"unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KEYS))}")
@@ -108,18 +148,9 @@ def parse_policy(raw: Any, source: str = "policy") -> Policy:
         networks = tuple(parse_networks(nets))
     except ValueError as e:
         raise bad(f"allow_input_networks: {e}") from None
-    grants_raw = raw.get("s3_grants") or {}
-    if not isinstance(grants_raw, dict):
-        raise bad('s3_grants must be an object: {"user": ["s3://bucket/prefix/", ...]}')
-    grants: dict[str, tuple[Grant, ...]] = {}
-    for user, places in grants_raw.items():
-        if not isinstance(places, list):
-            raise bad(f"s3_grants[{user!r}] must be a list of s3://BUCKET/PREFIX")
-        try:
-            grants[user] = tuple(Grant.parse(p) for p in places)
-        except ValueError as e:
-            raise bad(f"s3_grants[{user!r}]: {e}") from None
-    return Policy(networks, grants, source)
+    grants = _parse_grants(raw, "s3_grants", bad)
+    writes = _parse_grants(raw, "s3_write_grants", bad)
+    return Policy(networks, grants, source, writes)
 
 
 def load_policy(path: str | Path | None) -> Policy:

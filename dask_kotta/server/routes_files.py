@@ -11,10 +11,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from . import files
+from . import destinations, files
 from .deps import BodyTooLarge, PathInt, User, serve, spool, svc
 from .inputs import own_hosts
-from .models import CompleteBody, UploadBody
+from .models import CompleteBody, DestinationsBody, UploadBody
 from .openapi import BYTES, BYTES_BODY, for_user
 
 router = APIRouter(prefix="/api/v1")
@@ -33,6 +33,20 @@ def start_upload(request: Request, user: User, body: UploadBody) -> dict:
     (PUT each part to ``plan.urls[i]``, then POST ``/api/v1/uploads/complete``).
     """
     return files.start_upload(svc(request), user["id"], body.name, body.size, str(request.base_url))
+
+
+@router.post(
+    "/destinations/check",
+    summary="Whether jobs of yours may write these s3:// places",
+    responses=for_user(400, 403),
+)
+def check_destinations(request: Request, user: User, body: DestinationsBody) -> dict:
+    """Answers ``{"urls": [...]}`` when a job of yours could declare every one of ``urls``
+    as a destination (a write grant of the operator's policy covers it, and it is outside
+    the service's store); else the refusal a submit would get, naming the first place and
+    the grant it lacks. Nothing is written, and no job is made."""
+    destinations.check_destinations(svc(request), user["name"], body.urls)
+    return {"urls": body.urls}
 
 
 @router.put(

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Security
 from fastapi.responses import Response
 
-from . import claims, files
+from . import claims, destinations, files
 from .auth import bearer
 from .deps import BEARER, Auth, PathInt, serve, spool, svc
 from .models import MAX_INT, Finish, NextBody, Phase, PlansBody, RunnerCompleteBody
@@ -144,6 +144,20 @@ def runner_upload_plans(request: Request, a: Auth, body: PlansBody) -> dict:
             for f in body.files
         ]
     }
+
+
+@router.post(
+    JOB + "/destinations",
+    summary="How to write each declared destination",
+    responses=for_runner(400, 403, 413),
+)
+def runner_destination_plans(request: Request, a: Auth, body: PlansBody) -> dict:
+    """A presigned PUT of each file's size to its declared, granted ``s3://`` place; 403 for
+    a name the job did not declare, or whose write grant is gone (``server/destinations.py``)."""
+    s = svc(request)
+    job = claims.held(s, a)
+    files_ = [(f.name, f.size) for f in body.files]
+    return {"plans": destinations.destination_plans(s, job, files_)}
 
 
 @router.post(

@@ -120,8 +120,9 @@ class Service:
         return self._link_key
 
     def grant_presigner(self) -> Presigner:
-        """Signs GETs of users' granted ``s3://`` inputs: the store's S3 client, or one from
-        boto3's standard chain when the store is a local directory."""
+        """Signs GETs of users' granted ``s3://`` inputs and PUTs of their granted destinations:
+        the store's S3 client, or one from boto3's standard chain when the store is a local
+        directory."""
         if self._grant_client is None:
             client = getattr(self.objects, "client", None)
             if client is None:
@@ -143,7 +144,7 @@ class Service:
         self.notifier.notify(job["id"])
 
     async def start(self) -> None:
-        if self.policy.s3_grants:
+        if self.policy.s3_grants or self.policy.s3_write_grants:
             self.grant_presigner()  # making a boto3 client takes ~0.1 s: not in a submit
         await self.engine.start()
         # Runners could not heartbeat while we were down: give them one lease to reconnect.

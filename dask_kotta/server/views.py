@@ -69,6 +69,8 @@ def job_view(job: dict[str, Any], base_url: str, objects: ObjectStore) -> dict[s
         "worker": job["worker"].partition(" ")[0],  # the host; not the worker's dask address
         "inputs": spec.get("inputs", []),
         "declared_outputs": spec.get("outputs", []),
+        # {file: s3:// place} the job writes once it succeeded (granted by s3_write_grants)
+        "destinations": spec.get("destinations") or {},
         "stdout": spec.get("stdout"),
         "stderr": spec.get("stderr"),
         "script_name": spec.get("script_name"),

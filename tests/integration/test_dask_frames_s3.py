@@ -4,11 +4,17 @@ As in test_dask_bag_s3.py this module starts its own `dask-kotta up` (1 worker) 
 S3 server's environment and a policy granting its user the bucket: the server presigns
 each object for the runner. Each result is compared with Dask's own reader run on local
 copies of the same files under scheduler='sync'.
+
+kd.to_parquet writes back through the jobs' destinations: the policy grants the user
+writing under out/ only (reading the whole bucket), and a second user, mallory, writing
+under mallory/. The files in the bucket are compared with Dask's own to_parquet's, byte for
+byte, and the grants are tried as a user with a normal account would try them.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -18,6 +24,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+import requests
 from dask.dataframe.utils import assert_eq
 from kotta_testing import Service, policy_args
 from s3server import apply_env, restore_env
@@ -25,14 +32,16 @@ from s3server import apply_env, restore_env
 import dask_kotta.bag as kb
 import dask_kotta.dataframe as kd
 from dask_kotta import KottaScheduler
-from dask_kotta.errors import KottaError
+from dask_kotta.errors import ForbiddenError, InvalidRequestError, KottaError
+from dask_kotta.jobspec import JobSpec
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 # Dask's Parquet reader (theirs and, under 'sync', ours, which runs it) calls
-# reset_index(inplace=True), which pandas 3.1 deprecates; jobs see it too, harmlessly.
+# reset_index(inplace=True), and its writer set_index(inplace=True), which pandas 3.1
+# deprecates; jobs see it too, harmlessly.
 pytestmark = pytest.mark.filterwarnings(
-    "ignore:The inplace keyword in DataFrame.reset_index:pandas.errors.Pandas4Warning"
+    "ignore:The inplace keyword in DataFrame:pandas.errors.Pandas4Warning"
 )
 
 BUCKET = "kotta-frames"
@@ -77,12 +86,21 @@ def data(s3_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def s3konn(s3_server, data, tmp_path_factory):
+def frames_service(s3_server, data, tmp_path_factory):
     base = tmp_path_factory.mktemp("frames-service")
-    grants = policy_args(base, s3_grants={"tester": [f"s3://{BUCKET}/"]})
+    grants = policy_args(
+        base,
+        s3_grants={"tester": [f"s3://{BUCKET}/"]},
+        s3_write_grants={"tester": [f"s3://{BUCKET}/out/"], "mallory": [f"s3://{BUCKET}/mallory/"]},
+    )
     svc = Service(base, workers=1, env=s3_server.env, extra=grants).start()
-    yield svc.konn()
+    yield svc
     svc.stop()
+
+
+@pytest.fixture(scope="module")
+def s3konn(frames_service):
+    return frames_service.konn()
 
 
 @pytest.fixture
@@ -212,3 +230,172 @@ def test_bad_paths_columns_and_filters_fail_on_the_client(s3konn, data):
     with pytest.raises(KottaError):
         kd.read_parquet(f"s3://{BUCKET}/pq/", columns=["nope"])
     assert s3konn.job_counts() == counts
+
+
+# -- to_parquet through the jobs' destinations ---------------------------------------------------
+
+
+def _keys(prefix: str) -> dict[str, bytes]:
+    c = boto3.client("s3")
+    found = c.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: c.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in found}
+
+
+def test_to_parquet_on_kotta_writes_dask_s_files_and_nothing_else(
+    s3konn, frames_service, data: Path, tmp_path, client_gets
+):
+    c = boto3.client("s3")
+    # What the bucket held before: outside the dataset, and one of its own names unused.
+    c.put_object(Bucket=BUCKET, Key="out/t1/keep.txt", Body=b"mine")
+    c.put_object(Bucket=BUCKET, Key="out/t1/part.99.parquet", Body=b"older")
+    before = _keys("")
+
+    df = kd.read_parquet(f"s3://{BUCKET}/pq/", split_row_groups=2)
+    theirs = dd.read_parquet(str(data / "pq"), split_row_groups=2)
+    mine = {
+        "t1": df[df.x > 0.5].assign(y=df.x * 2),
+        "t2": df[["key", "word"]],
+    }
+    want = {"t1": theirs[theirs.x > 0.5].assign(y=theirs.x * 2), "t2": theirs[["key", "word"]]}
+    names = {"t1": None, "t2": lambda i: f"data-{i:03d}.parquet"}
+    options = {"t1": {}, "t2": {"write_index": False, "row_group_size": 500}}
+    sched = KottaScheduler(s3konn)
+    writes = [
+        kd.to_parquet(mine[t], f"s3://{BUCKET}/out/{t}/", compute=False,
+                      name_function=names[t], **options[t])
+        for t in mine
+    ]  # fmt: skip
+    written: set[str] = set()
+    client_gets.clear()
+    assert dask.compute(writes, scheduler=sched) == ([None, None],)
+    assert client_gets == []  # nothing came back through the client
+    # No job kept a copy in the service's store: the files went to the bucket only.
+    for job_id in sched.last_run.job_ids:
+        assert not any(n.startswith("kotta-outputs/") for n in frames_service.stored(job_id))
+    for t in mine:
+        local = tmp_path / t
+        dd.to_parquet(want[t], local, name_function=names[t], compute_kwargs={"scheduler": "sync"},
+                      **options[t])  # fmt: skip
+        got = _keys(f"out/{t}/")
+        expected = {f"out/{t}/{p.name}": p.read_bytes() for p in local.iterdir()}
+        written |= set(expected)
+        if t == "t1":  # what was there stays, untouched
+            expected.update({"out/t1/keep.txt": b"mine", "out/t1/part.99.parquet": b"older"})
+        assert got.keys() == expected.keys()
+        for key, body in expected.items():
+            assert got[key] == body, key  # Dask's own files, byte for byte
+        (tmp_path / f"{t}-back").mkdir()
+        for key in expected:
+            if key.endswith(".parquet") and "part.99" not in key:
+                (tmp_path / f"{t}-back" / key.rsplit("/", 1)[1]).write_bytes(got[key])
+        back = pd.read_parquet(tmp_path / f"{t}-back")
+        assert_eq(back, pd.read_parquet(local))
+        assert len(back) == len(want[t].compute(scheduler="sync"))
+    # Only the partitions' keys are new, and everything the bucket held is as it was.
+    after = _keys("")
+    assert set(after) - set(before) == written
+    assert {k: after[k] for k in before} == before
+
+    # Dask's own writer under KottaScheduler is refused, naming ours, before any job.
+    counts = s3konn.job_counts()
+    with pytest.raises(kd.UnsupportedWriteError, match="dask_kotta.dataframe.to_parquet"):
+        df.to_parquet(f"s3://{BUCKET}/out/t3/", compute_kwargs={"scheduler": sched})
+    lazy = df.to_parquet(str(tmp_path / "t3"), compute=False)
+    with pytest.raises(kd.UnsupportedWriteError):
+        lazy.compute(scheduler=sched)
+    assert s3konn.job_counts() == counts
+
+
+def _ended(konn, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rec = konn.job(job_id, wait=10)
+        if rec["status"] in ("completed", "failed", "cancelled"):
+            return rec
+    raise AssertionError(f"job {job_id} did not end")
+
+
+def _script(konn, script: str, destinations: dict[str, str]) -> str:
+    spec = JobSpec.parse({"jobtype": "script", "script": script, "walltime_min": 1,
+                          "destinations": destinations})  # fmt: skip
+    return konn.submit_specs([spec], [None])[0]["id"]
+
+
+def test_writes_need_the_user_s_own_write_grant_and_reach_only_declared_keys(
+    s3konn, frames_service, tmp_path
+):
+    df = kd.read_parquet(f"s3://{BUCKET}/pq/")
+    sched = KottaScheduler(s3konn)
+    counts = s3konn.job_counts()
+    # Read-granted, not write-granted: refused before any job, naming the place and grant.
+    with pytest.raises(
+        ForbiddenError, match=r"(?s)pq/part\.0\.parquet.*read grant.*s3_write_grants"
+    ):
+        kd.to_parquet(df, f"s3://{BUCKET}/pq/", compute_kwargs={"scheduler": sched})
+    # Another user's grant does not help.
+    with pytest.raises(ForbiddenError, match="no write grant covers it for user 'tester'"):
+        kd.to_parquet(df, f"s3://{BUCKET}/mallory/", compute_kwargs={"scheduler": sched})
+    assert s3konn.job_counts() == counts
+
+    mallory = frames_service.konn(frames_service.token("mallory", tmp_path / "mallory.auth"))
+    for konn, url, who in [(mallory, f"s3://{BUCKET}/out/m.txt", "mallory"),
+                           (s3konn, f"s3://{BUCKET}/mallory/t.txt", "tester"),
+                           (s3konn, f"s3://{BUCKET}/outside.txt", "tester"),
+                           (s3konn, "s3://another-bucket/out/x", "tester")]:  # fmt: skip
+        with pytest.raises(ForbiddenError, match=f"for user '{who}'") as e:
+            _script(konn, "echo hi > f", {"f": url})
+        assert e.value.status == 403 and url in e.value.detail
+    # A key that would climb out of the granted prefix, sent raw (no client-side check).
+    for url in [f"s3://{BUCKET}/out/../pq/part-00.parquet", f"s3://{BUCKET}/out//x"]:
+        with pytest.raises(InvalidRequestError, match="parts"):
+            s3konn.submit_specs(
+                [{"jobtype": "script", "script": "true", "destinations": {"f": url}}], [None]
+            )
+    # Whose grant a job has is the server's to record, not the user's to claim.
+    raw = {"jobtype": "script", "script": "true", "granted_destinations": "tester",
+           "destinations": {"f": f"s3://{BUCKET}/out/f"}}  # fmt: skip
+    with pytest.raises(InvalidRequestError, match="unknown job fields: granted_destinations"):
+        mallory.submit_specs([raw], [None])
+    # mallory may write under her own grant.
+    ok = _script(mallory, "echo mallory > m.txt", {"m.txt": f"s3://{BUCKET}/mallory/m.txt"})
+    assert _ended(mallory, ok)["status"] == "completed"
+    assert _keys("mallory/") == {"mallory/m.txt": b"mallory\n"}
+
+    # A job writes its declared keys only, with no credentials of its own, and only if it
+    # succeeded and every declared file is its own, in its directory.
+    before = _keys("")
+    cases = {
+        # what the script does: (declared {file: key}, status, reason part)
+        "env | grep -c ^AWS_ || true; echo a > a.txt; echo b > b.txt; mkdir -p d; echo c > d/c":
+            ({"a.txt": "out/atk/a.txt"}, "completed", None),
+        "echo a > a.txt; exit 3": ({"a.txt": "out/atk/fail.txt"}, "failed", "exited with code 3"),
+        "echo a > a.txt": ({"a.txt": "out/atk/a2.txt", "gone.txt": "out/atk/gone.txt"}, "failed",
+                           "'gone.txt' was not produced"),
+        "ln -s /etc/passwd p.txt": ({"p.txt": "out/atk/passwd"}, "failed", "outside"),
+        "echo x > x; ln x h.txt": ({"h.txt": "out/atk/h"}, "failed", "hard link"),
+    }  # fmt: skip
+    ids = {
+        _script(s3konn, script, {f: f"s3://{BUCKET}/{k}" for f, k in case[0].items()}): case
+        for script, case in cases.items()
+    }
+    for job_id, (_, status, why) in ids.items():
+        rec = _ended(s3konn, job_id)
+        assert rec["status"] == status, rec
+        if why:
+            assert why in rec["reason"], rec["reason"]
+    first = next(iter(ids))
+    assert s3konn.job(first)["destinations"] == {"a.txt": f"s3://{BUCKET}/out/atk/a.txt"}
+    # The job saw no AWS_* variable: the worker's credentials never reached it.
+    out = s3konn.request("GET", f"/api/v1/jobs/{first}/files/STDOUT.txt")
+    assert out.text.strip() == "0", out.text
+    after = _keys("")
+    assert {k: v for k, v in after.items() if k not in before} == {"out/atk/a.txt": b"a\n"}
+    assert {k: after[k] for k in before} == before  # nothing else changed
+    # The runner's route is the runner's: a user's token gets no upload plan.
+    r = requests.post(
+        f"{s3konn.url}/api/v1/runner/jobs/{first}/destinations",
+        json={"files": [{"name": "a.txt", "size": 2}]},
+        headers={"Authorization": s3konn.session.headers["Authorization"], "X-Kotta-Attempt": "1"},
+        timeout=30,
+    )  # fmt: skip
+    assert r.status_code == 409 and "url" not in r.json(), r.text  # no attempt holds it so

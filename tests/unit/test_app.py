@@ -371,3 +371,63 @@ def test_a_dashboard_url_must_be_a_web_address():
         main, ["server", "--scheduler", "tcp://x:1", "--dashboard-url", "javascript:alert(1)"]
     )
     assert r.exit_code == 2 and "--dashboard-url" in r.output and "http" in r.output
+
+
+def test_a_destination_is_planned_only_declared_and_granted_by_the_policy_in_force(
+    server, client, monkeypatch
+):
+    """Write grants apart from read grants, per user; the runner's plan is one PUT of one key
+    and size, refused for an undeclared name and once the policy no longer grants it."""
+    from urllib.parse import parse_qs, urlparse
+
+    from dask_kotta.server.policy import parse_policy
+
+    s = server[2]
+    # Presigning is local (no request): any credentials and endpoint will do.
+    for k, v in {"AWS_ACCESS_KEY_ID": "AKTEST", "AWS_SECRET_ACCESS_KEY": "secret",
+                 "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    grants = {"s3_grants": {"alice": ["s3://bk/"]}, "s3_write_grants": {"alice": ["s3://bk/out/"]}}
+    monkeypatch.setattr(s, "policy", parse_policy(grants))
+    check = "/api/v1/destinations/check"
+    ok = client.post(check, headers=auth(server), json={"urls": ["s3://bk/out/a.parquet"]})
+    assert ok.status_code == 200 and ok.json() == {"urls": ["s3://bk/out/a.parquet"]}
+    why = detail(client.post(check, headers=auth(server), json={"urls": ["s3://bk/in/a"]}), 403)
+    assert "s3://bk/in/a" in why and "read grant" in why and "s3_write_grants" in why
+    bob = client.post(check, headers=auth(server, "bob"), json={"urls": ["s3://bk/out/a"]})
+    assert "for user 'bob'" in detail(bob, 403)
+    assert "'..'" in detail(
+        client.post(check, headers=auth(server), json={"urls": ["s3://bk/out/../x"]}), 400
+    )
+    assert "for user 'bob'" in detail(client.post("/api/v1/jobs", headers=auth(server, "bob"), files={
+        "specs": (None, json.dumps([{"script": "true", "destinations": {"f": "s3://bk/out/f"}}]))}), 403)  # fmt: skip
+
+    jid = script_job(server, destinations={"f.parquet": "s3://bk/out/f.parquet"})
+    dispatch = new_token()
+    attempt = s.store.dispatch(jid, hash_token(dispatch))
+    base = f"/api/v1/runner/jobs/{jid}"
+    claim = client.post(f"{base}/claim", headers=runner(dispatch, attempt)).json()
+    assert claim["destinations"] == {"f.parquet": "s3://bk/out/f.parquet"}
+
+    def plans(*files, token=dispatch):
+        body = {"files": [{"name": n, "size": size} for n, size in files]}
+        return client.post(f"{base}/destinations", headers=runner(token, attempt), json=body)
+
+    r = plans(("f.parquet", 10))
+    assert r.status_code == 200, r.text
+    (plan,) = r.json()["plans"]
+    url = urlparse(plan["url"])
+    assert plan["mode"] == "put" and url.path == "/bk/out/f.parquet"
+    assert parse_qs(url.query)["X-Amz-SignedHeaders"] == ["content-length;host"]  # its size only
+    assert "secret" not in plan["url"]
+    assert "not a declared destination" in detail(plans(("g.parquet", 1)), 403)
+    assert "not a declared destination" in detail(plans(("f.parquet", 1), ("x", 1)), 403)
+    assert plans(("f.parquet", 1), token=server[1]["alice"]).status_code == 409  # a user's token
+    assert "5368709120 bytes" in detail(plans(("f.parquet", 5 * 1024**3 + 1)), 413)
+    # The grant is checked again as the job ends, by the policy in force.
+    monkeypatch.setattr(s, "policy", parse_policy({"s3_grants": grants["s3_grants"]}))
+    why = detail(plans(("f.parquet", 10)), 403)
+    assert "read grant" in why and "checked again" in why
+    end = client.post(f"{base}/finish", headers=runner(dispatch, attempt), json={"ok": False})
+    assert end.status_code == 200, end.text
