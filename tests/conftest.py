@@ -28,8 +28,10 @@ def pytest_addoption(parser):
     )
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own, which makes the tmp_path factory
 def pytest_configure(config):
-    shared.configure()
+    factory = getattr(config, "_tmp_path_factory", None)  # pytest's; xdist reads it too
+    shared.configure(factory.getbasetemp() if factory is not None else None)
     # The seed is drawn once, by the controller: xdist's workers must all collect one order.
     worker = getattr(config, "workerinput", None)
     if worker is not None:

@@ -29,12 +29,19 @@ ENV = "KOTTA_TEST_SHARED"  # "PID:DIR": the pytest process that owns DIR, and DI
 T = TypeVar("T")
 
 
-def configure() -> None:
+def configure(basetemp: Path | None) -> None:
     """Pick the shared directory, once, in the process that runs pytest (before xdist starts
-    its workers, which inherit it). A pytest run by a test inherits it too, and so attaches
-    to the same services; only the owner stops them."""
+    its workers, which inherit it): ``basetemp/shared``, kept as pytest keeps its last runs'
+    temporary directories, so the services' logs can be read after a failure. A pytest run
+    by a test inherits it too, and so attaches to the same services; only the owner stops
+    them."""
     if ENV not in os.environ:
-        os.environ[ENV] = f"{os.getpid()}:{tempfile.mkdtemp(prefix='kotta-tests-')}"
+        if basetemp is None:
+            directory = tempfile.mkdtemp(prefix="kotta-tests-")
+        else:
+            (basetemp / "shared").mkdir()
+            directory = str(basetemp / "shared")
+        os.environ[ENV] = f"{os.getpid()}:{directory}"
 
 
 def _root() -> Path:
@@ -80,7 +87,9 @@ def stop_all() -> None:
     for state in sorted(states, key=lambda s: s.get("order", 0)):
         if "pgid" in state:
             _stop_group(state["pgid"], graceful=state.get("stop") == "int")
-    shutil.rmtree(directory, ignore_errors=True)
+    # The logs stay; the data go (SeaweedFS's volumes are ~100 MB).
+    for data in ("s3/data", "pg/pgdata"):
+        shutil.rmtree(Path(directory) / data, ignore_errors=True)
 
 
 def _stop_group(pgid: int, graceful: bool, timeout: float = 20) -> None:
