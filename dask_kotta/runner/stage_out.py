@@ -30,14 +30,14 @@ _MISSING = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
 
 
 def _regular_file(workdir: Path, name: str, what: str) -> tuple[Path, int]:
-    """The path and size of a job's file ``name``; ``StagingError``-like text if it is not one.
+    """The path and size of a job's declared file ``name`` (an output, a destination).
 
-    Refused as for outputs: a path escaping the directory, a missing file, a directory, a
-    hard link (its other name may be outside the job's directory).
+    ``UnsafePathError`` for a path escaping the directory, a missing file, a directory, or
+    a hard link (its other name may be outside the job's directory: never send through it).
     """
     path = resolve_inside(workdir, name, what)
     try:
-        st = path.stat()
+        st = path.stat()  # one stat for what is_file, is_dir and the size would each ask
     except OSError as e:
         if e.errno not in _MISSING:
             raise
@@ -130,26 +130,11 @@ def stage_outputs(api: Any, job: dict[str, Any], workdir: Path) -> tuple[list[di
     files: list[tuple[str, Path, int]] = []
     for name in names:
         try:
-            path = resolve_inside(workdir, name, "output")
+            path, size = _regular_file(workdir, name, "output")
         except UnsafePathError as e:
             problems[name] = str(e)
             continue
-        try:
-            st = path.stat()  # one stat for what is_file, is_dir and the size would each ask
-        except OSError as e:
-            if e.errno not in _MISSING:
-                raise
-            st = None
-        if st is None or not stat.S_ISREG(st.st_mode):
-            isdir = st is not None and stat.S_ISDIR(st.st_mode)
-            what = "is a directory, not a file" if isdir else "was not produced"
-            problems[name] = f"declared output {name!r} {what}"
-            continue
-        if st.st_nlink > 1:
-            # Its other name may be outside the job's directory: never upload through it.
-            problems[name] = f"declared output {name!r} is a hard link; write a file of its own"
-            continue
-        files.append((name, path, st.st_size))
+        files.append((name, path, size))
     plans = api.upload_plans([{"name": n, "size": s} for n, _, s in files]) if files else []
     modes = {(plan or {}).get("mode", "server") for plan in plans}
     sizes: dict[str, int] = {}
