@@ -36,7 +36,7 @@ from ..errors import APIError, ForbiddenError, InvalidRequestError, PayloadTooLa
 from ..jobspec import destination_parts
 from ..paths import safe_relpath
 from ..store.s3 import PUT_EXPIRES_S
-from .inputs import NoSigner
+from .inputs import presign_grant
 from .service import Service
 
 #: The largest file one presigned PUT may write (S3's limit for a single PUT).
@@ -75,17 +75,7 @@ def check_destination(s: Service, user_name: str, url: str, sign: bool = True) -
 
 def presign_put(s: Service, url: str, bucket: str, key: str, size: int, expires_s: int) -> str:
     """A presigned PUT of exactly ``size`` bytes to ``s3://bucket/key``, or ``NoSigner``."""
-    import botocore.exceptions as bx
-
-    try:
-        return s.grant_presigner().url("PUT", bucket, key, expires_s, length=size)
-    except bx.NoCredentialsError:
-        raise NoSigner(
-            f"destination {url!r} is granted, but the server has no S3 credentials to presign "
-            "it (boto3's standard chain: AWS_ACCESS_KEY_ID..., AWS_PROFILE, an instance role)"
-        ) from None
-    except (bx.BotoCoreError, ValueError) as e:
-        raise NoSigner(f"destination {url!r}: the server cannot presign it: {e}") from None
+    return presign_grant(s, url, bucket, key, expires_s, "PUT", size, "destination")
 
 
 def check_destinations(s: Service, user_name: str, urls: list[str]) -> None:

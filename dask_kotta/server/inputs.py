@@ -112,20 +112,24 @@ def check_grant(s: Service, user_name: str, url: str, sign: bool = True) -> tupl
     return bucket, key
 
 
-def presign_grant(s: Service, url: str, bucket: str, key: str, expires_s: int) -> str:
-    """A presigned GET of a granted input, or ``NoSigner`` saying why there is none."""
+def presign_grant(
+    s: Service, url: str, bucket: str, key: str, expires_s: int,
+    method: str = "GET", length: int | None = None, what: str = "input",
+) -> str:  # fmt: skip
+    """A presigned request of a granted place (a GET of an input; a PUT of ``length`` bytes
+    to a destination, ``server/destinations.py``), or ``NoSigner`` saying why there is none."""
     # botocore is heavy to import and only a service with S3 grants signs: import it here.
     import botocore.exceptions as bx
 
     try:
-        return s.grant_presigner().url("GET", bucket, key, expires_s)
+        return s.grant_presigner().url(method, bucket, key, expires_s, length=length)
     except bx.NoCredentialsError:
         raise NoSigner(
-            f"input {url!r} is granted, but the server has no S3 credentials to presign it "
+            f"{what} {url!r} is granted, but the server has no S3 credentials to presign it "
             "(boto3's standard chain: AWS_ACCESS_KEY_ID..., AWS_PROFILE, an instance role)"
         ) from None
     except (bx.BotoCoreError, ValueError) as e:
-        raise NoSigner(f"input {url!r}: the server cannot presign it: {e}") from None
+        raise NoSigner(f"{what} {url!r}: the server cannot presign it: {e}") from None
 
 
 def place_inputs(
