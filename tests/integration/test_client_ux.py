@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pty
+import shutil
 import signal
 import subprocess
 import sys
@@ -274,8 +275,26 @@ def _interrupt(script: Path, marker: str) -> tuple[subprocess.CompletedProcess, 
     ids = line.split()[1:]
     time.sleep(1)  # inside the blocking call by now
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        state = _what_it_is_doing(proc.pid)
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(
+            f"the script did not end within 60 s of SIGINT:\n{state}\nstderr:\n{err}"
+        ) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err), ids
+
+
+def _what_it_is_doing(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    lines = [line for line in status if line.startswith(("State", "Sig", "Shd"))]
+    spy = shutil.which("py-spy")
+    if spy:
+        dump = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True)
+        lines.append(dump.stdout + dump.stderr)
+    return "\n".join(lines)
 
 
 def test_ctrl_c_in_a_blocking_call_cancels_its_job_and_says_so_in_one_line(service, konn, tmp_path):
