@@ -56,7 +56,32 @@ def s3_client(storage_options: Mapping[str, Any] | None = None, **kwargs: Any) -
         ),
     )
     # A session per client: boto3's default session is not safe to share between threads.
-    return boto3.session.Session().client("s3", **args)
+    return boto3.session.Session(botocore_session=_botocore_session()).client("s3", **args)
+
+
+def _botocore_session() -> Any:
+    """A new botocore session reading botocore's models through this process's one loader.
+
+    A session loads S3's models (megabytes of JSON) into a loader of its own: ~0.12 s of
+    CPU for every client, where a shared loader's cached models take ~0.015 s. The loader
+    only caches what it read from botocore's data files, so sessions in any thread can
+    share it. It is kept on ``botocore.loaders``, not here: this module travels by value
+    into Dask tasks, its globals with it.
+    """
+    import botocore.loaders
+    import botocore.session
+
+    loader = getattr(botocore.loaders, _LOADER_ATTR, None)
+    if loader is None:
+        loader = botocore.loaders.create_loader()
+        setattr(botocore.loaders, _LOADER_ATTR, loader)
+    session = botocore.session.get_session()
+    session.register_component("data_loader", loader)
+    return session
+
+
+#: The attribute of ``botocore.loaders`` that holds the loader :func:`_botocore_session` shares.
+_LOADER_ATTR = "_dask_kotta_shared_loader"
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

@@ -57,7 +57,8 @@ def test_a_second_up_on_a_served_data_dir_says_so_in_one_line(service, tmp_path)
 
 
 def test_ctrl_c_stops_up_promptly_with_a_job_running_and_a_client_waiting(tmp_path):
-    svc = Service(tmp_path / "svc", workers=1).start()
+    # A short lease: the next start takes the job back once it expires (20 s by default).
+    svc = Service(tmp_path / "svc", workers=1, extra=["--lease", "4"]).start()
     try:
         assert "Kotta API" in svc.log()
         konn = svc.konn()
