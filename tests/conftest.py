@@ -85,34 +85,34 @@ def pytest_report_header(config):
 # with --no-loadscope-reorder (pyproject.toml): by default xdist sorts modules by how many
 # tests they hold, and the unit layer's big files went first, these last.
 LONG_FIRST = [
-    "tests/integration/test_ride_through.py",  # ~100 s
-    "tests/integration/test_s3_service.py",
+    "tests/integration/test_ride_through.py",  # ~120 s
     "tests/integration/test_restart.py",
-    "tests/integration/test_live_logs.py",
-    "tests/integration/test_tls.py",
-    "tests/integration/test_cli.py",
+    "tests/integration/test_s3_service.py",
     "tests/integration/test_kept_ends.py",
-    "tests/integration/test_fastpath.py",
-    "tests/integration/test_fuzz.py",  # one test of ~35 s
+    "tests/integration/test_cli.py",
     "tests/integration/test_outputs.py",
     "tests/integration/test_start_stop.py",
-    "tests/integration/test_dask_suite.py",  # one pytest of Dask's own tests, ~35 s
-    "tests/integration/test_dask_frames_s3.py",
-    "tests/integration/test_containment.py",
-    "tests/integration/test_client_api.py",
-    "tests/integration/test_upload_limits.py",
+    "tests/integration/test_fastpath.py",
     "tests/integration/test_browser.py",
-    "tests/integration/test_dask_bag_s3.py",
-    "tests/integration/test_postgres_service.py",  # one test of ~30 s
-    "tests/integration/test_chaos.py",  # one test of ~26 s
+    "tests/integration/test_tls.py",
+    "tests/integration/test_containment.py",
+    "tests/integration/test_dask_suite.py",  # one pytest of Dask's own tests, ~30 s
+    "tests/integration/test_chaos.py",  # one test of ~30 s
+    "tests/integration/test_client_api.py",
     "tests/integration/test_s3_outage.py",
-    "tests/integration/test_client_ux.py",
+    "tests/integration/test_dask_frames_s3.py",
+    "tests/integration/test_dask_bag_s3.py",
+    "tests/integration/test_fuzz.py",  # one schemathesis run of ~20 s
+    "tests/integration/test_postgres_service.py",  # one test of ~20 s
+    "tests/integration/test_live_logs.py",
     "tests/integration/test_dask_collections.py",
-    "tests/integration/test_tokens.py",
-    "tests/integration/test_dask_scheduler.py",
+    "tests/integration/test_client_ux.py",
     "tests/integration/test_envs.py",
+    "tests/integration/test_upload_limits.py",
+    "tests/integration/test_db_upgrade.py",  # ~12 s
+    "tests/integration/test_dask_scheduler.py",
+    "tests/integration/test_tokens.py",
     "tests/integration/test_listing.py",
-    "tests/integration/test_db_upgrade.py",  # ~13 s
 ]
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 import requests
@@ -27,6 +28,21 @@ def submit(konn, script: str, walltime: float = 2, **kw):
     return job
 
 
+class Gate:
+    """A file in the service's shared mount that a job waits for: the job runs until the
+    test has seen what it wanted of it, not for a sleep long enough on a loaded machine."""
+
+    def __init__(self, shared: Path) -> None:
+        self.path = shared / f"gate-{uuid.uuid4().hex}"
+
+    @property
+    def shell(self) -> str:  # gives up after 2 min: a failed test leaves no job behind
+        return f"for i in $(seq 1200); do [ -e {self.path} ] && break; sleep 0.1; done\n"
+
+    def open(self) -> None:
+        self.path.touch()
+
+
 def status(konn, job_id: str) -> str:
     return konn.job(job_id)["status"]
 
@@ -37,7 +53,8 @@ def ended(konn, job_id: str, timeout: float = 60) -> dict:
 
 
 def test_the_first_line_is_readable_while_the_job_runs(konn, service):
-    job = submit(konn, "echo first\necho err-first >&2\nsleep 8\necho second\n")
+    gate = Gate(service.shared)
+    job = submit(konn, f"echo first\necho err-first >&2\n{gate.shell}echo second\n")
     chunk = wait_for(
         lambda: (c := konn.read_log(job.job_id)).data and c, 30, "the first line, live"
     )
@@ -57,6 +74,7 @@ def test_the_first_line_is_readable_while_the_job_runs(konn, service):
     assert konn.read_log(job.job_id, offset=6).data == b""
     assert konn.read_log(job.job_id, offset=1000) == type(chunk)(b"", 6, False)
 
+    gate.open()
     done = ended(konn, job.job_id)
     assert done["status"] == d.COMPLETED
     rest = konn.read_log(job.job_id, offset=chunk.size)
@@ -64,26 +82,33 @@ def test_the_first_line_is_readable_while_the_job_runs(konn, service):
     assert konn.read_log(job.job_id).data == b"first\nsecond\n"
 
 
-def test_a_python_jobs_prints_are_live_too(konn):
+def test_a_python_jobs_prints_are_live_too(konn, service):
     from kotta.kotta_functions import kottajob
 
+    gate = Gate(service.shared)
+
     @kottajob(konn, "Test", 2, block=False)
-    def chatty():
+    def chatty(gate):
+        import os
         import time
 
         print("python says hi", flush=True)
-        time.sleep(10)
+        for _ in range(1200):
+            if os.path.exists(gate):
+                break
+            time.sleep(0.1)
         return 1
 
-    job = chatty()
+    job = chatty(str(gate.path))
     wait_for(lambda: b"python says hi" in konn.read_log(job.job_id).data, 30, "live print")
     assert status(konn, job.job_id) == d.PROCESSING
+    gate.open()
     assert job.get_results(konn) == 1
 
 
 def test_logs_f_prints_both_streams_and_exits_with_the_job(konn, service):
-    # Long enough for `logs -f` to start on a loaded machine and see the job still running.
-    job = submit(konn, "echo one\necho e-one >&2\nsleep 12\necho two\nexit 3\n")
+    gate = Gate(service.shared)  # the job runs until `logs -f` has followed it running
+    job = submit(konn, f"echo one\necho e-one >&2\n{gate.shell}echo two\nexit 3\n")
     wait_for(lambda: konn.read_log(job.job_id).data, 30, "the job's first output")
 
     now = service.cli("logs", job.job_id, check=True)  # while it runs: what has arrived
@@ -100,6 +125,7 @@ def test_logs_f_prints_both_streams_and_exits_with_the_job(konn, service):
             reader.join(30)
             assert first == ["one\n"]
             assert status(konn, job.job_id) == d.PROCESSING, "followed while it ran"
+            gate.open()
             out, err = proc.communicate(timeout=60)
         finally:
             proc.kill()
@@ -199,9 +225,11 @@ def test_live_logs_of_a_task_dispatched_job_on_an_s3_store(tmp_path, s3_server):
     with Service(tmp_path, workers=1, env=env, extra=["--store", f"s3://{bucket}/jobs"]) as svc:
         svc.start()
         konn = svc.konn()
-        job = submit(konn, "echo first\nsleep 10\necho second\n")
+        gate = Gate(svc.shared)
+        job = submit(konn, f"echo first\n{gate.shell}echo second\n")
         wait_for(lambda: konn.read_log(job.job_id).data == b"first\n", 30, "the first line")
         assert status(konn, job.job_id) == d.PROCESSING
+        gate.open()
         assert ended(konn, job.job_id)["status"] == d.COMPLETED
         # Ended: read from the STDOUT output in S3, at the same offsets.
         assert konn.read_log(job.job_id, offset=3) == type(konn.read_log(job.job_id))(

@@ -156,19 +156,29 @@ def test_a_server_that_stays_down_fails_the_call_after_the_window(service):
     assert service.url in str(info.value)
 
 
-def slow_square(i):
+def slow_square(i, gate):
+    """Marks that it runs, then waits for the test to open ``gate`` (at most 2 min)."""
+    import os
+    import pathlib
     import time
 
-    time.sleep(4)
+    pathlib.Path(f"{gate}.{i}.{os.urandom(8).hex()}.running").touch()  # runs: uids differ
+    for _ in range(1200):
+        if os.path.exists(gate):
+            break
+        time.sleep(0.1)
     return i * i
 
 
 def test_a_dask_compute_rides_through_a_restart(service):
+    gate = service.shared / f"gate-{uuid.uuid4().hex}"
     sched = KottaScheduler(service.konn(), queue="Test", walltime=2)
-    total = delayed(sum)([delayed(slow_square)(i) for i in range(4)])
+    total = delayed(sum)([delayed(slow_square)(i, str(gate)) for i in range(4)])
     computing, computed = in_thread(lambda: dask.compute(total, scheduler=sched))
-    time.sleep(3)  # its jobs are running and it waits for them
+    wait_for(lambda: len(list(service.shared.glob(f"{gate.name}.*.running"))) >= 4, 60,
+             "its four jobs to run")  # fmt: skip
     assert computing.is_alive(), computed
     restart(service)
+    gate.touch()  # the jobs the stop took from the cluster run again, and end
     computing.join(120)
     assert computed == [(14,)], computed
