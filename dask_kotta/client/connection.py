@@ -165,6 +165,12 @@ class Kotta:
             raise ServerUnavailableError(
                 f"the Kotta server at {self.url} did not answer in time"
             ) from None
+        except requests.exceptions.ChunkedEncodingError as e:
+            # The server went away in the middle of its answer (a kill -9 or a crash): as
+            # transient as a refused connection, and retried as one where that is safe.
+            raise ServerUnavailableError(
+                f"the Kotta server at {self.url} broke off its answer: {_short(e)}"
+            ) from None
         if r.status_code >= 400:
             try:
                 detail = r.json().get("detail", r.text)

@@ -176,3 +176,42 @@ def test_retry_after_as_an_http_date():
     assert parse_retry_after(later, now=now) == pytest.approx(30.0)
     earlier = email.utils.formatdate(now - 30, usegmt=True)
     assert parse_retry_after(earlier, now=now) == 0.0
+
+
+def test_an_answer_broken_off_midway_is_a_transient_failure():
+    """A server killed while it sends an answer: requests raises ChunkedEncodingError, which
+    the client retries like a refused connection (test_ride_through meets it for real)."""
+    import json
+    import socket
+    import threading
+
+    from dask_kotta import Kotta
+
+    body = b'{"name": "u"}'
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+
+        def serve(answers: str) -> None:  # "b": broken off, "o": whole
+            for a in answers:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(65536)
+                    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    if a == "b":  # promises 643 bytes, sends none, and goes away
+                        conn.sendall(head + b"Content-Length: 643\r\n\r\n")
+                    else:
+                        conn.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+        # whoami; a GET broken off three times, then answered; a POST broken off
+        server = threading.Thread(target=serve, args=("obbbob",), daemon=True)
+        server.start()
+        konn = Kotta(json.dumps({"url": f"http://127.0.0.1:{port}", "token": "t"}))
+        try:
+            assert konn.request("GET", "/api/v1/anything").json() == {"name": "u"}
+            with pytest.raises(ServerUnavailableError, match="broke off its answer"):
+                konn.request("POST", "/api/v1/anything", retry=False)
+        finally:
+            konn.close()
+            server.join(10)
