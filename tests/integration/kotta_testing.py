@@ -165,8 +165,9 @@ class Proc:
         spy = shutil.which("py-spy")
         if spy:
             self._log.flush()
-            subprocess.run([spy, "dump", "--pid", str(self.proc.pid)], stdout=self._log,
-                           stderr=subprocess.STDOUT, timeout=30)  # fmt: skip
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):  # the kill comes next
+                subprocess.run([spy, "dump", "--pid", str(self.proc.pid)], stdout=self._log,
+                               stderr=subprocess.STDOUT, timeout=30)  # fmt: skip
 
     def kill9(self) -> None:
         """SIGKILL the main process only (its children stay, as after a crash, until stop())."""

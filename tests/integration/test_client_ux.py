@@ -291,7 +291,10 @@ def _interrupt(script: Path, marker: str) -> tuple[subprocess.CompletedProcess, 
 
 
 def _what_it_is_doing(pid: int) -> str:
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # it ended after all
+        return "(the script ended while it was being looked at)"
     lines = [line for line in status if line.startswith(("State", "Sig", "Shd"))]
     spy = shutil.which("py-spy")
     if spy:
